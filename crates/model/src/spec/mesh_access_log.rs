@@ -1,0 +1,187 @@
+//! `MeshAccessLog`: where a dataplane's access log records go and what they carry.
+
+use super::policy::{check_backend_type, validate_otel_block, BackendRef, OtelBackendBlock, PolicyCheck, TargetRef};
+use crate::violation::FieldPath;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshAccessLogSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    /// Proxy-wide configuration, as seed 000 writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<AccessLogConf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<AccessLogRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<AccessLogTargeted>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<AccessLogTargeted>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogRule {
+    #[serde(default)]
+    pub default: AccessLogConf,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogTargeted {
+    pub target_ref: TargetRef,
+    #[serde(default)]
+    pub default: AccessLogConf,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogConf {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<AccessLogBackend>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogBackend {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_telemetry: Option<AccessLogOtelBackend>,
+}
+
+/// The OpenTelemetry block of a MeshAccessLog backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogOtelBackend {
+    /// Deprecated inline `host:port`; use `backendRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<BackendRef>,
+    /// Attributes on each record; values may use Envoy command operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Vec<KeyValue>>,
+    /// The record body: any JSON value, strings may use Envoy command operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+impl OtelBackendBlock for AccessLogOtelBackend {
+    fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+    fn backend_ref(&self) -> Option<&BackendRef> {
+        self.backend_ref.as_ref()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+const ACCESS_LOG_BACKEND_TYPES: &[&str] = &["Tcp", "File", "OpenTelemetry"];
+
+impl MeshAccessLogSpec {
+    /// Every `(path, conf)` pair in the policy: `default`, `rules[i].default`,
+    /// `to[i].default`, `from[i].default`.
+    pub fn confs(&self) -> Vec<(FieldPath, &AccessLogConf)> {
+        let spec = FieldPath::root("spec");
+        let mut out = Vec::new();
+        if let Some(c) = &self.default {
+            out.push((spec.field("default"), c));
+        }
+        for (field, list) in [("to", &self.to), ("from", &self.from)] {
+            for (i, t) in list.iter().flatten().enumerate() {
+                out.push((spec.field(field).index(i).field("default"), &t.default));
+            }
+        }
+        for (i, r) in self.rules.iter().flatten().enumerate() {
+            out.push((spec.field("rules").index(i).field("default"), &r.default));
+        }
+        out
+    }
+
+    pub fn validate(&self) -> PolicyCheck {
+        let mut check = PolicyCheck::default();
+        let spec = FieldPath::root("spec");
+        if let Some(t) = &self.target_ref {
+            t.validate(&mut check.violations, &spec.field("targetRef"));
+        }
+        for (field, list) in [("to", &self.to), ("from", &self.from)] {
+            for (i, t) in list.iter().flatten().enumerate() {
+                t.target_ref.validate(&mut check.violations, &spec.field(field).index(i).field("targetRef"));
+            }
+        }
+        let confs = self.confs();
+        if confs.is_empty() {
+            check.violations.add(&spec, "must have at least one defined: default, rules, to, from");
+        }
+        for (at, conf) in confs {
+            for (j, backend) in conf.backends.iter().flatten().enumerate() {
+                let b_at = at.field("backends").index(j);
+                let is_otel = check_backend_type(&mut check.violations, &b_at, &backend.type_, ACCESS_LOG_BACKEND_TYPES, |t| match t {
+                    "Tcp" => backend.tcp.is_some(),
+                    "File" => backend.file.is_some(),
+                    _ => backend.open_telemetry.is_some(),
+                });
+                let Some(otel) = backend.open_telemetry.as_ref().filter(|_| is_otel) else { continue };
+                let o_at = b_at.field("openTelemetry");
+                validate_otel_block(&mut check, &o_at, otel, false);
+                for (k, kv) in otel.attributes.iter().flatten().enumerate() {
+                    validate_attribute_key(&mut check.violations, &o_at.field("attributes").index(k).field("key"), &kv.key);
+                }
+            }
+        }
+        check
+    }
+}
+
+/// Kuma's rules for OpenTelemetry attribute names on access log records.
+fn validate_attribute_key(v: &mut crate::violation::Violations, at: &FieldPath, key: &str) {
+    if key.is_empty() {
+        v.add(at, "must be defined");
+    } else if key.contains('%') {
+        v.add(at, "must be a static OpenTelemetry attribute name; placeholders are only supported in values");
+    } else if key.starts_with("otel.") {
+        v.add(at, "must not use the reserved OpenTelemetry prefix 'otel.'");
+    } else if !is_attribute_name(key) {
+        v.add(
+            at,
+            "must start with a lowercase letter, use only lowercase letters, digits, '.' or '_', avoid consecutive delimiters, and end with a letter or digit",
+        );
+    }
+}
+
+fn is_attribute_name(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    let delim = |b: u8| b == b'.' || b == b'_';
+    bytes.first().is_some_and(u8::is_ascii_lowercase)
+        && bytes.last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || delim(b))
+        && !bytes.windows(2).any(|w| delim(w[0]) && delim(w[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_names() {
+        assert!(is_attribute_name("http.method"));
+        assert!(is_attribute_name("a1_b"));
+        assert!(!is_attribute_name("Http"));
+        assert!(!is_attribute_name("a..b"));
+        assert!(!is_attribute_name("a._b"));
+        assert!(!is_attribute_name("a."));
+        assert!(!is_attribute_name("1a"));
+    }
+}

@@ -1,0 +1,144 @@
+//! `MeshTrace`: where a dataplane's spans go, how many are sampled, which tags they carry.
+
+use super::policy::{
+    check_backend_type, validate_otel_block, BackendRef, OtelBackendBlock, Percentage, PolicyCheck, TargetRef,
+};
+use crate::violation::FieldPath;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshTraceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<MeshTraceConf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshTraceConf {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<TraceBackend>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<TraceTag>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceBackend {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datadog: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_telemetry: Option<TraceOtelBackend>,
+}
+
+/// The OpenTelemetry block of a MeshTrace backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceOtelBackend {
+    /// Deprecated inline `host:port`; use `backendRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<BackendRef>,
+}
+
+impl OtelBackendBlock for TraceOtelBackend {
+    fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+    fn backend_ref(&self) -> Option<&BackendRef> {
+        self.backend_ref.as_ref()
+    }
+}
+
+/// A custom tag on spans: a literal or a request header.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceTag {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderTag>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderTag {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// Sampling percentages, as Envoy's HCM tracing has them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overall: Option<Percentage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Percentage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random: Option<Percentage>,
+}
+
+const TRACE_BACKEND_TYPES: &[&str] = &["Zipkin", "Datadog", "OpenTelemetry"];
+
+impl MeshTraceSpec {
+    /// Kuma's MeshTrace validator: zero or one backend, tags, sampling ranges.
+    pub fn validate(&self) -> PolicyCheck {
+        let mut check = PolicyCheck::default();
+        let spec = FieldPath::root("spec");
+        if let Some(t) = &self.target_ref {
+            t.validate(&mut check.violations, &spec.field("targetRef"));
+        }
+        let conf = self.default.clone().unwrap_or_default();
+        let at = spec.field("default");
+        let backends_at = at.field("backends");
+        match conf.backends.as_deref() {
+            None => check.violations.add(&backends_at, "must be defined"),
+            Some([]) => {}
+            Some([backend]) => {
+                let b_at = backends_at.index(0);
+                let is_otel = check_backend_type(&mut check.violations, &b_at, &backend.type_, TRACE_BACKEND_TYPES, |t| {
+                    match t {
+                        "Zipkin" => backend.zipkin.is_some(),
+                        "Datadog" => backend.datadog.is_some(),
+                        _ => backend.open_telemetry.is_some(),
+                    }
+                });
+                if let (true, Some(otel)) = (is_otel, &backend.open_telemetry) {
+                    validate_otel_block(&mut check, &b_at.field("openTelemetry"), otel, false);
+                }
+            }
+            Some(_) => check.violations.add(&backends_at, "must have zero or one backend defined"),
+        }
+        for (i, tag) in conf.tags.iter().flatten().enumerate() {
+            let t_at = at.field("tags").index(i);
+            if tag.name.is_empty() {
+                check.violations.add(&t_at.field("name"), "must not be empty");
+            }
+            if tag.header.is_some() == tag.literal.is_some() {
+                check.violations.add(&t_at, "tag must have only one type defined: header, literal");
+            }
+        }
+        if let Some(s) = &conf.sampling {
+            let s_at = at.field("sampling");
+            for (name, p) in [("client", &s.client), ("random", &s.random), ("overall", &s.overall)] {
+                if let Some(p) = p {
+                    p.validate(&mut check.violations, &s_at.field(name));
+                }
+            }
+        }
+        check
+    }
+}

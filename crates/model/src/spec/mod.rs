@@ -1,0 +1,139 @@
+//! Typed specs for every kind, and the one entry point that parses and
+//! validates a spec given as JSON.
+
+pub mod dataplane;
+pub mod duration;
+pub mod mesh_access_log;
+pub mod mesh_metric;
+pub mod mesh_trace;
+pub mod motb;
+pub mod policy;
+
+use crate::kind::Kind;
+use crate::violation::{FieldPath, Violation, Violations};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+pub use dataplane::DataplaneSpec;
+pub use mesh_access_log::MeshAccessLogSpec;
+pub use mesh_metric::MeshMetricSpec;
+pub use mesh_trace::MeshTraceSpec;
+pub use motb::MeshOpenTelemetryBackendSpec;
+
+/// A spec that passed validation, in canonical JSON, plus any warnings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedSpec {
+    pub spec: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Parses `spec` as the typed spec of `kind`, runs Kuma's validator on it and
+/// returns the canonical JSON. Every violation is reported, with field paths
+/// rooted where Kuma roots them (`spec.` for new-style kinds, `networking.`
+/// for Dataplane).
+pub fn check_spec(kind: Kind, spec: &Value) -> Result<CheckedSpec, Violations> {
+    let root = if kind.spec_is_inlined() { "" } else { "spec" };
+    let mut warnings = Vec::new();
+    let canonical = match kind {
+        Kind::Mesh | Kind::DataplaneInsight => {
+            let map: serde_json::Map<String, Value> = decode(spec, root)?;
+            Value::Object(map)
+        }
+        Kind::Dataplane => {
+            let s: DataplaneSpec = decode(spec, root)?;
+            s.validate().into_result()?;
+            encode(&s)
+        }
+        Kind::MeshOpenTelemetryBackend => {
+            let s: MeshOpenTelemetryBackendSpec = decode(spec, root)?;
+            s.validate().into_result()?;
+            encode(&s)
+        }
+        Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => {
+            let (value, check) = match kind {
+                Kind::MeshTrace => decode::<MeshTraceSpec>(spec, root).map(|s| (encode(&s), s.validate()))?,
+                Kind::MeshMetric => decode::<MeshMetricSpec>(spec, root).map(|s| (encode(&s), s.validate()))?,
+                _ => decode::<MeshAccessLogSpec>(spec, root).map(|s| (encode(&s), s.validate()))?,
+            };
+            check.violations.into_result()?;
+            if check.uses_inline_endpoint {
+                warnings.push(policy::INLINE_ENDPOINT_DEPRECATED.to_string());
+            }
+            value
+        }
+    };
+    Ok(CheckedSpec { spec: canonical, warnings })
+}
+
+/// Decodes a typed spec, turning a serde error into a violation at the path
+/// where decoding stopped (`spec.default.sampling: unknown field ...`).
+pub fn decode<T: DeserializeOwned>(value: &Value, root: &str) -> Result<T, Violations> {
+    // A document with no spec at all is the same as an empty spec.
+    let empty = Value::Object(Default::default());
+    let value = if value.is_null() { &empty } else { value };
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        let field = match (root, inner.as_str()) {
+            (r, ".") => r.to_string(),
+            ("", p) => p.to_string(),
+            (r, p) => format!("{r}.{p}"),
+        };
+        Violations(vec![Violation { field, message: err.into_inner().to_string() }])
+    })
+}
+
+fn encode<T: Serialize>(spec: &T) -> Value {
+    serde_json::to_value(spec).expect("typed specs always serialize to JSON")
+}
+
+/// Kuma accepts an IP address or a DNS name.
+pub(crate) fn validate_address(v: &mut Violations, at: &FieldPath, address: &str) {
+    if address.is_empty() {
+        v.add(at, "must not be empty");
+    } else if address.parse::<std::net::IpAddr>().is_err() && !is_dns_name(address) {
+        v.add(at, "address has to be a valid IP or hostname");
+    }
+}
+
+/// A DNS name as govalidator's `IsDNSName` accepts it: dot-separated labels of
+/// letters, digits, `-` and `_`, none starting with `-`, at most 255 bytes.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Tag keys and values must be non-empty.
+pub(crate) fn validate_tags(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<String, String>) {
+    for (key, value) in tags {
+        if key.is_empty() {
+            v.add(at, "tag name must be non-empty");
+        } else if value.is_empty() {
+            v.add(&at.key(key), "tag value must be non-empty");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("otel-collector.observability"));
+        assert!(is_dns_name("localhost"));
+        assert!(is_dns_name("a_b.example.com."));
+        assert!(!is_dns_name("not a valid address!@#"));
+        assert!(!is_dns_name("-bad.example"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name(&"a".repeat(64)));
+    }
+}

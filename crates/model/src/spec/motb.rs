@@ -1,0 +1,197 @@
+//! `MeshOpenTelemetryBackend`: one collector endpoint plus the policy for
+//! reusing the sidecar's `OTEL_EXPORTER_OTLP_*` variables (seed 000, "All options").
+
+use super::validate_address;
+use crate::violation::{must_be_one_of, FieldPath, Violations};
+use serde::{Deserialize, Serialize};
+
+/// Port the control plane assumes when a backend leaves `endpoint.port` out.
+pub const DEFAULT_OTLP_PORT: u16 = 4317;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshOpenTelemetryBackendSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// `grpc` or `http`; kept as text so a wrong value gets Kuma's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvPolicy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Wide enough to hold out-of-range input, which validation then names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precedence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_signal_overrides: Option<bool>,
+}
+
+/// Transport between the data plane and the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+/// Whether `OTEL_EXPORTER_OTLP_*` variables take part in the merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvMode {
+    Disabled,
+    Optional,
+    Required,
+}
+
+/// Which source wins when both an explicit field and a variable are present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precedence {
+    ExplicitFirst,
+    EnvFirst,
+}
+
+/// The env policy with seed 000's defaults applied
+/// (`Optional`, `EnvFirst`, `allowSignalOverrides: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveEnvPolicy {
+    pub mode: EnvMode,
+    pub precedence: Precedence,
+    pub allow_signal_overrides: bool,
+}
+
+const PROTOCOLS: &[&str] = &["grpc", "http"];
+const MODES: &[&str] = &["Disabled", "Optional", "Required"];
+const PRECEDENCES: &[&str] = &["ExplicitFirst", "EnvFirst"];
+
+impl MeshOpenTelemetryBackendSpec {
+    /// The protocol, `grpc` when omitted. Call only on a validated spec.
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol.as_deref() {
+            Some("http") => Protocol::Http,
+            _ => Protocol::Grpc,
+        }
+    }
+
+    /// The port, 4317 when omitted (for both protocols, as Kuma does).
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .as_ref()
+            .and_then(|e| e.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_OTLP_PORT)
+    }
+
+    /// The explicit address, if the backend names one.
+    pub fn address(&self) -> Option<&str> {
+        self.endpoint.as_ref().and_then(|e| e.address.as_deref())
+    }
+
+    /// The HTTP base path, empty when omitted.
+    pub fn path(&self) -> &str {
+        self.endpoint.as_ref().and_then(|e| e.path.as_deref()).unwrap_or("")
+    }
+
+    /// The env policy with defaults filled in. Call only on a validated spec.
+    pub fn env_policy(&self) -> EffectiveEnvPolicy {
+        let env = self.env.clone().unwrap_or_default();
+        EffectiveEnvPolicy {
+            mode: match env.mode.as_deref() {
+                Some("Disabled") => EnvMode::Disabled,
+                Some("Required") => EnvMode::Required,
+                _ => EnvMode::Optional,
+            },
+            precedence: match env.precedence.as_deref() {
+                Some("ExplicitFirst") => Precedence::ExplicitFirst,
+                _ => Precedence::EnvFirst,
+            },
+            allow_signal_overrides: env.allow_signal_overrides.unwrap_or(true),
+        }
+    }
+
+    /// Kuma's validator, in Kuma's order: endpoint (address, port, path),
+    /// then protocol, then env.
+    pub fn validate(&self) -> Violations {
+        let mut v = Violations::default();
+        let spec = FieldPath::root("spec");
+        if let Some(endpoint) = &self.endpoint {
+            let at = spec.field("endpoint");
+            if let Some(address) = &endpoint.address {
+                validate_address(&mut v, &at.field("address"), address);
+            }
+            if let Some(port) = endpoint.port {
+                if !(1..=65535).contains(&port) {
+                    v.add(&at.field("port"), "port must be a valid (1-65535)");
+                }
+            }
+            if let Some(path) = endpoint.path.as_deref().filter(|p| !p.is_empty()) {
+                let path_at = at.field("path");
+                if matches!(self.protocol.as_deref(), None | Some("grpc")) {
+                    v.add(&path_at, "must not be set when protocol is grpc");
+                } else {
+                    if !path.starts_with('/') {
+                        v.add(&path_at, "must start with /");
+                    }
+                    if path.contains(['?', '#']) {
+                        v.add(&path_at, "must not contain query or fragment");
+                    }
+                }
+            }
+        }
+        if let Some(protocol) = &self.protocol {
+            if !PROTOCOLS.contains(&protocol.as_str()) {
+                v.add(&spec.field("protocol"), must_be_one_of("protocol", PROTOCOLS));
+            }
+        }
+        if let Some(env) = &self.env {
+            let at = spec.field("env");
+            if let Some(mode) = env.mode.as_deref().filter(|m| !m.is_empty()) {
+                if !MODES.contains(&mode) {
+                    v.add(&at.field("mode"), must_be_one_of("mode", MODES));
+                }
+            }
+            if let Some(p) = env.precedence.as_deref().filter(|p| !p.is_empty()) {
+                if !PRECEDENCES.contains(&p) {
+                    v.add(&at.field("precedence"), must_be_one_of("precedence", PRECEDENCES));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// `status` of a backend: conditions written by the control plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshOpenTelemetryBackendStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Kubernetes-style condition (`type`, `status`, `reason`, `message`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}

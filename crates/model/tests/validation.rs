@@ -1,0 +1,277 @@
+//! Kuma's validation rules, as a table: each invalid document, and exactly
+//! the violations (field and message) it must produce, all at once.
+
+use tern_model::{parse_documents, resource_from_document};
+
+fn violations(yaml: &str) -> Vec<(String, String)> {
+    let docs = parse_documents(yaml).expect("test yaml parses");
+    assert_eq!(docs.len(), 1);
+    match resource_from_document(&docs[0].value) {
+        Ok(_) => vec![],
+        Err(e) => e.violations.0.into_iter().map(|v| (v.field, v.message)).collect(),
+    }
+}
+
+fn motb(spec: &str) -> String {
+    format!("type: MeshOpenTelemetryBackend\nname: b\nmesh: default\nspec:\n{}", indent(spec, 2))
+}
+
+fn indent(text: &str, n: usize) -> String {
+    text.lines().map(|l| format!("{}{l}\n", " ".repeat(n))).collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected.iter().map(|(f, m)| (f.to_string(), m.to_string())).collect()
+}
+
+#[test]
+fn motb_cases_match_kuma_testdata() {
+    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        ("minimal-valid", "endpoint:\n  address: otel-collector.observability\n  port: 4317", &[]),
+        ("full-valid-http", "endpoint:\n  address: c\n  port: 4318\n  path: /v1/custom\nprotocol: http", &[]),
+        ("grpc-with-path", "endpoint:\n  path: /some/path\nprotocol: grpc", &[("spec.endpoint.path", "must not be set when protocol is grpc")]),
+        ("grpc-by-default-with-path", "endpoint:\n  path: /some/path", &[("spec.endpoint.path", "must not be set when protocol is grpc")]),
+        ("address-optional", "endpoint:\n  port: 4317", &[]),
+        ("port-optional", "endpoint:\n  address: otel", &[]),
+        ("invalid-address", "endpoint:\n  address: not a valid address!@#", &[("spec.endpoint.address", "address has to be a valid IP or hostname")]),
+        ("ip-address", "endpoint:\n  address: 10.0.0.7", &[]),
+        ("port-out-of-range", "endpoint:\n  port: 70000", &[("spec.endpoint.port", "port must be a valid (1-65535)")]),
+        ("port-zero", "endpoint:\n  port: 0", &[("spec.endpoint.port", "port must be a valid (1-65535)")]),
+        ("port-negative", "endpoint:\n  port: -1", &[("spec.endpoint.port", "port must be a valid (1-65535)")]),
+        ("invalid-protocol", "protocol: tcp", &[("spec.protocol", r#""protocol" must be one of ["grpc", "http"]"#)]),
+        ("path-no-slash", "endpoint:\n  path: v1/traces\nprotocol: http", &[("spec.endpoint.path", "must start with /")]),
+        ("path-with-query", "endpoint:\n  path: /v1/traces?format=json\nprotocol: http", &[("spec.endpoint.path", "must not contain query or fragment")]),
+        ("path-both", "endpoint:\n  path: v1#x\nprotocol: http", &[("spec.endpoint.path", "must start with /"), ("spec.endpoint.path", "must not contain query or fragment")]),
+        ("env-defaults", "env: {}", &[]),
+        ("env-full", "env:\n  mode: Required\n  precedence: ExplicitFirst\n  allowSignalOverrides: false", &[]),
+        ("env-invalid-mode", "env:\n  mode: Sometimes", &[("spec.env.mode", r#""mode" must be one of ["Disabled", "Optional", "Required"]"#)]),
+        ("env-invalid-precedence", "env:\n  precedence: Maybe", &[("spec.env.precedence", r#""precedence" must be one of ["ExplicitFirst", "EnvFirst"]"#)]),
+        ("empty-spec", "{}", &[]),
+        ("empty-address", "endpoint:\n  address: \"\"\n  port: 4317", &[("spec.endpoint.address", "must not be empty")]),
+        (
+            "every-violation-at-once",
+            "endpoint:\n  address: bad address\n  port: 70000\n  path: x?\nprotocol: tcp\nenv:\n  mode: Sometimes\n  precedence: Maybe",
+            &[
+                ("spec.endpoint.address", "address has to be a valid IP or hostname"),
+                ("spec.endpoint.port", "port must be a valid (1-65535)"),
+                ("spec.endpoint.path", "must start with /"),
+                ("spec.endpoint.path", "must not contain query or fragment"),
+                ("spec.protocol", r#""protocol" must be one of ["grpc", "http"]"#),
+                ("spec.env.mode", r#""mode" must be one of ["Disabled", "Optional", "Required"]"#),
+                ("spec.env.precedence", r#""precedence" must be one of ["ExplicitFirst", "EnvFirst"]"#),
+            ],
+        ),
+    ];
+    for (name, spec, expected) in cases {
+        assert_eq!(violations(&motb(spec)), pairs(expected), "case {name}");
+    }
+}
+
+#[test]
+fn motb_without_spec_is_valid() {
+    assert_eq!(violations("type: MeshOpenTelemetryBackend\nname: b\nmesh: default\n"), vec![]);
+}
+
+#[test]
+fn unknown_spec_fields_are_named() {
+    let v = violations(&motb("endpoint:\n  adress: x"));
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].0, "spec.endpoint.adress");
+    assert!(v[0].1.contains("unknown field `adress`"), "{v:?}");
+}
+
+#[test]
+fn motb_only_in_system_namespace_on_kubernetes() {
+    let doc = "apiVersion: kuma.io/v1alpha1\nkind: MeshOpenTelemetryBackend\nmetadata:\n  name: b\n  namespace: apps\n  labels:\n    kuma.io/mesh: default\n";
+    assert_eq!(
+        violations(doc),
+        pairs(&[("metadata.namespace", "resource type MeshOpenTelemetryBackend can be created only in the system namespace:kuma-system")])
+    );
+    let no_ns = doc.replace("  namespace: apps\n", "");
+    assert_eq!(violations(&no_ns).len(), 1);
+    assert_eq!(violations(&doc.replace("apps", "kuma-system")), vec![]);
+}
+
+fn policy(kind: &str, body: &str) -> String {
+    format!("type: {kind}\nname: p\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n{}", indent(body, 2))
+}
+
+const REF: &str = "backendRef:\n  kind: MeshOpenTelemetryBackend\n  name: main";
+
+fn otel_backend(block: &str) -> String {
+    format!("default:\n  backends:\n    - type: OpenTelemetry\n      openTelemetry:\n{}", indent(block, 8))
+}
+
+#[test]
+fn backend_ref_rules_apply_to_every_signal() {
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (REF, &[]),
+        ("backendRef:\n  kind: MeshOpenTelemetryBackend\n  labels:\n    kuma.io/display-name: main", &[]),
+        ("backendRef:\n  kind: MeshService\n  name: main", &[(".backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)]),
+        ("backendRef:\n  name: main", &[(".backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)]),
+        ("backendRef:\n  kind: MeshOpenTelemetryBackend", &[(".backendRef", "backendRef must have exactly one defined: name, labels")]),
+        ("backendRef:\n  kind: MeshOpenTelemetryBackend\n  labels: {}", &[(".backendRef", "backendRef must have exactly one defined: name, labels")]),
+        (
+            "backendRef:\n  kind: MeshOpenTelemetryBackend\n  name: a\n  labels:\n    x: y",
+            &[(".backendRef", "backendRef must have only one type defined: name, labels")],
+        ),
+        (
+            "backendRef:\n  kind: Other\n  name: a\n  labels:\n    x: y",
+            &[
+                (".backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#),
+                (".backendRef", "backendRef must have only one type defined: name, labels"),
+            ],
+        ),
+        ("endpoint: collector:4317\nbackendRef:\n  kind: MeshOpenTelemetryBackend\n  name: a", &[("", "openTelemetry must have only one type defined: endpoint, backendRef")]),
+        ("{}", &[("", "openTelemetry must have exactly one defined: endpoint, backendRef")]),
+        ("endpoint: http://collector:4317/x", &[(".endpoint", "must be in host:port format, not a URL")]),
+    ];
+    for (kind, prefix) in [
+        ("MeshTrace", "spec.default.backends[0].openTelemetry"),
+        ("MeshMetric", "spec.default.backends[0].openTelemetry"),
+        ("MeshAccessLog", "spec.default.backends[0].openTelemetry"),
+    ] {
+        for (block, expected) in cases {
+            let expected: Vec<(String, String)> =
+                expected.iter().map(|(f, m)| (format!("{prefix}{f}"), m.to_string())).collect();
+            assert_eq!(violations(&policy(kind, &otel_backend(block))), expected, "{kind}: {block}");
+        }
+    }
+}
+
+#[test]
+fn inline_endpoint_is_accepted_with_a_deprecation_warning() {
+    for kind in ["MeshTrace", "MeshMetric", "MeshAccessLog"] {
+        let docs = parse_documents(&policy(kind, &otel_backend("endpoint: otel-collector:4317"))).expect("parses");
+        let parsed = resource_from_document(&docs[0].value).expect("valid");
+        assert_eq!(
+            parsed.warnings,
+            vec!["openTelemetry.endpoint is deprecated, use openTelemetry.backendRef with a MeshOpenTelemetryBackend resource instead"],
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn metric_endpoint_needs_a_port() {
+    assert_eq!(
+        violations(&policy("MeshMetric", &otel_backend("endpoint: collector"))),
+        pairs(&[("spec.default.backends[0].openTelemetry.endpoint", "must be in host:port format")])
+    );
+    assert_eq!(violations(&policy("MeshTrace", &otel_backend("endpoint: collector"))), vec![]);
+}
+
+#[test]
+fn signal_specific_fields() {
+    let trace = "default:\n  backends: []\n  sampling:\n    overall: 101\n    client: \"abc\"\n    random: \"50.5\"\n  tags:\n    - name: team\n      literal: core\n      header:\n        name: x-team\n    - literal: x";
+    assert_eq!(
+        violations(&policy("MeshTrace", trace)),
+        pairs(&[
+            ("spec.default.tags[0]", "tag must have only one type defined: header, literal"),
+            ("spec.default.tags[1].name", "must not be empty"),
+            ("spec.default.sampling.client", "string is not a number"),
+            ("spec.default.sampling.overall", "must be between 0 and 100"),
+        ])
+    );
+    assert_eq!(violations(&policy("MeshTrace", "default: {}")), pairs(&[("spec.default.backends", "must be defined")]));
+    let two = format!("{}\n    - type: OpenTelemetry\n      openTelemetry:\n{}", otel_backend(REF), indent(REF, 8));
+    assert_eq!(violations(&policy("MeshTrace", &two)), pairs(&[("spec.default.backends", "must have zero or one backend defined")]));
+
+    let metric = otel_backend(&format!("{REF}\nrefreshInterval: 30x"));
+    assert_eq!(
+        violations(&policy("MeshMetric", &metric)),
+        pairs(&[("spec.default.backends[0].openTelemetry.refreshInterval", "must be a valid duration such as 30s, 1m or 1h30m")])
+    );
+    let metric = otel_backend(&format!("{REF}\nrefreshInterval: 30"));
+    assert_eq!(
+        violations(&policy("MeshMetric", &metric)),
+        pairs(&[("spec.default.backends[0].openTelemetry.refreshInterval", "invalid type: integer `30`, expected a string")])
+    );
+    let metric = format!("{}\n  applications:\n    - port: 0\n  sidecar:\n    profiles:\n      appendProfiles:\n        - name: Most", otel_backend(REF));
+    assert_eq!(
+        violations(&policy("MeshMetric", &metric)),
+        pairs(&[
+            ("spec.default.sidecar.profiles.appendProfiles[0].name", r#""name" must be one of ["All", "Basic", "None"]"#),
+            ("spec.default.applications[0].port", "port must be a valid (1-65535)"),
+        ])
+    );
+
+    let log = otel_backend(&format!(
+        "{REF}\nattributes:\n  - key: http.method\n    value: \"%REQ(:METHOD)%\"\n  - key: \"%REQ(x)%\"\n    value: v\n  - key: otel.x\n    value: v\n  - key: Bad\n    value: v\nbody: \"%RESPONSE_CODE%\""
+    ));
+    let at = "spec.default.backends[0].openTelemetry.attributes";
+    assert_eq!(
+        violations(&policy("MeshAccessLog", &log)),
+        pairs(&[
+            (&format!("{at}[1].key"), "must be a static OpenTelemetry attribute name; placeholders are only supported in values"),
+            (&format!("{at}[2].key"), "must not use the reserved OpenTelemetry prefix 'otel.'"),
+            (
+                &format!("{at}[3].key"),
+                "must start with a lowercase letter, use only lowercase letters, digits, '.' or '_', avoid consecutive delimiters, and end with a letter or digit",
+            ),
+        ])
+    );
+    let rules = format!("rules:\n  - default:\n      backends:\n        - type: OpenTelemetry\n          openTelemetry:\n{}", indent("backendRef:\n  kind: X\n  name: a", 12));
+    assert_eq!(
+        violations(&policy("MeshAccessLog", &rules)),
+        pairs(&[("spec.rules[0].default.backends[0].openTelemetry.backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)])
+    );
+}
+
+#[test]
+fn target_refs() {
+    let doc = |target: &str| {
+        format!("type: MeshTrace\nname: p\nmesh: default\nspec:\n  targetRef:\n{}  default:\n    backends: []\n", indent(target, 4))
+    };
+    assert_eq!(violations(&doc("kind: MeshSubset\ntags:\n  kuma.io/zone: us-east")), vec![]);
+    assert_eq!(violations(&doc("kind: Dataplane\nname: dp-1")), vec![]);
+    assert_eq!(violations(&doc("kind: Dataplane\nlabels:\n  app: web")), vec![]);
+    assert_eq!(violations(&doc("kind: MeshService\nname: x")), pairs(&[("spec.targetRef.kind", "value 'MeshService' is not supported")]));
+    assert_eq!(violations(&doc("kind: Mesh\ntags:\n  a: b")), pairs(&[("spec.targetRef.tags", "must not be set with kind Mesh")]));
+    assert_eq!(
+        violations(&doc("kind: Dataplane\nname: a\nlabels:\n  x: y")),
+        pairs(&[("spec.targetRef.labels", "either labels or name and namespace must be specified")])
+    );
+    assert_eq!(violations(&doc("name: x")), pairs(&[("spec.targetRef.kind", "must be defined")]));
+}
+
+#[test]
+fn dataplane_rules() {
+    let ok = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      servicePort: 80\n      tags:\n        kuma.io/service: web\n        kuma.io/protocol: http\n  outbound:\n    - port: 9000\n      tags:\n        kuma.io/service: backend\n";
+    assert_eq!(violations(ok), vec![]);
+    let bad = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: \"\"\n  admin:\n    port: 8080\n  inbound:\n    - port: 8080\n      servicePort: 70000\n      tags:\n        kuma.io/protocol: smtp\n  outbound:\n    - port: 0\n      tags: {}\n";
+    assert_eq!(
+        violations(bad),
+        pairs(&[
+            ("networking.admin.port", "must differ from inbound"),
+            ("networking.address", "address can't be empty"),
+            ("networking.inbound[0].servicePort", "port must be a valid (1-65535)"),
+            (r#"networking.inbound[0].tags["kuma.io/service"]"#, "tag has to exist"),
+            (
+                r#"networking.inbound[0].tags["kuma.io/protocol"]"#,
+                r#"tag "kuma.io/protocol" has an invalid value "smtp". Allowed values: grpc, http, http2, kafka, tcp"#,
+            ),
+            ("networking.outbound[0].port", "port must be a valid (1-65535)"),
+            ("networking.outbound[0].tags", r#"mandatory tag "kuma.io/service" is missing"#),
+        ])
+    );
+    assert_eq!(violations("type: Dataplane\nname: d\nmesh: default\n"), pairs(&[("networking", "must be defined")]));
+}
+
+#[test]
+fn identity_rules() {
+    assert_eq!(
+        violations("type: MeshOpenTelemetryBackend\nname: Main_Collector\nmesh: default\n"),
+        pairs(&[(
+            "name",
+            "invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        )])
+    );
+    assert_eq!(violations("type: MeshOpenTelemetryBackend\nname: m\n"), pairs(&[("mesh", "cannot be empty")]));
+    assert_eq!(violations("type: MeshWidget\nname: m\n"), pairs(&[("type", "unknown kind \"MeshWidget\"; known kinds: Mesh, Dataplane, DataplaneInsight, MeshOpenTelemetryBackend, MeshTrace, MeshMetric, MeshAccessLog")]));
+    assert_eq!(
+        violations("apiVersion: kuma.io/v1beta9\nkind: Mesh\nmetadata:\n  name: m\n"),
+        pairs(&[("apiVersion", "must be kuma.io/v1alpha1")])
+    );
+    assert_eq!(violations("type: Mesh\nname: other\nmtls:\n  enabledBackend: ca-1\n"), vec![]);
+}
