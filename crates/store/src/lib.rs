@@ -1,1 +1,128 @@
+//! Tern's resource store: one trait, [`ResourceStore`], with one SQL
+//! implementation, [`SqlStore`], that runs on SQLite (the embedded default)
+//! and PostgreSQL (production) through sqlx's `Any` driver.
+//!
+//! Invariants:
+//! - every write bumps the resource's `version`; a write that names an older
+//!   version is refused with [`StoreError::Conflict`], never applied;
+//! - [`ResourceStore::apply`] is all-or-nothing: a batch either commits whole
+//!   or leaves the store untouched;
+//! - a mesh-scoped resource can only be written into a mesh that exists (or
+//!   is created earlier in the same batch);
+//! - every committed change is announced on the change feed, in commit order.
 
+mod sql;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use tern_model::{Kind, Resource, ResourceKey};
+use tokio::sync::broadcast;
+
+pub use sql::SqlStore;
+
+/// What a write expects of the resource it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Create or replace, whatever is stored (Kuma's PUT).
+    None,
+    /// Only create: the resource must not exist.
+    MustNotExist,
+    /// Only replace this exact version.
+    Version(i64),
+}
+
+/// One resource to write in a batch.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub resource: Resource,
+    pub precondition: Precondition,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created { version: i64 },
+    Updated { version: i64 },
+    /// Labels and spec were already exactly as written; nothing changed.
+    Unchanged { version: i64 },
+}
+
+impl WriteOutcome {
+    pub fn version(self) -> i64 {
+        match self {
+            WriteOutcome::Created { version } | WriteOutcome::Updated { version } | WriteOutcome::Unchanged { version } => version,
+        }
+    }
+}
+
+/// A committed change, as the change feed announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: ResourceKey,
+    pub op: ChangeOp,
+    /// The version after the change (the last version for a deletion).
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    Created,
+    Updated,
+    Deleted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(ResourceKey),
+    #[error("{key} already exists")]
+    AlreadyExists { key: ResourceKey },
+    #[error("{key} was modified concurrently: expected version {expected}, stored version is {actual}")]
+    Conflict { key: ResourceKey, expected: i64, actual: i64 },
+    #[error("mesh of name {mesh} is not found")]
+    MeshNotFound { mesh: String, key: ResourceKey },
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Which resources to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this mesh; all meshes when `None`.
+    pub mesh: Option<String>,
+    /// Only resources carrying every one of these labels with these values.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The store every control-plane component goes through.
+pub trait ResourceStore: Send + Sync + 'static {
+    /// One resource, or `None`.
+    fn get(&self, key: &ResourceKey) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// Resources of one kind, sorted by mesh then name.
+    fn list(&self, kind: Kind, filter: &ListFilter) -> impl Future<Output = Result<Vec<Resource>, StoreError>> + Send;
+
+    /// Writes a batch atomically; outcomes are in input order. Status is
+    /// never taken from the input: it is kept as stored (see [`Self::set_status`]).
+    fn apply(&self, writes: Vec<Write>) -> impl Future<Output = Result<Vec<WriteOutcome>, StoreError>> + Send;
+
+    /// Deletes one resource. Deleting a Mesh deletes everything inside it.
+    fn delete(&self, key: &ResourceKey, precondition: Precondition) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces a resource's status, if its version is still `expected_version`.
+    fn set_status(
+        &self,
+        key: &ResourceKey,
+        status: Option<serde_json::Value>,
+        expected_version: i64,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Subscribes to committed changes from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Change>;
+}

@@ -1,0 +1,338 @@
+//! [`SqlStore`]: the store on SQLite or PostgreSQL. The SQL is written once
+//! in the dialect both accept (`$n` placeholders, TEXT and BIGINT columns).
+
+use crate::{Change, ChangeOp, ListFilter, Precondition, ResourceStore, StoreError, Write, WriteOutcome};
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tern_model::{Kind, Meta, Resource, ResourceKey, DEFAULT_MESH};
+use tokio::sync::{broadcast, Mutex};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tern_resources (
+        kind TEXT NOT NULL,
+        mesh TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        labels TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        status TEXT,
+        creation_time TEXT NOT NULL,
+        modification_time TEXT NOT NULL,
+        PRIMARY KEY (kind, mesh, name)
+    )",
+    "CREATE TABLE IF NOT EXISTS tern_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+];
+
+const COLUMNS: &str = "kind, mesh, name, version, labels, spec, status, creation_time, modification_time";
+
+/// Marks that the `default` mesh was created once, so deleting it sticks.
+const DEFAULT_MESH_MARK: &str = "default_mesh_created";
+
+/// The resource store on a SQL database.
+pub struct SqlStore {
+    pool: AnyPool,
+    /// Writers take turns: batches are short, and one writer at a time keeps
+    /// SQLite free of busy errors. Version checks in SQL still guard against
+    /// other processes sharing a PostgreSQL database.
+    write_lock: Mutex<()>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl SqlStore {
+    /// Opens `sqlite:PATH` (created if missing) or `postgres://...`, creates
+    /// the schema, and creates the `default` mesh the first time.
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, max) = if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            (format!("sqlite://{path}?mode=rwc"), 4)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (url.to_string(), 8)
+        } else {
+            return Err(StoreError::Backend(format!(
+                "unsupported store {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
+            )));
+        };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        if url.starts_with("sqlite:") {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        let (changes, _) = broadcast::channel(4096);
+        let store = SqlStore { pool, write_lock: Mutex::new(()), changes };
+        store.ensure_default_mesh().await?;
+        Ok(store)
+    }
+
+    async fn ensure_default_mesh(&self) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query("SELECT value FROM tern_meta WHERE key = $1")
+            .bind(DEFAULT_MESH_MARK)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if marked {
+            return Ok(());
+        }
+        let now = format_time(Utc::now());
+        sqlx::query(&format!("INSERT INTO tern_resources ({COLUMNS}) VALUES ($1, $2, $3, 1, $4, $5, NULL, $6, $6)"))
+            .bind(Kind::Mesh.name())
+            .bind("")
+            .bind(DEFAULT_MESH)
+            .bind("{}")
+            .bind("{}")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO tern_meta (key, value) VALUES ($1, $2)")
+            .bind(DEFAULT_MESH_MARK)
+            .bind("true")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let key = ResourceKey::new(Kind::Mesh, "", DEFAULT_MESH);
+        let _ = self.changes.send(Change { key, op: ChangeOp::Created, version: 1 });
+        Ok(())
+    }
+}
+
+fn format_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Backend(format!("stored time {s:?} unreadable: {e}")))
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("stored JSON unreadable: {e}"))
+}
+
+fn row_to_resource(row: &AnyRow) -> Result<Resource, StoreError> {
+    let kind_name: String = row.try_get("kind")?;
+    let kind = Kind::from_name(&kind_name).ok_or_else(|| StoreError::Backend(format!("unknown stored kind {kind_name:?}")))?;
+    let labels: String = row.try_get("labels")?;
+    let spec: String = row.try_get("spec")?;
+    let status: Option<String> = row.try_get("status")?;
+    let created: String = row.try_get("creation_time")?;
+    let modified: String = row.try_get("modification_time")?;
+    Ok(Resource {
+        kind,
+        mesh: row.try_get("mesh")?,
+        name: row.try_get("name")?,
+        labels: serde_json::from_str(&labels).map_err(json_err)?,
+        spec: serde_json::from_str(&spec).map_err(json_err)?,
+        status: status.map(|s| serde_json::from_str(&s)).transpose().map_err(json_err)?,
+        meta: Meta {
+            version: row.try_get("version")?,
+            creation_time: Some(parse_time(&created)?),
+            modification_time: Some(parse_time(&modified)?),
+        },
+    })
+}
+
+fn to_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("labels and specs serialize")
+}
+
+fn check_precondition(key: &ResourceKey, pre: Precondition, stored: Option<i64>) -> Result<(), StoreError> {
+    match (pre, stored) {
+        (Precondition::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists { key: key.clone() }),
+        (Precondition::Version(_), None) => Err(StoreError::NotFound(key.clone())),
+        (Precondition::Version(expected), Some(actual)) if expected != actual => {
+            Err(StoreError::Conflict { key: key.clone(), expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+async fn fetch_one_resource(tx: &mut Tx<'_>, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 AND name = $3"))
+        .bind(key.kind.name())
+        .bind(&key.mesh)
+        .bind(&key.name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(row_to_resource).transpose()
+}
+
+/// Writes one resource inside a batch transaction.
+async fn write_one(tx: &mut Tx<'_>, w: &Write, now: &str, created_meshes: &[String]) -> Result<WriteOutcome, StoreError> {
+    let r = &w.resource;
+    let key = r.key();
+    if r.kind.is_mesh_scoped() && !created_meshes.contains(&r.mesh) {
+        let mesh_key = ResourceKey::new(Kind::Mesh, "", &r.mesh);
+        if fetch_one_resource(tx, &mesh_key).await?.is_none() {
+            return Err(StoreError::MeshNotFound { mesh: r.mesh.clone(), key });
+        }
+    }
+    let stored = fetch_one_resource(tx, &key).await?;
+    check_precondition(&key, w.precondition, stored.as_ref().map(|s| s.meta.version))?;
+    let Some(stored) = stored else {
+        sqlx::query(&format!("INSERT INTO tern_resources ({COLUMNS}) VALUES ($1, $2, $3, 1, $4, $5, NULL, $6, $6)"))
+            .bind(r.kind.name())
+            .bind(&r.mesh)
+            .bind(&r.name)
+            .bind(to_text(&r.labels))
+            .bind(to_text(&r.spec))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(WriteOutcome::Created { version: 1 });
+    };
+    if stored.labels == r.labels && stored.spec == r.spec {
+        return Ok(WriteOutcome::Unchanged { version: stored.meta.version });
+    }
+    let version = stored.meta.version + 1;
+    let done = sqlx::query(
+        "UPDATE tern_resources SET version = $1, labels = $2, spec = $3, modification_time = $4
+         WHERE kind = $5 AND mesh = $6 AND name = $7 AND version = $8",
+    )
+    .bind(version)
+    .bind(to_text(&r.labels))
+    .bind(to_text(&r.spec))
+    .bind(now)
+    .bind(r.kind.name())
+    .bind(&r.mesh)
+    .bind(&r.name)
+    .bind(stored.meta.version)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(StoreError::Conflict { key, expected: stored.meta.version, actual: -1 });
+    }
+    Ok(WriteOutcome::Updated { version })
+}
+
+impl ResourceStore for SqlStore {
+    async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let found = fetch_one_resource(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
+        let rows = match &filter.mesh {
+            Some(mesh) => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 ORDER BY mesh, name"))
+                    .bind(kind.name())
+                    .bind(mesh)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 ORDER BY mesh, name"))
+                    .bind(kind.name())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let r = row_to_resource(row)?;
+            if r.matches_labels(&filter.labels) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let now = format_time(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut created_meshes = Vec::new();
+        for w in &writes {
+            // Dropping `tx` on error rolls the whole batch back.
+            let outcome = write_one(&mut tx, w, &now, &created_meshes).await?;
+            if w.resource.kind == Kind::Mesh {
+                created_meshes.push(w.resource.name.clone());
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        for (w, outcome) in writes.iter().zip(&outcomes) {
+            let op = match outcome {
+                WriteOutcome::Created { .. } => ChangeOp::Created,
+                WriteOutcome::Updated { .. } => ChangeOp::Updated,
+                WriteOutcome::Unchanged { .. } => continue,
+            };
+            let _ = self.changes.send(Change { key: w.resource.key(), op, version: outcome.version() });
+        }
+        Ok(outcomes)
+    }
+
+    async fn delete(&self, key: &ResourceKey, precondition: Precondition) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let stored = fetch_one_resource(&mut tx, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        check_precondition(key, precondition, Some(stored.meta.version))?;
+        let mut deleted = vec![Change { key: key.clone(), op: ChangeOp::Deleted, version: stored.meta.version }];
+        if key.kind == Kind::Mesh {
+            let rows = sqlx::query("SELECT kind, mesh, name, version FROM tern_resources WHERE mesh = $1")
+                .bind(&key.name)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                let kind: String = row.try_get("kind")?;
+                let Some(kind) = Kind::from_name(&kind) else { continue };
+                let name: String = row.try_get("name")?;
+                let inner = ResourceKey::new(kind, &key.name, &name);
+                deleted.push(Change { key: inner, op: ChangeOp::Deleted, version: row.try_get("version")? });
+            }
+            sqlx::query("DELETE FROM tern_resources WHERE mesh = $1").bind(&key.name).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM tern_resources WHERE kind = $1 AND mesh = $2 AND name = $3")
+            .bind(key.kind.name())
+            .bind(&key.mesh)
+            .bind(&key.name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        for change in deleted {
+            let _ = self.changes.send(change);
+        }
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        key: &ResourceKey,
+        status: Option<serde_json::Value>,
+        expected_version: i64,
+    ) -> Result<i64, StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let stored = fetch_one_resource(&mut tx, key).await?;
+        check_precondition(key, Precondition::Version(expected_version), stored.map(|s| s.meta.version))?;
+        let version = expected_version + 1;
+        sqlx::query(
+            "UPDATE tern_resources SET version = $1, status = $2 WHERE kind = $3 AND mesh = $4 AND name = $5 AND version = $6",
+        )
+        .bind(version)
+        .bind(status.as_ref().map(to_text))
+        .bind(key.kind.name())
+        .bind(&key.mesh)
+        .bind(&key.name)
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let _ = self.changes.send(Change { key: key.clone(), op: ChangeOp::Updated, version });
+        Ok(version)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
