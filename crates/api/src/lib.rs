@@ -1,1 +1,44 @@
+//! Tern's REST API: Kuma's resource paths over the [`ResourceStore`], JSON
+//! bodies, Kuma's error shape listing every violation, warnings in a response
+//! field, and `/openapi.json`. See [`router`].
 
+mod apply;
+mod auth;
+pub mod error;
+pub mod openapi;
+mod resources;
+
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use tern_store::ResourceStore;
+
+pub use apply::{ApplyRequest, ApplyResponse, ApplyResult};
+pub use auth::WriteAuth;
+pub use error::{ErrorBody, InvalidParameter};
+
+/// What the handlers share.
+pub struct ApiState<S> {
+    pub store: Arc<S>,
+}
+
+/// The API's routes over `store`; `auth` decides who may write.
+pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth) -> Router {
+    use resources::*;
+    let state = Arc::new(ApiState { store });
+    Router::new()
+        .route("/", get(|| async { Json(json!({"product": "Tern", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/_apply", post(apply::apply::<S>))
+        .route("/meshes", get(list_meshes::<S>))
+        .route("/meshes/{name}", get(get_mesh::<S>).put(put_mesh::<S>).delete(delete_mesh::<S>))
+        .route("/{plural}", get(list_all_meshes::<S>))
+        .route("/meshes/{mesh}/{plural}", get(list_in_mesh::<S>))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_resource::<S>).put(put_resource::<S>).delete(delete_resource::<S>),
+        )
+        .layer(middleware::from_fn_with_state(Arc::new(auth), auth::require_token))
+        .with_state(state)
+}

@@ -66,9 +66,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<SourceDocument>, SyntaxError> {
     Ok(out)
 }
 
+/// Drops the parser's own " at line L column C" (the caller reports the
+/// location in its own words).
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(pos) => message[..pos].to_string(),
+    let Some(start) = message.find(" at line ") else { return message.to_string() };
+    let rest = &message[start + " at line ".len()..];
+    let after_numbers = rest
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .strip_prefix(" column ")
+        .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()));
+    match after_numbers {
+        Some(tail) => format!("{}{tail}", &message[..start]),
         None => message.to_string(),
     }
 }
@@ -356,6 +364,7 @@ mod tests {
     fn syntax_errors_carry_line_and_column() {
         let err = parse_documents("a: 1\nb: [1, 2\n").expect_err("broken yaml");
         assert!(err.line.is_some() && err.column.is_some(), "{err:?}");
+        assert!(!err.message.contains("at line"), "location is reported once: {err}");
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! API errors, rendered in Kuma's error body shape:
+//! `{type, status, title, detail, invalid_parameters[], details, causes[]}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tern_model::{Violation, Violations};
+use tern_store::StoreError;
+
+/// One invalid field, as Kuma's `invalid_parameters[]` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidParameter {
+    pub field: String,
+    pub reason: String,
+    /// Which document of a multi-document apply the field belongs to (Tern).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<usize>,
+}
+
+/// The deprecated mirror of `invalid_parameters`, which Kuma always fills.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cause {
+    pub field: String,
+    pub message: String,
+}
+
+/// Kuma's error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: u16,
+    pub title: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_parameters: Vec<InvalidParameter>,
+    pub details: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<Cause>,
+}
+
+/// An error the API answers with.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub title: String,
+    pub detail: String,
+    pub invalid: Vec<InvalidParameter>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, title: &str, detail: impl Into<String>) -> Self {
+        ApiError { status, title: title.into(), detail: detail.into(), invalid: vec![] }
+    }
+
+    pub fn bad_request(title: &str, detail: impl Into<String>, invalid: Vec<InvalidParameter>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, title: title.into(), detail: detail.into(), invalid }
+    }
+
+    /// A 400 listing every violation of one resource.
+    pub fn invalid(title: &str, violations: &Violations, document: Option<usize>) -> Self {
+        Self::bad_request(title, "Resource is not valid", parameters(violations, document))
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Could not retrieve a resource", detail)
+    }
+
+    pub fn mesh_not_found(mesh: &str, document: Option<usize>) -> Self {
+        Self::bad_request(
+            "Mesh is not found",
+            "Mesh is not found",
+            vec![InvalidParameter { field: "mesh".into(), reason: format!("mesh of name {mesh} is not found"), document }],
+        )
+    }
+
+    /// Maps a store error; `title` is used for the 4xx cases the caller caused.
+    pub fn from_store(e: StoreError, document: Option<usize>) -> Self {
+        match e {
+            StoreError::NotFound(key) => Self::not_found(format!("{key} not found")),
+            StoreError::MeshNotFound { mesh, .. } => Self::mesh_not_found(&mesh, document),
+            e @ (StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
+                Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+            }
+            StoreError::Backend(msg) => {
+                tracing::error!(error = %msg, "store failure");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", format!("store failure: {msg}"))
+            }
+        }
+    }
+}
+
+pub fn parameters(violations: &Violations, document: Option<usize>) -> Vec<InvalidParameter> {
+    violations
+        .iter()
+        .map(|Violation { field, message }| InvalidParameter { field: field.clone(), reason: message.clone(), document })
+        .collect()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            type_: "/std-errors".into(),
+            status: self.status.as_u16(),
+            title: self.title,
+            details: self.detail.clone(),
+            detail: self.detail,
+            causes: self.invalid.iter().map(|p| Cause { field: p.field.clone(), message: p.reason.clone() }).collect(),
+            invalid_parameters: self.invalid,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,278 @@
+//! Kuma's resource paths: `GET/PUT/DELETE /meshes/{mesh}/{plural}/{name}`,
+//! `GET /meshes/{mesh}/{plural}`, `GET /{plural}`, `GET/PUT/DELETE /meshes/{name}`.
+
+use crate::error::{ApiError, InvalidParameter};
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tern_model::{resource_from_document, Kind, Resource, ResourceKey};
+use tern_store::{ListFilter, Precondition, ResourceStore, Write, WriteOutcome};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn kind_of(plural: &str) -> Result<Kind, ApiError> {
+    match Kind::from_plural(plural) {
+        Some(k) if k.is_mesh_scoped() => Ok(k),
+        _ => Err(ApiError::not_found(format!("unknown resource type {plural:?}"))),
+    }
+}
+
+fn with_etag(mut response: Response, version: i64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+async fn get_one<S: ResourceStore>(state: &ApiState<S>, key: ResourceKey) -> Result<Response, ApiError> {
+    let found = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?;
+    let r = found.ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
+    Ok(with_etag(Json(r.to_json()).into_response(), r.meta.version))
+}
+
+pub async fn get_resource<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    get_one(&state, ResourceKey::new(kind, &mesh, &name)).await
+}
+
+pub async fn get_mesh<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    get_one(&state, ResourceKey::new(Kind::Mesh, "", &name)).await
+}
+
+/// `offset`, `size` and `filter=label.<key>=<value>` (repeatable, ANDed).
+struct ListQuery {
+    offset: usize,
+    size: usize,
+    labels: BTreeMap<String, String>,
+}
+
+fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery { offset: 0, size: DEFAULT_PAGE, labels: BTreeMap::new() };
+    let bad = |field: &str, reason: &str| {
+        ApiError::bad_request(
+            "Could not list resources",
+            "invalid query",
+            vec![InvalidParameter { field: field.into(), reason: reason.into(), document: None }],
+        )
+    };
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "offset" => q.offset = v.parse().map_err(|_| bad("offset", "must be a non-negative integer"))?,
+            "size" => {
+                q.size = v.parse().map_err(|_| bad("size", "must be a positive integer"))?;
+                if q.size == 0 || q.size > MAX_PAGE {
+                    return Err(bad("size", &format!("must be between 1 and {MAX_PAGE}")));
+                }
+            }
+            "filter" => {
+                let (key, value) = v
+                    .strip_prefix("label.")
+                    .and_then(|s| s.split_once('='))
+                    .ok_or_else(|| bad("filter", "must be label.<key>=<value>"))?;
+                q.labels.insert(key.to_string(), value.to_string());
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+async fn list<S: ResourceStore>(
+    state: &ApiState<S>,
+    kind: Kind,
+    mesh: Option<String>,
+    path: String,
+    raw: Option<String>,
+) -> Result<Response, ApiError> {
+    let q = parse_list_query(raw.as_deref())?;
+    if let Some(m) = &mesh {
+        let mesh_key = ResourceKey::new(Kind::Mesh, "", m);
+        if state.store.get(&mesh_key).await.map_err(|e| ApiError::from_store(e, None))?.is_none() {
+            return Err(ApiError::mesh_not_found(m, None));
+        }
+    }
+    let filter = ListFilter { mesh, labels: q.labels.clone() };
+    let all = state.store.list(kind, &filter).await.map_err(|e| ApiError::from_store(e, None))?;
+    let total = all.len();
+    let items: Vec<Value> = all.iter().skip(q.offset).take(q.size).map(Resource::to_json).collect();
+    let next = (q.offset + q.size < total).then(|| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("offset", &(q.offset + q.size).to_string()).append_pair("size", &q.size.to_string());
+        for (k, v) in &q.labels {
+            query.append_pair("filter", &format!("label.{k}={v}"));
+        }
+        format!("{path}?{}", query.finish())
+    });
+    Ok(Json(json!({"total": total, "items": items, "next": next})).into_response())
+}
+
+pub async fn list_in_mesh<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((mesh, plural)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    list(&state, kind, Some(mesh.clone()), format!("/meshes/{mesh}/{plural}"), raw).await
+}
+
+pub async fn list_all_meshes<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path(plural): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let kind = Kind::from_plural(&plural).ok_or_else(|| ApiError::not_found(format!("unknown resource type {plural:?}")))?;
+    list(&state, kind, None, format!("/{plural}"), raw).await
+}
+
+pub async fn list_meshes<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    list(&state, Kind::Mesh, None, "/meshes".into(), raw).await
+}
+
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        let text = v.to_str().unwrap_or("").trim().trim_matches('"');
+        return text.parse().map(Precondition::Version).map_err(|_| {
+            ApiError::bad_request("Could not process a resource", "If-Match must be a version returned in an ETag", vec![])
+        });
+    }
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some("*") {
+        return Ok(Precondition::MustNotExist);
+    }
+    Ok(Precondition::None)
+}
+
+/// Fills `type`, `mesh` and `name` from the URL when the body leaves them
+/// out, and refuses a body that names something else.
+fn reconcile_body(body: &mut Value, key: &ResourceKey) -> Result<(), ApiError> {
+    let Value::Object(fields) = body else {
+        return Err(ApiError::bad_request("Could not process a resource", "body must be a JSON object", vec![]));
+    };
+    let mut wanted = vec![("type", key.kind.name().to_string()), ("name", key.name.clone())];
+    if key.kind.is_mesh_scoped() {
+        wanted.push(("mesh", key.mesh.clone()));
+    }
+    let mut invalid = Vec::new();
+    for (field, value) in wanted {
+        match fields.get(field).and_then(Value::as_str) {
+            None => {
+                fields.insert(field.into(), Value::from(value));
+            }
+            Some(given) if given != value => invalid.push(InvalidParameter {
+                field: field.into(),
+                reason: format!("{field} from the URL has to be the same as in body"),
+                document: None,
+            }),
+            Some(_) => {}
+        }
+    }
+    if invalid.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("Could not process a resource", "Resource is not valid", invalid))
+    }
+}
+
+async fn put<S: ResourceStore>(
+    state: &ApiState<S>,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if key.kind.is_read_only() {
+        return Err(read_only(key.kind));
+    }
+    let mut doc: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("Could not process a resource", format!("body is not valid JSON: {e}"), vec![]))?;
+    reconcile_body(&mut doc, &key)?;
+    let exists = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_some();
+    let parsed = resource_from_document(&doc).map_err(|e| {
+        let title = if exists { "Failed to update a resource" } else { "Failed to create a resource" };
+        ApiError::invalid(title, &e.violations, None)
+    })?;
+    let write = Write { resource: parsed.resource, precondition: precondition(headers)? };
+    let outcome = state.store.apply(vec![write]).await.map_err(|e| ApiError::from_store(e, None))?;
+    let outcome = outcome[0];
+    let status = match outcome {
+        WriteOutcome::Created { .. } => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    for w in &parsed.warnings {
+        tracing::warn!(resource = %key, warning = %w, "accepted with a warning");
+    }
+    let body = if parsed.warnings.is_empty() { json!({}) } else { json!({"warnings": parsed.warnings}) };
+    Ok(with_etag((status, Json(body)).into_response(), outcome.version()))
+}
+
+pub async fn put_resource<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    put(&state, ResourceKey::new(kind, &mesh, &name), &headers, &body).await
+}
+
+pub async fn put_mesh<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    put(&state, ResourceKey::new(Kind::Mesh, "", &name), &headers, &body).await
+}
+
+fn read_only(kind: Kind) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        format!("{kind} is written by the control plane only"),
+    )
+}
+
+async fn delete<S: ResourceStore>(state: &ApiState<S>, key: ResourceKey, headers: &HeaderMap) -> Result<Response, ApiError> {
+    if key.kind.is_read_only() {
+        return Err(read_only(key.kind));
+    }
+    let pre = precondition(headers)?;
+    state.store.delete(&key, pre).await.map_err(|e| match e {
+        tern_store::StoreError::NotFound(k) => {
+            ApiError::new(StatusCode::NOT_FOUND, "Could not delete a resource", format!("{k} not found"))
+        }
+        e => ApiError::from_store(e, None),
+    })?;
+    Ok(Json(json!({})).into_response())
+}
+
+pub async fn delete_resource<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    delete(&state, ResourceKey::new(kind, &mesh, &name), &headers).await
+}
+
+pub async fn delete_mesh<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete(&state, ResourceKey::new(Kind::Mesh, "", &name), &headers).await
+}

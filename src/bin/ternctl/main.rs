@@ -1,0 +1,272 @@
+//! `ternctl`: the Tern CLI, kumactl-style: apply, get, delete.
+
+mod client;
+mod output;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use client::Client;
+use output::Format;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::PathBuf;
+use tern_api::ApplyResponse;
+use tern_model::{parse_documents, Kind, SourceDocument, DEFAULT_MESH};
+
+#[derive(Parser)]
+#[command(name = "ternctl", version, about = "Command-line client for the Tern control plane")]
+struct Cli {
+    /// URL of the control plane's API.
+    #[arg(long, global = true, env = "TERN_API")]
+    api: Option<String>,
+    /// Bearer token for writes (needed when the API listens beyond loopback).
+    #[arg(long, global = true, env = "TERN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Config file with `api:` and `token:` (default: ~/.config/tern/ternctl.yaml).
+    #[arg(long, global = true, env = "TERNCTL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or update resources from a YAML/JSON file (`-` for stdin). Every
+    /// document is validated first; if any is invalid, none is applied.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+        /// Validate only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources: `get motb`, `get meshtrace all-traces -o yaml`.
+    Get {
+        /// Kind: plural, singular or short name (meshopentelemetrybackends, motb, ...).
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+        /// List across every mesh.
+        #[arg(short = 'A', long)]
+        all_meshes: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Delete one resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+    },
+}
+
+/// `api:` and `token:` from ternctl's config file.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    api: Option<String>,
+    token: Option<String>,
+}
+
+fn load_config(explicit: Option<PathBuf>) -> Result<Config> {
+    let path = explicit.clone().or_else(|| {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("tern/ternctl.yaml"))
+    });
+    let Some(path) = path else { return Ok(Config::default()) };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_yaml_ng::from_str(&text).with_context(|| format!("reading config file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => Ok(Config::default()),
+        Err(e) => Err(e).with_context(|| format!("reading config file {}", path.display())),
+    }
+}
+
+fn parse_kind(arg: &str) -> Result<Kind> {
+    Kind::from_cli_arg(arg).ok_or_else(|| {
+        let known: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let aliases = k.aliases();
+                format!("{} ({})", aliases[0], aliases[1..].join(", "))
+            })
+            .collect();
+        anyhow!("unknown resource type {arg:?}. Known types: {}", known.join("; "))
+    })
+}
+
+fn resource_path(kind: Kind, mesh: &str, name: &str) -> String {
+    if kind.is_mesh_scoped() {
+        format!("/meshes/{mesh}/{}/{name}", kind.plural())
+    } else {
+        format!("/meshes/{name}")
+    }
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+async fn apply(client: &Client, file: &str, dry_run: bool) -> Result<()> {
+    let text = read_input(file)?;
+    let source = if file == "-" { "stdin" } else { file };
+    let docs = parse_documents(&text).map_err(|e| anyhow!("{source} is not valid YAML: {e}"))?;
+    if docs.is_empty() {
+        bail!("{source} holds no documents");
+    }
+    let body = json!({"documents": docs.iter().map(|d| &d.value).collect::<Vec<_>>(), "dryRun": dry_run});
+    let answer = client.send(Method::POST, "/_apply", Some(&body)).await?;
+    if !answer.status.is_success() {
+        return Err(anyhow!("{source}: {}", with_lines(client::api_error(&answer), &docs)));
+    }
+    let response: ApplyResponse = serde_json::from_value(answer.body).context("reading the apply response")?;
+    for (r, doc) in response.results.iter().zip(&docs) {
+        for w in &r.warnings {
+            eprintln!("Warning: {} {:?} (document {}, line {}): {w}", r.type_, r.name, doc.index, doc.line);
+        }
+        let mesh = if r.mesh.is_empty() { String::new() } else { format!(" in mesh {}", r.mesh) };
+        println!("{} {:?}{mesh}: {}", r.type_, r.name, r.outcome);
+    }
+    Ok(())
+}
+
+/// Adds each document's starting line to the API's "document N" references.
+fn with_lines(err: anyhow::Error, docs: &[SourceDocument]) -> String {
+    let text = err.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(pos) = rest.find("document ") {
+        let (before, after) = rest.split_at(pos + "document ".len());
+        out.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (number, tail) = after.split_at(digits);
+        out.push_str(number);
+        if let Some(d) = number.parse::<usize>().ok().and_then(|n| docs.iter().find(|d| d.index == n)) {
+            out.push_str(&format!(", line {}", d.line));
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+async fn fetch_all(client: &Client, first: String) -> Result<(Vec<Value>, Value)> {
+    let mut items = Vec::new();
+    let mut next = Some(first);
+    let mut last = Value::Null;
+    while let Some(path) = next.take() {
+        let page = client.call(Method::GET, &path, None).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        next = page["next"].as_str().map(str::to_string);
+        last = page;
+    }
+    Ok((items, last))
+}
+
+async fn get(client: &Client, kind: Kind, name: Option<String>, mesh: &str, all: bool, format: Format) -> Result<()> {
+    if let Some(name) = name {
+        let answer = client.send(Method::GET, &resource_path(kind, mesh, &name), None).await?;
+        if answer.status == reqwest::StatusCode::NOT_FOUND {
+            let place = if kind.is_mesh_scoped() { format!(" in mesh {mesh:?}") } else { String::new() };
+            bail!("{kind} {name:?} not found{place}");
+        }
+        if !answer.status.is_success() {
+            return Err(client::api_error(&answer));
+        }
+        return match format {
+            Format::Table => {
+                let rows = vec![output::row(kind, &answer.body, chrono::Utc::now())];
+                print!("{}", output::table(&output::columns(kind), &rows));
+                Ok(())
+            }
+            f => output::print_value(&answer.body, f),
+        };
+    }
+    let path = if !kind.is_mesh_scoped() {
+        "/meshes".to_string()
+    } else if all {
+        format!("/{}", kind.plural())
+    } else {
+        format!("/meshes/{mesh}/{}", kind.plural())
+    };
+    let (items, _) = fetch_all(client, path).await?;
+    match format {
+        Format::Table if items.is_empty() => {
+            let place = if !kind.is_mesh_scoped() || all { String::new() } else { format!(" in mesh {mesh}") };
+            eprintln!("No {} found{place}.", kind.plural());
+            Ok(())
+        }
+        Format::Table => {
+            let now = chrono::Utc::now();
+            let rows: Vec<Vec<String>> = items.iter().map(|i| output::row(kind, i, now)).collect();
+            print!("{}", output::table(&output::columns(kind), &rows));
+            Ok(())
+        }
+        f => output::print_value(&json!({"total": items.len(), "items": items, "next": null}), f),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = load_config(cli.config)?;
+    let api = cli.api.or(config.api).unwrap_or_else(|| "http://127.0.0.1:5681".into());
+    let client = Client::new(&api, cli.token.or(config.token))?;
+    match cli.command {
+        Command::Apply { file, dry_run } => apply(&client, &file, dry_run).await,
+        Command::Get { kind, name, mesh, all_meshes, output } => {
+            get(&client, parse_kind(&kind)?, name, &mesh, all_meshes, output).await
+        }
+        Command::Delete { kind, name, mesh } => {
+            let kind = parse_kind(&kind)?;
+            let answer = client.send(Method::DELETE, &resource_path(kind, &mesh, &name), None).await?;
+            if answer.status == reqwest::StatusCode::NOT_FOUND {
+                let place = if kind.is_mesh_scoped() { format!(" in mesh {mesh:?}") } else { String::new() };
+                bail!("{kind} {name:?} not found{place}");
+            }
+            if !answer.status.is_success() {
+                return Err(client::api_error(&answer));
+            }
+            let place = if kind.is_mesh_scoped() { format!(" in mesh {mesh}") } else { String::new() };
+            println!("{kind} {name:?}{place}: deleted");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_references_get_lines() {
+        let docs: Vec<SourceDocument> = (1..=10)
+            .map(|i| SourceDocument { index: i, line: i * 10, value: serde_json::Value::Null })
+            .collect();
+        let text = with_lines(anyhow!("document 1 (X) and document 10: bad; documents"), &docs);
+        assert_eq!(text, "document 1, line 10 (X) and document 10, line 100: bad; documents");
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
