@@ -6,7 +6,8 @@ set -euo pipefail
 
 cmd=${1:?start|stop}
 dir=${2:?data directory}
-port=${TERN_TEST_POSTGRES_PORT:-55432}
+# A free port unless one is given, so parallel runs never collide.
+port=${TERN_TEST_POSTGRES_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 pg_bin() {
   local d

@@ -71,7 +71,11 @@ impl ApiError {
         Self::bad_request(
             "Mesh is not found",
             "Mesh is not found",
-            vec![InvalidParameter { field: "mesh".into(), reason: format!("mesh of name {mesh} is not found"), document }],
+            vec![InvalidParameter {
+                field: "mesh".into(),
+                reason: format!("mesh of name {mesh} is not found"),
+                document,
+            }],
         )
     }
 
@@ -94,7 +98,11 @@ impl ApiError {
 pub fn parameters(violations: &Violations, document: Option<usize>) -> Vec<InvalidParameter> {
     violations
         .iter()
-        .map(|Violation { field, message }| InvalidParameter { field: field.clone(), reason: message.clone(), document })
+        .map(|Violation { field, message }| InvalidParameter {
+            field: field.clone(),
+            reason: message.clone(),
+            document,
+        })
         .collect()
 }
 

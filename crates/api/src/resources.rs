@@ -133,7 +133,8 @@ pub async fn list_all_meshes<S: ResourceStore>(
     Path(plural): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let kind = Kind::from_plural(&plural).ok_or_else(|| ApiError::not_found(format!("unknown resource type {plural:?}")))?;
+    let kind =
+        Kind::from_plural(&plural).ok_or_else(|| ApiError::not_found(format!("unknown resource type {plural:?}")))?;
     list(&state, kind, None, format!("/{plural}"), raw).await
 }
 
@@ -148,7 +149,11 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     if let Some(v) = headers.get(header::IF_MATCH) {
         let text = v.to_str().unwrap_or("").trim().trim_matches('"');
         return text.parse().map(Precondition::Version).map_err(|_| {
-            ApiError::bad_request("Could not process a resource", "If-Match must be a version returned in an ETag", vec![])
+            ApiError::bad_request(
+                "Could not process a resource",
+                "If-Match must be a version returned in an ETag",
+                vec![],
+            )
         });
     }
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some("*") {
@@ -197,8 +202,9 @@ async fn put<S: ResourceStore>(
     if key.kind.is_read_only() {
         return Err(read_only(key.kind));
     }
-    let mut doc: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("Could not process a resource", format!("body is not valid JSON: {e}"), vec![]))?;
+    let mut doc: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("Could not process a resource", format!("body is not valid JSON: {e}"), vec![])
+    })?;
     reconcile_body(&mut doc, &key)?;
     let exists = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_some();
     let parsed = resource_from_document(&doc).map_err(|e| {
@@ -246,7 +252,11 @@ fn read_only(kind: Kind) -> ApiError {
     )
 }
 
-async fn delete<S: ResourceStore>(state: &ApiState<S>, key: ResourceKey, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn delete<S: ResourceStore>(
+    state: &ApiState<S>,
+    key: ResourceKey,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     if key.kind.is_read_only() {
         return Err(read_only(key.kind));
     }

@@ -247,13 +247,19 @@ fn universal_header(fields: &Map<String, Value>) -> Result<Header, Violations> {
     let labels = read_labels(fields.get("labels"), &FieldPath::root("labels"), &mut v);
     const META_KEYS: &[&str] = &["type", "name", "mesh", "labels", "creationTime", "modificationTime", "kri", "status"];
     let spec = if kind.spec_is_inlined() {
-        let inlined: Map<String, Value> =
-            fields.iter().filter(|(k, _)| !META_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let inlined: Map<String, Value> = fields
+            .iter()
+            .filter(|(k, _)| !META_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Value::Object(inlined)
     } else {
         for key in fields.keys() {
             if !META_KEYS.contains(&key.as_str()) && key != "spec" {
-                v.add(&FieldPath::root(key), "unknown field; a Universal document has type, name, mesh, labels and spec");
+                v.add(
+                    &FieldPath::root(key),
+                    "unknown field; a Universal document has type, name, mesh, labels and spec",
+                );
             }
         }
         fields.get("spec").cloned().unwrap_or(Value::Null)
@@ -283,7 +289,10 @@ fn kubernetes_header(fields: &Map<String, Value>) -> Result<Header, Violations> 
     let Ok(kind) = kind else { return Err(v) };
     for key in fields.keys() {
         if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key.as_str()) {
-            v.add(&FieldPath::root(key), "unknown field; a Kubernetes document has apiVersion, kind, metadata and spec");
+            v.add(
+                &FieldPath::root(key),
+                "unknown field; a Kubernetes document has apiVersion, kind, metadata and spec",
+            );
         }
     }
     let empty = Map::new();
@@ -337,7 +346,8 @@ pub fn identifier_problem(id: &str, allow_underscore: bool) -> Option<String> {
         !b.is_empty()
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || (allow_underscore && c == b'_'))
+            && b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || (allow_underscore && c == b'_'))
     };
     if id.split('.').all(label_ok) {
         None

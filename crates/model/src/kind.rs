@@ -26,12 +26,7 @@ struct KindInfo {
 const KINDS: &[KindInfo] = &[
     KindInfo { kind: Kind::Mesh, name: "Mesh", plural: "meshes", short: None },
     KindInfo { kind: Kind::Dataplane, name: "Dataplane", plural: "dataplanes", short: Some("dp") },
-    KindInfo {
-        kind: Kind::DataplaneInsight,
-        name: "DataplaneInsight",
-        plural: "dataplane-insights",
-        short: None,
-    },
+    KindInfo { kind: Kind::DataplaneInsight, name: "DataplaneInsight", plural: "dataplane-insights", short: None },
     KindInfo {
         kind: Kind::MeshOpenTelemetryBackend,
         name: "MeshOpenTelemetryBackend",
@@ -40,12 +35,7 @@ const KINDS: &[KindInfo] = &[
     },
     KindInfo { kind: Kind::MeshTrace, name: "MeshTrace", plural: "meshtraces", short: Some("mtr") },
     KindInfo { kind: Kind::MeshMetric, name: "MeshMetric", plural: "meshmetrics", short: Some("mm") },
-    KindInfo {
-        kind: Kind::MeshAccessLog,
-        name: "MeshAccessLog",
-        plural: "meshaccesslogs",
-        short: Some("mal"),
-    },
+    KindInfo { kind: Kind::MeshAccessLog, name: "MeshAccessLog", plural: "meshaccesslogs", short: Some("mal") },
 ];
 
 impl Kind {
@@ -138,7 +128,10 @@ impl Kind {
 }
 
 fn singular(plural: &str) -> &str {
-    plural.strip_suffix("es").filter(|s| s.ends_with("sh")).unwrap_or_else(|| plural.strip_suffix('s').unwrap_or(plural))
+    plural
+        .strip_suffix("es")
+        .filter(|s| s.ends_with("sh"))
+        .unwrap_or_else(|| plural.strip_suffix('s').unwrap_or(plural))
 }
 
 impl fmt::Display for Kind {

@@ -11,7 +11,9 @@ pub mod resource;
 pub mod spec;
 pub mod violation;
 
-pub use document::{parse_documents, resource_from_document, DocumentError, ParsedResource, SourceDocument, SyntaxError};
+pub use document::{
+    parse_documents, resource_from_document, DocumentError, ParsedResource, SourceDocument, SyntaxError,
+};
 pub use kind::Kind;
 pub use resource::{Meta, Resource, ResourceKey, DEFAULT_MESH};
 pub use violation::{FieldPath, Violation, Violations};

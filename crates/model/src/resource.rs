@@ -91,7 +91,9 @@ impl Resource {
                 self.labels.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
             out.insert("labels".into(), Value::Object(labels));
         }
-        for (key, time) in [("creationTime", self.meta.creation_time), ("modificationTime", self.meta.modification_time)] {
+        for (key, time) in
+            [("creationTime", self.meta.creation_time), ("modificationTime", self.meta.modification_time)]
+        {
             if let Some(t) = time {
                 out.insert(key.into(), Value::from(t.to_rfc3339_opts(SecondsFormat::Millis, true)));
             }

@@ -18,7 +18,12 @@ fn examples(form: &str) -> Vec<(String, Vec<Resource>)> {
                 .iter()
                 .map(|d| {
                     let parsed = resource_from_document(&d.value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                    assert!(parsed.warnings.is_empty(), "{}: unexpected warnings {:?}", path.display(), parsed.warnings);
+                    assert!(
+                        parsed.warnings.is_empty(),
+                        "{}: unexpected warnings {:?}",
+                        path.display(),
+                        parsed.warnings
+                    );
                     parsed.resource
                 })
                 .collect();
@@ -53,7 +58,8 @@ fn single_collector_example_reads_as_the_seed_says() {
     let backend = &resources[0];
     assert_eq!((backend.mesh.as_str(), backend.name.as_str()), ("default", "main-collector"));
     assert_eq!(backend.labels.get("kuma.io/display-name").map(String::as_str), Some("main-collector"));
-    let spec: tern_model::spec::MeshOpenTelemetryBackendSpec = serde_json::from_value(backend.spec.clone()).expect("typed");
+    let spec: tern_model::spec::MeshOpenTelemetryBackendSpec =
+        serde_json::from_value(backend.spec.clone()).expect("typed");
     assert_eq!(spec.address(), Some("otel-collector.observability"));
     assert_eq!(spec.port(), 4317);
     let trace: tern_model::spec::MeshTraceSpec = serde_json::from_value(resources[2].spec.clone()).expect("typed");

@@ -20,13 +20,16 @@ fn indent(text: &str, n: usize) -> String {
     text.lines().map(|l| format!("{}{l}\n", " ".repeat(n))).collect()
 }
 
+/// (case name, spec YAML, expected violations as (field, message)).
+type Case = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
 fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
     expected.iter().map(|(f, m)| (f.to_string(), m.to_string())).collect()
 }
 
 #[test]
 fn motb_cases_match_kuma_testdata() {
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    let cases: &[Case] = &[
         ("minimal-valid", "endpoint:\n  address: otel-collector.observability\n  port: 4317", &[]),
         ("full-valid-http", "endpoint:\n  address: c\n  port: 4318\n  path: /v1/custom\nprotocol: http", &[]),
         ("grpc-with-path", "endpoint:\n  path: /some/path\nprotocol: grpc", &[("spec.endpoint.path", "must not be set when protocol is grpc")]),
@@ -85,7 +88,10 @@ fn motb_only_in_system_namespace_on_kubernetes() {
     let doc = "apiVersion: kuma.io/v1alpha1\nkind: MeshOpenTelemetryBackend\nmetadata:\n  name: b\n  namespace: apps\n  labels:\n    kuma.io/mesh: default\n";
     assert_eq!(
         violations(doc),
-        pairs(&[("metadata.namespace", "resource type MeshOpenTelemetryBackend can be created only in the system namespace:kuma-system")])
+        pairs(&[(
+            "metadata.namespace",
+            "resource type MeshOpenTelemetryBackend can be created only in the system namespace:kuma-system"
+        )])
     );
     let no_ns = doc.replace("  namespace: apps\n", "");
     assert_eq!(violations(&no_ns).len(), 1);
@@ -107,10 +113,19 @@ fn backend_ref_rules_apply_to_every_signal() {
     let cases: &[(&str, &[(&str, &str)])] = &[
         (REF, &[]),
         ("backendRef:\n  kind: MeshOpenTelemetryBackend\n  labels:\n    kuma.io/display-name: main", &[]),
-        ("backendRef:\n  kind: MeshService\n  name: main", &[(".backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)]),
+        (
+            "backendRef:\n  kind: MeshService\n  name: main",
+            &[(".backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)],
+        ),
         ("backendRef:\n  name: main", &[(".backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)]),
-        ("backendRef:\n  kind: MeshOpenTelemetryBackend", &[(".backendRef", "backendRef must have exactly one defined: name, labels")]),
-        ("backendRef:\n  kind: MeshOpenTelemetryBackend\n  labels: {}", &[(".backendRef", "backendRef must have exactly one defined: name, labels")]),
+        (
+            "backendRef:\n  kind: MeshOpenTelemetryBackend",
+            &[(".backendRef", "backendRef must have exactly one defined: name, labels")],
+        ),
+        (
+            "backendRef:\n  kind: MeshOpenTelemetryBackend\n  labels: {}",
+            &[(".backendRef", "backendRef must have exactly one defined: name, labels")],
+        ),
         (
             "backendRef:\n  kind: MeshOpenTelemetryBackend\n  name: a\n  labels:\n    x: y",
             &[(".backendRef", "backendRef must have only one type defined: name, labels")],
@@ -122,7 +137,10 @@ fn backend_ref_rules_apply_to_every_signal() {
                 (".backendRef", "backendRef must have only one type defined: name, labels"),
             ],
         ),
-        ("endpoint: collector:4317\nbackendRef:\n  kind: MeshOpenTelemetryBackend\n  name: a", &[("", "openTelemetry must have only one type defined: endpoint, backendRef")]),
+        (
+            "endpoint: collector:4317\nbackendRef:\n  kind: MeshOpenTelemetryBackend\n  name: a",
+            &[("", "openTelemetry must have only one type defined: endpoint, backendRef")],
+        ),
         ("{}", &[("", "openTelemetry must have exactly one defined: endpoint, backendRef")]),
         ("endpoint: http://collector:4317/x", &[(".endpoint", "must be in host:port format, not a URL")]),
     ];
@@ -175,23 +193,38 @@ fn signal_specific_fields() {
     );
     assert_eq!(violations(&policy("MeshTrace", "default: {}")), pairs(&[("spec.default.backends", "must be defined")]));
     let two = format!("{}\n    - type: OpenTelemetry\n      openTelemetry:\n{}", otel_backend(REF), indent(REF, 8));
-    assert_eq!(violations(&policy("MeshTrace", &two)), pairs(&[("spec.default.backends", "must have zero or one backend defined")]));
+    assert_eq!(
+        violations(&policy("MeshTrace", &two)),
+        pairs(&[("spec.default.backends", "must have zero or one backend defined")])
+    );
 
     let metric = otel_backend(&format!("{REF}\nrefreshInterval: 30x"));
     assert_eq!(
         violations(&policy("MeshMetric", &metric)),
-        pairs(&[("spec.default.backends[0].openTelemetry.refreshInterval", "must be a valid duration such as 30s, 1m or 1h30m")])
+        pairs(&[(
+            "spec.default.backends[0].openTelemetry.refreshInterval",
+            "must be a valid duration such as 30s, 1m or 1h30m"
+        )])
     );
     let metric = otel_backend(&format!("{REF}\nrefreshInterval: 30"));
     assert_eq!(
         violations(&policy("MeshMetric", &metric)),
-        pairs(&[("spec.default.backends[0].openTelemetry.refreshInterval", "invalid type: integer `30`, expected a string")])
+        pairs(&[(
+            "spec.default.backends[0].openTelemetry.refreshInterval",
+            "invalid type: integer `30`, expected a string"
+        )])
     );
-    let metric = format!("{}\n  applications:\n    - port: 0\n  sidecar:\n    profiles:\n      appendProfiles:\n        - name: Most", otel_backend(REF));
+    let metric = format!(
+        "{}\n  applications:\n    - port: 0\n  sidecar:\n    profiles:\n      appendProfiles:\n        - name: Most",
+        otel_backend(REF)
+    );
     assert_eq!(
         violations(&policy("MeshMetric", &metric)),
         pairs(&[
-            ("spec.default.sidecar.profiles.appendProfiles[0].name", r#""name" must be one of ["All", "Basic", "None"]"#),
+            (
+                "spec.default.sidecar.profiles.appendProfiles[0].name",
+                r#""name" must be one of ["All", "Basic", "None"]"#
+            ),
             ("spec.default.applications[0].port", "port must be a valid (1-65535)"),
         ])
     );
@@ -211,23 +244,38 @@ fn signal_specific_fields() {
             ),
         ])
     );
-    let rules = format!("rules:\n  - default:\n      backends:\n        - type: OpenTelemetry\n          openTelemetry:\n{}", indent("backendRef:\n  kind: X\n  name: a", 12));
+    let rules = format!(
+        "rules:\n  - default:\n      backends:\n        - type: OpenTelemetry\n          openTelemetry:\n{}",
+        indent("backendRef:\n  kind: X\n  name: a", 12)
+    );
     assert_eq!(
         violations(&policy("MeshAccessLog", &rules)),
-        pairs(&[("spec.rules[0].default.backends[0].openTelemetry.backendRef.kind", r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#)])
+        pairs(&[(
+            "spec.rules[0].default.backends[0].openTelemetry.backendRef.kind",
+            r#""kind" must be one of ["MeshOpenTelemetryBackend"]"#
+        )])
     );
 }
 
 #[test]
 fn target_refs() {
     let doc = |target: &str| {
-        format!("type: MeshTrace\nname: p\nmesh: default\nspec:\n  targetRef:\n{}  default:\n    backends: []\n", indent(target, 4))
+        format!(
+            "type: MeshTrace\nname: p\nmesh: default\nspec:\n  targetRef:\n{}  default:\n    backends: []\n",
+            indent(target, 4)
+        )
     };
     assert_eq!(violations(&doc("kind: MeshSubset\ntags:\n  kuma.io/zone: us-east")), vec![]);
     assert_eq!(violations(&doc("kind: Dataplane\nname: dp-1")), vec![]);
     assert_eq!(violations(&doc("kind: Dataplane\nlabels:\n  app: web")), vec![]);
-    assert_eq!(violations(&doc("kind: MeshService\nname: x")), pairs(&[("spec.targetRef.kind", "value 'MeshService' is not supported")]));
-    assert_eq!(violations(&doc("kind: Mesh\ntags:\n  a: b")), pairs(&[("spec.targetRef.tags", "must not be set with kind Mesh")]));
+    assert_eq!(
+        violations(&doc("kind: MeshService\nname: x")),
+        pairs(&[("spec.targetRef.kind", "value 'MeshService' is not supported")])
+    );
+    assert_eq!(
+        violations(&doc("kind: Mesh\ntags:\n  a: b")),
+        pairs(&[("spec.targetRef.tags", "must not be set with kind Mesh")])
+    );
     assert_eq!(
         violations(&doc("kind: Dataplane\nname: a\nlabels:\n  x: y")),
         pairs(&[("spec.targetRef.labels", "either labels or name and namespace must be specified")])

@@ -41,16 +41,24 @@ pub struct Write {
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    Created { version: i64 },
-    Updated { version: i64 },
+    Created {
+        version: i64,
+    },
+    Updated {
+        version: i64,
+    },
     /// Labels and spec were already exactly as written; nothing changed.
-    Unchanged { version: i64 },
+    Unchanged {
+        version: i64,
+    },
 }
 
 impl WriteOutcome {
     pub fn version(self) -> i64 {
         match self {
-            WriteOutcome::Created { version } | WriteOutcome::Updated { version } | WriteOutcome::Unchanged { version } => version,
+            WriteOutcome::Created { version }
+            | WriteOutcome::Updated { version }
+            | WriteOutcome::Unchanged { version } => version,
         }
     }
 }
@@ -113,7 +121,11 @@ pub trait ResourceStore: Send + Sync + 'static {
     fn apply(&self, writes: Vec<Write>) -> impl Future<Output = Result<Vec<WriteOutcome>, StoreError>> + Send;
 
     /// Deletes one resource. Deleting a Mesh deletes everything inside it.
-    fn delete(&self, key: &ResourceKey, precondition: Precondition) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete(
+        &self,
+        key: &ResourceKey,
+        precondition: Precondition,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Replaces a resource's status, if its version is still `expected_version`.
     fn set_status(

@@ -116,7 +116,8 @@ fn json_err(e: serde_json::Error) -> StoreError {
 
 fn row_to_resource(row: &AnyRow) -> Result<Resource, StoreError> {
     let kind_name: String = row.try_get("kind")?;
-    let kind = Kind::from_name(&kind_name).ok_or_else(|| StoreError::Backend(format!("unknown stored kind {kind_name:?}")))?;
+    let kind =
+        Kind::from_name(&kind_name).ok_or_else(|| StoreError::Backend(format!("unknown stored kind {kind_name:?}")))?;
     let labels: String = row.try_get("labels")?;
     let spec: String = row.try_get("spec")?;
     let status: Option<String> = row.try_get("status")?;
@@ -165,7 +166,12 @@ async fn fetch_one_resource(tx: &mut Tx<'_>, key: &ResourceKey) -> Result<Option
 }
 
 /// Writes one resource inside a batch transaction.
-async fn write_one(tx: &mut Tx<'_>, w: &Write, now: &str, created_meshes: &[String]) -> Result<WriteOutcome, StoreError> {
+async fn write_one(
+    tx: &mut Tx<'_>,
+    w: &Write,
+    now: &str,
+    created_meshes: &[String],
+) -> Result<WriteOutcome, StoreError> {
     let r = &w.resource;
     let key = r.key();
     if r.kind.is_mesh_scoped() && !created_meshes.contains(&r.mesh) {
@@ -223,11 +229,13 @@ impl ResourceStore for SqlStore {
     async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
         let rows = match &filter.mesh {
             Some(mesh) => {
-                sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 ORDER BY mesh, name"))
-                    .bind(kind.name())
-                    .bind(mesh)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 ORDER BY mesh, name"
+                ))
+                .bind(kind.name())
+                .bind(mesh)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
                 sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 ORDER BY mesh, name"))

@@ -13,7 +13,9 @@ fn resource(yaml: &str) -> Resource {
 }
 
 fn backend(mesh: &str, name: &str, port: u16) -> Resource {
-    resource(&format!("type: MeshOpenTelemetryBackend\nname: {name}\nmesh: {mesh}\nspec:\n  endpoint:\n    port: {port}\n"))
+    resource(&format!(
+        "type: MeshOpenTelemetryBackend\nname: {name}\nmesh: {mesh}\nspec:\n  endpoint:\n    port: {port}\n"
+    ))
 }
 
 fn put(r: Resource) -> Write {
@@ -132,7 +134,10 @@ async fn stale_version_is_refused(s: &SqlStore) {
 async fn unchanged_write_keeps_version(s: &SqlStore) {
     s.apply(vec![put(backend("default", "main", 4317))]).await.expect("create");
     let mut feed = s.subscribe();
-    assert_eq!(s.apply(vec![put(backend("default", "main", 4317))]).await.expect("again"), [WriteOutcome::Unchanged { version: 1 }]);
+    assert_eq!(
+        s.apply(vec![put(backend("default", "main", 4317))]).await.expect("again"),
+        [WriteOutcome::Unchanged { version: 1 }]
+    );
     assert!(feed.try_recv().is_err(), "an unchanged write announces nothing");
 }
 
@@ -180,7 +185,8 @@ async fn change_feed_reports_commits(s: &SqlStore) {
     s.apply(vec![put(backend("default", "main", 4317))]).await.expect("create");
     s.apply(vec![put(backend("default", "main", 4318))]).await.expect("update");
     s.delete(&key(Kind::MeshOpenTelemetryBackend, "default", "main"), Precondition::None).await.expect("delete");
-    let ops: Vec<(ChangeOp, i64)> = (0..3).map(|_| feed.try_recv().expect("change")).map(|c| (c.op, c.version)).collect();
+    let ops: Vec<(ChangeOp, i64)> =
+        (0..3).map(|_| feed.try_recv().expect("change")).map(|c| (c.op, c.version)).collect();
     assert_eq!(ops, [(ChangeOp::Created, 1), (ChangeOp::Updated, 2), (ChangeOp::Deleted, 2)]);
     let failed = Write { resource: backend("default", "x", 1), precondition: Precondition::Version(7) };
     assert!(s.apply(vec![failed]).await.is_err());
@@ -188,9 +194,13 @@ async fn change_feed_reports_commits(s: &SqlStore) {
 }
 
 async fn deleting_a_mesh_deletes_its_resources(s: &SqlStore) {
-    s.apply(vec![put(resource("type: Mesh\nname: gone\n")), put(backend("gone", "b", 1)), put(backend("default", "b", 1))])
-        .await
-        .expect("seed");
+    s.apply(vec![
+        put(resource("type: Mesh\nname: gone\n")),
+        put(backend("gone", "b", 1)),
+        put(backend("default", "b", 1)),
+    ])
+    .await
+    .expect("seed");
     s.delete(&key(Kind::Mesh, "", "gone"), Precondition::None).await.expect("delete mesh");
     let left = s.list(Kind::MeshOpenTelemetryBackend, &ListFilter::default()).await.expect("list");
     assert_eq!(left.iter().map(|r| r.mesh.as_str()).collect::<Vec<_>>(), ["default"]);
@@ -212,7 +222,9 @@ async fn status_writes_are_versioned(s: &SqlStore) {
 async fn survives_reopen(s: SqlStore, url: &str) {
     s.apply(vec![put(backend("default", "main", 4317))]).await.expect("create");
     s.delete(&key(Kind::Mesh, "", "default"), Precondition::None).await.ok();
-    s.apply(vec![put(resource("type: Mesh\nname: default\n")), put(backend("default", "main", 4317))]).await.expect("recreate");
+    s.apply(vec![put(resource("type: Mesh\nname: default\n")), put(backend("default", "main", 4317))])
+        .await
+        .expect("recreate");
     s.delete(&key(Kind::Mesh, "", "default"), Precondition::None).await.expect("delete default mesh");
     s.apply(vec![put(resource("type: Mesh\nname: kept\n")), put(backend("kept", "main", 4317))]).await.expect("seed");
     drop(s);
@@ -220,5 +232,9 @@ async fn survives_reopen(s: SqlStore, url: &str) {
     let got = reopened.get(&key(Kind::MeshOpenTelemetryBackend, "kept", "main")).await.expect("get");
     assert_eq!(got.expect("still there").spec, json!({"endpoint": {"port": 4317}}));
     let meshes = reopened.list(Kind::Mesh, &ListFilter::default()).await.expect("list");
-    assert_eq!(meshes.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["kept"], "a deleted default mesh stays deleted");
+    assert_eq!(
+        meshes.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["kept"],
+        "a deleted default mesh stays deleted"
+    );
 }

@@ -72,7 +72,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let store_url = args.store.unwrap_or_else(|| format!("sqlite:{}", data_dir.join("tern.db").display()));
-    let store = SqlStore::open(&store_url).await.with_context(|| format!("opening the store {}", redact_url(&store_url)))?;
+    let store =
+        SqlStore::open(&store_url).await.with_context(|| format!("opening the store {}", redact_url(&store_url)))?;
     info!(store = %redact_url(&store_url), "store open");
 
     let auth = if args.api_addr.ip().is_loopback() {

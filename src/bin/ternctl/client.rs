@@ -53,7 +53,8 @@ impl Client {
         })?;
         let status = resp.status();
         let text = resp.text().await?;
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok(Answer { status, body })
     }
 
@@ -83,7 +84,9 @@ pub fn api_error(answer: &Answer) -> anyhow::Error {
     };
     let mut msg = format!("{}: {}", body.title, body.detail);
     if answer.status == StatusCode::UNAUTHORIZED {
-        msg.push_str("\nSet TERN_TOKEN (or `token:` in ternctl's config file) to the token tern-cp wrote to its data directory.");
+        msg.push_str(
+            "\nSet TERN_TOKEN (or `token:` in ternctl's config file) to the token tern-cp wrote to its data directory.",
+        );
     }
     for p in &body.invalid_parameters {
         let doc = p.document.map(|d| format!("document {d}: ")).unwrap_or_default();

@@ -242,20 +242,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn document_references_get_lines() {
-        let docs: Vec<SourceDocument> = (1..=10)
-            .map(|i| SourceDocument { index: i, line: i * 10, value: serde_json::Value::Null })
-            .collect();
-        let text = with_lines(anyhow!("document 1 (X) and document 10: bad; documents"), &docs);
-        assert_eq!(text, "document 1, line 10 (X) and document 10, line 100: bad; documents");
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -268,5 +254,18 @@ fn main() {
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_references_get_lines() {
+        let docs: Vec<SourceDocument> =
+            (1..=10).map(|i| SourceDocument { index: i, line: i * 10, value: serde_json::Value::Null }).collect();
+        let text = with_lines(anyhow!("document 1 (X) and document 10: bad; documents"), &docs);
+        assert_eq!(text, "document 1, line 10 (X) and document 10, line 100: bad; documents");
     }
 }

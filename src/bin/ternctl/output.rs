@@ -115,7 +115,8 @@ fn backends(spec: &Value) -> String {
             let label = if let Some(name) = otel["backendRef"]["name"].as_str() {
                 format!("motb/{name}")
             } else if let Some(labels) = otel["backendRef"]["labels"].as_object() {
-                let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+                let pairs: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
                 format!("motb[{}]", pairs.join(","))
             } else if let Some(e) = otel["endpoint"].as_str() {
                 format!("endpoint:{e}")

@@ -167,7 +167,10 @@ fn validate_inbound(v: &mut Violations, at: &FieldPath, inbound: &Inbound) {
         if !PROTOCOLS.contains(&protocol.as_str()) {
             v.add(
                 &tags_at.key(PROTOCOL_TAG),
-                format!("tag {PROTOCOL_TAG:?} has an invalid value {protocol:?}. Allowed values: {}", PROTOCOLS.join(", ")),
+                format!(
+                    "tag {PROTOCOL_TAG:?} has an invalid value {protocol:?}. Allowed values: {}",
+                    PROTOCOLS.join(", ")
+                ),
             );
         }
     }

@@ -128,16 +128,23 @@ impl MeshAccessLogSpec {
         for (at, conf) in confs {
             for (j, backend) in conf.backends.iter().flatten().enumerate() {
                 let b_at = at.field("backends").index(j);
-                let is_otel = check_backend_type(&mut check.violations, &b_at, &backend.type_, ACCESS_LOG_BACKEND_TYPES, |t| match t {
-                    "Tcp" => backend.tcp.is_some(),
-                    "File" => backend.file.is_some(),
-                    _ => backend.open_telemetry.is_some(),
-                });
+                let is_otel =
+                    check_backend_type(&mut check.violations, &b_at, &backend.type_, ACCESS_LOG_BACKEND_TYPES, |t| {
+                        match t {
+                            "Tcp" => backend.tcp.is_some(),
+                            "File" => backend.file.is_some(),
+                            _ => backend.open_telemetry.is_some(),
+                        }
+                    });
                 let Some(otel) = backend.open_telemetry.as_ref().filter(|_| is_otel) else { continue };
                 let o_at = b_at.field("openTelemetry");
                 validate_otel_block(&mut check, &o_at, otel, false);
                 for (k, kv) in otel.attributes.iter().flatten().enumerate() {
-                    validate_attribute_key(&mut check.violations, &o_at.field("attributes").index(k).field("key"), &kv.key);
+                    validate_attribute_key(
+                        &mut check.violations,
+                        &o_at.field("attributes").index(k).field("key"),
+                        &kv.key,
+                    );
                 }
             }
         }

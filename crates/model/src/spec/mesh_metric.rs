@@ -128,7 +128,10 @@ impl MeshMetricSpec {
             let p_at = at.field("sidecar").field("profiles");
             for (i, p) in profiles.append_profiles.iter().flatten().enumerate() {
                 if !PROFILE_NAMES.contains(&p.name.as_str()) {
-                    v.add(&p_at.field("appendProfiles").index(i).field("name"), crate::violation::must_be_one_of("name", PROFILE_NAMES));
+                    v.add(
+                        &p_at.field("appendProfiles").index(i).field("name"),
+                        crate::violation::must_be_one_of("name", PROFILE_NAMES),
+                    );
                 }
             }
             for (field, list) in [("exclude", &profiles.exclude), ("include", &profiles.include)] {
@@ -151,14 +154,20 @@ impl MeshMetricSpec {
         for (i, backend) in conf.backends.iter().flatten().enumerate() {
             let b_at = at.field("backends").index(i);
             let is_otel = check_backend_type(&mut check.violations, &b_at, &backend.type_, METRIC_BACKEND_TYPES, |t| {
-                if t == "Prometheus" { backend.prometheus.is_some() } else { backend.open_telemetry.is_some() }
+                if t == "Prometheus" {
+                    backend.prometheus.is_some()
+                } else {
+                    backend.open_telemetry.is_some()
+                }
             });
             let Some(otel) = backend.open_telemetry.as_ref().filter(|_| is_otel) else { continue };
             let o_at = b_at.field("openTelemetry");
             validate_otel_block(&mut check, &o_at, otel, true);
             if let Some(interval) = &otel.refresh_interval {
                 match parse_go_duration(interval) {
-                    Ok(d) if d.is_zero() => check.violations.add(&o_at.field("refreshInterval"), "must be greater than zero when defined"),
+                    Ok(d) if d.is_zero() => {
+                        check.violations.add(&o_at.field("refreshInterval"), "must be greater than zero when defined")
+                    }
                     Ok(_) => {}
                     Err(message) => check.violations.add(&o_at.field("refreshInterval"), message),
                 }

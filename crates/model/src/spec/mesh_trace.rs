@@ -109,13 +109,17 @@ impl MeshTraceSpec {
             Some([]) => {}
             Some([backend]) => {
                 let b_at = backends_at.index(0);
-                let is_otel = check_backend_type(&mut check.violations, &b_at, &backend.type_, TRACE_BACKEND_TYPES, |t| {
-                    match t {
+                let is_otel = check_backend_type(
+                    &mut check.violations,
+                    &b_at,
+                    &backend.type_,
+                    TRACE_BACKEND_TYPES,
+                    |t| match t {
                         "Zipkin" => backend.zipkin.is_some(),
                         "Datadog" => backend.datadog.is_some(),
                         _ => backend.open_telemetry.is_some(),
-                    }
-                });
+                    },
+                );
                 if let (true, Some(otel)) = (is_otel, &backend.open_telemetry) {
                     validate_otel_block(&mut check, &b_at.field("openTelemetry"), otel, false);
                 }

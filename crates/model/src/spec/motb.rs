@@ -91,11 +91,7 @@ impl MeshOpenTelemetryBackendSpec {
 
     /// The port, 4317 when omitted (for both protocols, as Kuma does).
     pub fn port(&self) -> u16 {
-        self.endpoint
-            .as_ref()
-            .and_then(|e| e.port)
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(DEFAULT_OTLP_PORT)
+        self.endpoint.as_ref().and_then(|e| e.port).and_then(|p| u16::try_from(p).ok()).unwrap_or(DEFAULT_OTLP_PORT)
     }
 
     /// The explicit address, if the backend names one.

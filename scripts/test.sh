@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The one command that runs every Tern test: starts a throwaway PostgreSQL
+# cluster (installing Debian's postgresql if missing), runs the whole
+# workspace's tests against it and SQLite, and removes the cluster.
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh --test api_e2e).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pgdir=$(mktemp -d /tmp/tern-test-pg.XXXXXX)
+cleanup() {
+  scripts/postgres.sh stop "$pgdir"
+  rm -rf "$pgdir"
+}
+trap cleanup EXIT
+eval "$(scripts/postgres.sh start "$pgdir")"
+export TERN_TEST_POSTGRES_URL
+
+cargo test --workspace --locked "$@"

@@ -1,0 +1,185 @@
+//! Helpers for end-to-end tests: start the real `tern-cp`, run the real
+//! `ternctl`, and make a fresh PostgreSQL database when a test needs one.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TERN_CP: &str = env!("CARGO_BIN_EXE_tern-cp");
+pub const TERNCTL: &str = env!("CARGO_BIN_EXE_ternctl");
+pub const TERN_DP: &str = env!("CARGO_BIN_EXE_tern-dp");
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A running `tern-cp`, stopped (SIGTERM, then kill) when dropped.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub api: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    store: Option<String>,
+    bind_ip: String,
+}
+
+impl ControlPlane {
+    /// Starts on the embedded SQLite store in `data_dir`.
+    pub fn start(data_dir: &Path) -> ControlPlane {
+        Self::start_with(data_dir, None, "127.0.0.1")
+    }
+
+    pub fn start_with(data_dir: &Path, store: Option<&str>, bind_ip: &str) -> ControlPlane {
+        let mut cp = ControlPlane {
+            child: None,
+            api: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.join(format!("tern-cp-{}.log", Instant::now().elapsed().as_nanos())),
+            store: store.map(str::to_string),
+            bind_ip: bind_ip.to_string(),
+        };
+        cp.spawn();
+        cp
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let mut cmd = Command::new(TERN_CP);
+        cmd.args(["run", "--api-addr", &format!("{}:0", self.bind_ip), "--data-dir"])
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(store) = &self.store {
+            cmd.args(["--store", store]);
+        }
+        self.child = Some(cmd.spawn().expect("tern-cp starts"));
+        let port = self.wait_for_port();
+        self.api = format!("http://127.0.0.1:{port}");
+    }
+
+    /// Reads the bound port from the "tern-cp listening api=..." log line.
+    fn wait_for_port(&mut self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("tern-cp listening")) {
+                let addr = line.split("api=").nth(1).expect("api= in listening line");
+                return addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tern-cp exited early with {status}:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "tern-cp did not start in 30s:\n{text}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process the way an operator would (SIGTERM) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts again on the same data directory and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.log = self.data_dir.join(format!("tern-cp-restart-{}.log", std::process::id()));
+        self.spawn();
+    }
+
+    /// Runs `ternctl` against this control plane.
+    pub fn ternctl(&self, args: &[&str]) -> Run {
+        ternctl_with(&self.api, args, None, &[])
+    }
+
+    pub fn ternctl_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        ternctl_with(&self.api, args, Some(stdin), &[])
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a CLI run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn fails(self) -> Run {
+        assert_ne!(self.code, 0, "expected failure\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+pub fn ternctl_with(api: &str, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(TERNCTL);
+    cmd.args(args)
+        .env("TERN_API", api)
+        .env_remove("TERN_TOKEN")
+        .env("TERNCTL_CONFIG", "/nonexistent/ternctl.yaml")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Tests never read the developer's own config file.
+    cmd.env_remove("TERNCTL_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("ternctl runs");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+    }
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("ternctl finishes");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A fresh database on the test PostgreSQL cluster (`TERN_TEST_POSTGRES_URL`,
+/// which scripts/test.sh sets after starting a throwaway cluster).
+pub async fn fresh_postgres_database() -> String {
+    let base = std::env::var("TERN_TEST_POSTGRES_URL").expect(
+        "TERN_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let db = format!("tern_e2e_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.expect("postgres reachable");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut admin).await.expect("create database");
+    let (prefix, _) = base.rsplit_once('/').expect("URL ends in /DATABASE");
+    format!("{prefix}/{db}")
+}
