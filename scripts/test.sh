@@ -15,4 +15,4 @@ trap cleanup EXIT
 eval "$(scripts/postgres.sh start "$pgdir")"
 export TERN_TEST_POSTGRES_URL
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
