@@ -1,0 +1,250 @@
+//! The merge: for one backend and one signal, which source supplies each OTLP
+//! field, which reasons block environment input, and the resulting state.
+//! Seed 000's rules, written once. The control plane calls it to compute
+//! status; the data plane calls it to pick the values for its exporters.
+
+use crate::env::{Field, Layer, Signal};
+use crate::inventory::Inventory;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, MeshOpenTelemetryBackendSpec, Precedence, Protocol};
+
+/// What a MeshOpenTelemetryBackend says explicitly, and its env policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    pub env_policy: EffectiveEnvPolicy,
+}
+
+impl BackendSettings {
+    /// Reads a validated backend spec.
+    pub fn from_spec(spec: &MeshOpenTelemetryBackendSpec) -> BackendSettings {
+        let endpoint = spec.endpoint.clone().unwrap_or_default();
+        BackendSettings {
+            address: endpoint.address,
+            port: endpoint.port.and_then(|p| u16::try_from(p).ok()),
+            path: endpoint.path.filter(|p| !p.is_empty()),
+            protocol: spec.protocol.as_ref().map(|_| spec.protocol()),
+            env_policy: spec.env_policy(),
+        }
+    }
+}
+
+/// Where a field's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_*`.
+    SignalEnv,
+    /// `OTEL_EXPORTER_OTLP_*`.
+    SharedEnv,
+    /// The MeshOpenTelemetryBackend.
+    Explicit,
+    /// Built-in default (for the endpoint: the node-local collector).
+    Default,
+}
+
+/// Why environment input was ignored or the signal blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BlockedReason {
+    EnvDisabledByPolicy,
+    RequiredEnvMissing,
+    SignalOverridesDisallowed,
+    MultipleBackendsForSignal,
+}
+
+impl BlockedReason {
+    /// Hard blocks take the signal out of `ready`; soft ones only mean env
+    /// input was ignored.
+    pub fn is_hard(self) -> bool {
+        matches!(self, BlockedReason::RequiredEnvMissing | BlockedReason::MultipleBackendsForSignal)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ready,
+    Blocked,
+    Missing,
+    Ambiguous,
+}
+
+/// The merge's verdict for one backend and one signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalResolution {
+    pub signal: Signal,
+    pub state: State,
+    pub env_allowed: bool,
+    pub env_input_present: bool,
+    pub override_kinds: Vec<Field>,
+    /// `missingFields` names (`endpoint`, `client_certificate`, ...).
+    pub missing_fields: Vec<String>,
+    pub blocked_reasons: Vec<BlockedReason>,
+    /// Where each field comes from; empty when nothing is exported.
+    pub sources: BTreeMap<Field, Source>,
+    /// Whether the data plane exports this signal at all.
+    pub exports: bool,
+}
+
+/// Whether this backend takes env input for `signal`: env allowed by its
+/// policy and env input present. Two such backends on one dataplane for the
+/// same signal are ambiguous.
+pub fn takes_env_input(backend: &BackendSettings, signal: Signal, env: &Inventory) -> bool {
+    backend.env_policy.mode != EnvMode::Disabled && env_input_present(signal, env)
+}
+
+fn env_input_present(signal: Signal, env: &Inventory) -> bool {
+    env.has_input(Layer::Shared) || env.has_input(signal.layer())
+}
+
+/// Resolves one signal of one backend. `ambiguous` says another backend on
+/// the same dataplane also takes env input for this signal (see
+/// [`resolve_backends`], which works it out).
+pub fn resolve_signal(backend: &BackendSettings, signal: Signal, env: &Inventory, ambiguous: bool) -> SignalResolution {
+    let policy = backend.env_policy;
+    let present = env_input_present(signal, env);
+    let overrides = env.override_kinds(signal).to_vec();
+    let mut reasons = Vec::new();
+    let mut missing = Vec::new();
+    if policy.mode == EnvMode::Disabled && present {
+        reasons.push(BlockedReason::EnvDisabledByPolicy);
+    }
+    let signal_layer_allowed = policy.allow_signal_overrides;
+    if policy.mode == EnvMode::Required && !ambiguous {
+        // The layers this backend may read: shared, and the signal's own when allowed.
+        let layers: Vec<Layer> =
+            std::iter::once(Layer::Shared).chain(signal_layer_allowed.then_some(signal.layer())).collect();
+        let usable_input = layers.iter().any(|l| env.has_input(*l));
+        for l in &layers {
+            for f in &env.layer(*l).invalid {
+                if !missing.contains(&f.as_str().to_string()) {
+                    missing.push(f.as_str().to_string());
+                }
+            }
+        }
+        if !usable_input || !missing.is_empty() {
+            reasons.push(BlockedReason::RequiredEnvMissing);
+        }
+    }
+    if !overrides.is_empty() && !signal_layer_allowed {
+        reasons.push(BlockedReason::SignalOverridesDisallowed);
+    }
+    if ambiguous {
+        reasons.push(BlockedReason::MultipleBackendsForSignal);
+    }
+
+    let env_usable = policy.mode != EnvMode::Disabled && !ambiguous;
+    let pick = |field: Field| {
+        pick_source(backend, signal, env, field, env_usable, env_usable && signal_layer_allowed, !ambiguous)
+    };
+    let mut sources = BTreeMap::new();
+    for field in Field::ALL {
+        if let Some(source) = pick(field) {
+            sources.insert(field, source);
+        }
+    }
+    let has_endpoint = sources.contains_key(&Field::Endpoint);
+    let state = if ambiguous {
+        State::Ambiguous
+    } else if reasons.contains(&BlockedReason::RequiredEnvMissing) {
+        State::Blocked
+    } else if !has_endpoint {
+        missing.push(Field::Endpoint.as_str().to_string());
+        State::Missing
+    } else {
+        State::Ready
+    };
+    // Tern's reading of the ambiguity rule: with env input dropped, export
+    // continues only on an explicit address (never the node-local guess),
+    // and not at all when the backend requires env input.
+    let exports = match state {
+        State::Ready => true,
+        State::Ambiguous => backend.address.is_some() && policy.mode != EnvMode::Required,
+        State::Blocked | State::Missing => false,
+    };
+    if !exports {
+        sources.clear();
+    }
+    SignalResolution {
+        signal,
+        state,
+        env_allowed: policy.mode != EnvMode::Disabled,
+        env_input_present: present,
+        override_kinds: overrides,
+        missing_fields: missing,
+        blocked_reasons: reasons,
+        sources,
+        exports,
+    }
+}
+
+/// The first source that supplies `field`, in the order the backend's
+/// precedence gives: EnvFirst is signal env, shared env, explicit, default;
+/// ExplicitFirst moves explicit to the front.
+fn pick_source(
+    backend: &BackendSettings,
+    signal: Signal,
+    env: &Inventory,
+    field: Field,
+    shared_allowed: bool,
+    signal_allowed: bool,
+    default_allowed: bool,
+) -> Option<Source> {
+    let order: [Source; 4] = match backend.env_policy.precedence {
+        Precedence::EnvFirst => [Source::SignalEnv, Source::SharedEnv, Source::Explicit, Source::Default],
+        Precedence::ExplicitFirst => [Source::Explicit, Source::SignalEnv, Source::SharedEnv, Source::Default],
+    };
+    order.into_iter().find(|source| match source {
+        Source::SignalEnv => signal_allowed && env.usable(signal.layer(), field),
+        Source::SharedEnv => shared_allowed && env.usable(Layer::Shared, field),
+        Source::Explicit => match field {
+            Field::Endpoint => backend.address.is_some(),
+            Field::Protocol => backend.protocol.is_some(),
+            _ => false,
+        },
+        Source::Default => match field {
+            // The node-local collector counts only where the data plane can
+            // name its address: 127.0.0.1 off Kubernetes, HOST_IP on it.
+            Field::Endpoint => default_allowed && (!env.kubernetes || env.host_ip_present),
+            Field::Protocol | Field::Timeout | Field::Compression => true,
+            _ => false,
+        },
+    })
+}
+
+/// One backend as a dataplane sees it: settings and the signals policies ask for.
+#[derive(Debug, Clone)]
+pub struct BackendUse<'a> {
+    pub name: &'a str,
+    pub settings: &'a BackendSettings,
+    pub signals: &'a [Signal],
+}
+
+/// Resolves every signal of every backend on one dataplane, applying the
+/// ambiguity rule: when more than one backend takes env input for a signal,
+/// each of those is ambiguous for it.
+pub fn resolve_backends(uses: &[BackendUse<'_>], env: &Inventory) -> Vec<Vec<SignalResolution>> {
+    let competing = |signal: Signal| {
+        uses.iter().filter(|u| u.signals.contains(&signal) && takes_env_input(u.settings, signal, env)).count()
+    };
+    uses.iter()
+        .map(|u| {
+            u.signals
+                .iter()
+                .map(|s| {
+                    let ambiguous = competing(*s) > 1 && takes_env_input(u.settings, *s, env);
+                    resolve_signal(u.settings, *s, env, ambiguous)
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,57 @@
+//! The per-dataplane OpenTelemetry plan the control plane sends `tern-dp`:
+//! each resolved backend, the socket to open for it, its explicit settings
+//! and env policy, and per signal the status the control plane computed.
+
+use crate::env::Signal;
+use crate::merge::{BackendSettings, BlockedReason};
+use crate::status::SignalStatus;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtelPlan {
+    pub backends: Vec<PlanBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanBackend {
+    /// The backend's display name.
+    pub name: String,
+    /// The Unix socket `tern-dp` listens on for this backend.
+    pub socket_path: String,
+    pub settings: BackendSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traces: Option<PlanSignal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<PlanSignal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<PlanSignal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanSignal {
+    pub status: SignalStatus,
+    /// Metrics only: how often to push (Go duration, default `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<String>,
+}
+
+impl PlanBackend {
+    pub fn signal(&self, signal: Signal) -> Option<&PlanSignal> {
+        match signal {
+            Signal::Traces => self.traces.as_ref(),
+            Signal::Metrics => self.metrics.as_ref(),
+            Signal::Logs => self.logs.as_ref(),
+        }
+    }
+}
+
+impl PlanSignal {
+    /// The control plane found another backend competing for this signal's
+    /// env input (something only it can see).
+    pub fn ambiguous(&self) -> bool {
+        self.status.blocked_reasons.contains(&BlockedReason::MultipleBackendsForSignal)
+    }
+}
