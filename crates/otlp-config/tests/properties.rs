@@ -1,0 +1,184 @@
+//! Property tests: the inventory never carries a value, and the control
+//! plane's status always agrees with what the data plane does.
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, Precedence, Protocol};
+use tern_otlp_config::merge::BackendUse;
+use tern_otlp_config::{
+    build_exporter, resolve_backends, resolve_signal, BackendSettings, BlockedReason, Field, Inventory, Layer, Signal,
+    Source, State,
+};
+
+/// A secret-looking token: long and random enough that finding it anywhere
+/// in the output can only mean it leaked.
+fn secret() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9]{12,24}".prop_map(|s| format!("Zq{s}"))
+}
+
+/// Realistic and unrealistic values carrying a secret for any field.
+fn value_with(secret: String) -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(secret.clone()),
+        Just(format!("https://{}.example:4318/{}", secret.to_lowercase(), secret)),
+        Just(format!("http://collector:4317/{secret}")),
+        Just(format!("authorization=Bearer%20{secret},x-tenant={secret}")),
+        Just(format!("/etc/otel/{secret}.pem")),
+        Just(format!("{secret}=")),
+    ]
+}
+
+fn all_var_names() -> Vec<String> {
+    let mut names: Vec<String> =
+        Layer::ALL.iter().flat_map(|l| Field::ALL.iter().map(move |f| f.var_name(*l))).collect();
+    names.push("HOST_IP".into());
+    names
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn inventory_never_carries_a_value(
+        secrets in proptest::collection::vec(secret().prop_flat_map(|s| (Just(s.clone()), value_with(s))), 37),
+        mask in proptest::collection::vec(any::<bool>(), 37),
+    ) {
+        let names = all_var_names();
+        let mut vars = BTreeMap::new();
+        let mut tokens = Vec::new();
+        for ((name, (token, value)), on) in names.iter().zip(&secrets).zip(&mask) {
+            if *on {
+                vars.insert(name.clone(), value.clone());
+                tokens.push(token.clone());
+            }
+        }
+        vars.insert("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into());
+        let (values, parsed, inventory) = Inventory::discover(&vars);
+        // Everything the data plane may send or log about its environment.
+        let outputs = [
+            serde_json::to_string(&inventory).expect("json"),
+            format!("{inventory:?}"),
+            format!("{values:?}"),
+            format!("{parsed:?}"),
+        ];
+        for out in &outputs {
+            for token in &tokens {
+                prop_assert!(!out.contains(token.as_str()), "{token} leaked into {out}");
+                prop_assert!(!out.to_lowercase().contains(&token.to_lowercase()), "{token} leaked (case-folded) into {out}");
+            }
+        }
+        prop_assert!(inventory.check_received().is_ok(), "what the data plane sends, the control plane accepts");
+        let back: Inventory = serde_json::from_str(&outputs[0]).expect("round trip");
+        prop_assert_eq!(back, inventory);
+    }
+}
+
+/// Env values that are valid or invalid in the ways that matter to the merge.
+fn env_var() -> impl Strategy<Value = (String, String)> {
+    let layer = prop::sample::select(Layer::ALL.to_vec());
+    let field = prop::sample::select(Field::ALL.to_vec());
+    (layer, field).prop_flat_map(|(l, f)| {
+        let values: Vec<&'static str> = match f {
+            Field::Endpoint => vec!["http://c:4317", "https://c:4318/base", "collector:4317", "http://other:4317"],
+            Field::Protocol => vec!["grpc", "http/protobuf", "http/json"],
+            Field::Headers => vec!["k=v", "novalue"],
+            Field::Insecure => vec!["true", "false", "maybe"],
+            Field::Timeout => vec!["1000", "-5"],
+            Field::Compression => vec!["gzip", "none", "zstd"],
+            _ => vec!["/path/a.pem", "/path/b.pem"],
+        };
+        (Just(f.var_name(l)), prop::sample::select(values).prop_map(str::to_string))
+    })
+}
+
+fn backend_settings() -> impl Strategy<Value = BackendSettings> {
+    (
+        prop::option::of(prop::sample::select(vec!["collector.example", "10.0.0.9"])),
+        prop::option::of(prop::sample::select(vec![4317u16, 4318, 443])),
+        prop::option::of(Just("/base".to_string())),
+        prop::option::of(prop::sample::select(vec![Protocol::Grpc, Protocol::Http])),
+        prop::sample::select(vec![EnvMode::Disabled, EnvMode::Optional, EnvMode::Required]),
+        prop::sample::select(vec![Precedence::EnvFirst, Precedence::ExplicitFirst]),
+        any::<bool>(),
+    )
+        .prop_map(|(address, port, path, protocol, mode, precedence, allow)| BackendSettings {
+            address: address.map(str::to_string),
+            port,
+            path: if protocol == Some(Protocol::Http) { path } else { None },
+            protocol,
+            env_policy: EffectiveEnvPolicy { mode, precedence, allow_signal_overrides: allow },
+        })
+}
+
+fn signals() -> impl Strategy<Value = Vec<Signal>> {
+    prop::sample::subsequence(Signal::ALL.to_vec(), 1..=3)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn status_agrees_with_what_the_data_plane_does(
+        vars in proptest::collection::btree_map(any::<u8>(), env_var(), 0..8),
+        backends in proptest::collection::vec((backend_settings(), signals()), 1..4),
+        kubernetes in any::<bool>(),
+        host_ip in any::<bool>(),
+    ) {
+        let mut env: BTreeMap<String, String> = vars.into_values().collect();
+        if kubernetes { env.insert("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()); }
+        if host_ip { env.insert("HOST_IP".into(), "10.0.0.12".into()); }
+
+        // Control plane: status from the inventory the data plane sent.
+        let (values, parsed, inventory) = Inventory::discover(&env);
+        let sent: Inventory = serde_json::from_str(&serde_json::to_string(&inventory).expect("json")).expect("json");
+        let names: Vec<String> = (0..backends.len()).map(|i| format!("b{i}")).collect();
+        let uses: Vec<BackendUse> = backends.iter().zip(&names)
+            .map(|((settings, signals), name)| BackendUse { name, settings, signals })
+            .collect();
+        let statuses = resolve_backends(&uses, &sent);
+
+        // Data plane: its own resolution with the plan's ambiguity flag, then the exporter.
+        for ((settings, signals), cp) in backends.iter().zip(&statuses) {
+            for (signal, status) in signals.iter().zip(cp) {
+                let ambiguous = status.blocked_reasons.contains(&BlockedReason::MultipleBackendsForSignal);
+                let local = resolve_signal(settings, *signal, &inventory, ambiguous);
+                prop_assert_eq!(&local, status, "data plane and control plane resolve alike");
+                let config = build_exporter(settings, &local, &parsed, values.host_ip.as_deref());
+
+                // ready exactly when an endpoint results (ambiguous may still
+                // export on an explicit address, by Tern's reading).
+                if status.state == State::Ready {
+                    prop_assert!(config.is_some(), "ready but no exporter: {:?}", status);
+                }
+                if config.is_some() {
+                    prop_assert!(
+                        status.state == State::Ready
+                            || (status.state == State::Ambiguous && settings.address.is_some()),
+                        "exports while {:?}", status
+                    );
+                }
+                if status.state == State::Missing {
+                    prop_assert!(status.missing_fields.contains(&"endpoint".to_string()));
+                }
+                // Never a layer the status says was blocked.
+                if let Some(c) = &config {
+                    let used: Vec<Source> = [
+                        Some(c.protocol.source), Some(c.endpoint.source), Some(c.tls.source),
+                        c.headers.as_ref().map(|h| h.source), c.certificate.as_ref().map(|x| x.source),
+                        c.client_pair.as_ref().map(|x| x.source), Some(c.compression.source), Some(c.timeout.source),
+                    ].into_iter().flatten().collect();
+                    let env_blocked = status.blocked_reasons.iter().any(|r| matches!(r,
+                        BlockedReason::EnvDisabledByPolicy | BlockedReason::MultipleBackendsForSignal));
+                    if env_blocked || !status.env_allowed {
+                        prop_assert!(!used.iter().any(|s| matches!(s, Source::SignalEnv | Source::SharedEnv)), "{:?} used env", used);
+                    }
+                    if status.blocked_reasons.contains(&BlockedReason::SignalOverridesDisallowed) || !settings.env_policy.allow_signal_overrides {
+                        prop_assert!(!used.contains(&Source::SignalEnv), "{:?} used the signal layer", used);
+                    }
+                    let expected_scheme = if c.tls.value { "https://" } else { "http://" };
+                    prop_assert!(c.endpoint.value.starts_with(expected_scheme), "{} vs tls {}", c.endpoint.value, c.tls.value);
+                }
+            }
+        }
+    }
+}
