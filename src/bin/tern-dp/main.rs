@@ -1,6 +1,8 @@
 //! `tern-dp`: the Tern data-plane agent. Today it checks a Dataplane file the
-//! way the control plane will; running Envoy and the OTLP pipe come next (see
-//! ARCHITECTURE.md).
+//! way the control plane will and shows what its OTLP exporters would do;
+//! running Envoy and the OTLP pipe come next (see ARCHITECTURE.md).
+
+mod otel;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -20,6 +22,22 @@ enum Command {
     Validate {
         #[arg(long)]
         dataplane_file: PathBuf,
+    },
+    /// OpenTelemetry exporter configuration from the OTEL_EXPORTER_OTLP_* environment.
+    #[command(subcommand)]
+    Otel(OtelCommand),
+}
+
+#[derive(Subcommand)]
+enum OtelCommand {
+    /// Print the inventory sent to the control plane: which variables are
+    /// present and usable, never their values.
+    Inventory,
+    /// Print the final per-signal exporter config for a plan file and this
+    /// environment, each field with its source; secrets redacted.
+    Resolve {
+        #[arg(long)]
+        plan: PathBuf,
     },
 }
 
@@ -41,13 +59,16 @@ fn validate(path: &PathBuf) -> Result<String, String> {
 
 fn main() {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Validate { dataplane_file } => match validate(&dataplane_file) {
-            Ok(yaml) => print!("{yaml}"),
-            Err(e) => {
-                eprintln!("Error: {e}");
-                std::process::exit(1);
-            }
-        },
+    let result = match cli.command {
+        Command::Validate { dataplane_file } => validate(&dataplane_file),
+        Command::Otel(OtelCommand::Inventory) => otel::inventory().map(|s| s + "\n"),
+        Command::Otel(OtelCommand::Resolve { plan }) => otel::resolve(&plan).map(|s| s + "\n"),
+    };
+    match result {
+        Ok(out) => print!("{out}"),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(1);
+        }
     }
 }
