@@ -13,10 +13,11 @@ pub struct SignalStatus {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
-    #[serde(default)]
-    pub env_allowed: bool,
-    #[serde(default)]
-    pub env_input_present: bool,
+    /// Absent when the signal is not enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_allowed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_input_present: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub override_kinds: Vec<Field>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -31,8 +32,8 @@ impl SignalStatus {
         SignalStatus {
             enabled: false,
             state: None,
-            env_allowed: false,
-            env_input_present: false,
+            env_allowed: None,
+            env_input_present: None,
             override_kinds: vec![],
             missing_fields: vec![],
             blocked_reasons: vec![],
@@ -45,8 +46,8 @@ impl From<&SignalResolution> for SignalStatus {
         SignalStatus {
             enabled: true,
             state: Some(r.state),
-            env_allowed: r.env_allowed,
-            env_input_present: r.env_input_present,
+            env_allowed: Some(r.env_allowed),
+            env_input_present: Some(r.env_input_present),
             override_kinds: r.override_kinds.clone(),
             missing_fields: r.missing_fields.clone(),
             blocked_reasons: r.blocked_reasons.clone(),

@@ -76,6 +76,9 @@ pub struct Change {
 pub enum ChangeOp {
     Created,
     Updated,
+    /// Only the status changed (written by the control plane itself);
+    /// resolvers ignore these so status writes never trigger recomputes.
+    StatusUpdated,
     Deleted,
 }
 

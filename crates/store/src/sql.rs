@@ -336,7 +336,7 @@ impl ResourceStore for SqlStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let _ = self.changes.send(Change { key: key.clone(), op: ChangeOp::Updated, version });
+        let _ = self.changes.send(Change { key: key.clone(), op: ChangeOp::StatusUpdated, version });
         Ok(version)
     }
 

@@ -210,7 +210,9 @@ async fn status_writes_are_versioned(s: &SqlStore) {
     s.apply(vec![put(backend("default", "main", 4317))]).await.expect("create");
     let k = key(Kind::MeshOpenTelemetryBackend, "default", "main");
     let status = json!({"conditions": [{"type": "ReferencedByPolicies", "status": "False", "reason": "NotReferenced", "message": "Not referenced by any observability policy"}]});
+    let mut feed = s.subscribe();
     assert_eq!(s.set_status(&k, Some(status.clone()), 1).await.expect("status"), 2);
+    assert_eq!(feed.try_recv().expect("announced").op, ChangeOp::StatusUpdated);
     assert!(matches!(s.set_status(&k, None, 1).await, Err(StoreError::Conflict { .. })));
     let got = s.get(&k).await.expect("get").expect("exists");
     assert_eq!(got.status, Some(status.clone()));

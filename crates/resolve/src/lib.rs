@@ -1,0 +1,431 @@
+//! Policy resolution as a pure function: a mesh's backends, observability
+//! policies and dataplanes (with what each data plane reported at bootstrap)
+//! in; per dataplane the OpenTelemetry plan and status, and the conditions
+//! for backends and policies, out. No I/O, so it is tested with tables and
+//! benchmarked alone.
+//!
+//! Start at [`resolve_mesh`].
+
+mod matching;
+mod merge_patch;
+mod session;
+
+pub use matching::{selects, DataplaneFacts, Specificity};
+pub use merge_patch::merge_patch;
+pub use session::{Session, OTEL_PIPE_FEATURE};
+
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tern_model::resource::DISPLAY_NAME_LABEL;
+use tern_model::spec::dataplane::DataplaneSpec;
+use tern_model::spec::motb::{Condition, MeshOpenTelemetryBackendSpec};
+use tern_model::spec::policy::{BackendRef, TargetRef};
+use tern_model::{Kind, Resource};
+use tern_otlp_config::merge::BackendUse;
+use tern_otlp_config::{resolve_backends, BackendSettings, OtelPlan, PlanBackend, PlanSignal, Signal, SignalStatus};
+
+/// One dataplane and, once it has registered, its session.
+#[derive(Debug, Clone, Copy)]
+pub struct DataplaneInput<'a> {
+    pub resource: &'a Resource,
+    pub session: Option<&'a Session>,
+}
+
+/// Everything resolution reads for one mesh.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshInput<'a> {
+    pub backends: &'a [Resource],
+    /// MeshTrace, MeshMetric and MeshAccessLog resources.
+    pub policies: &'a [Resource],
+    pub dataplanes: &'a [DataplaneInput<'a>],
+}
+
+/// `DataplaneInsight.status.openTelemetry`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OpenTelemetryStatus {
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend's per-signal status on one dataplane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub traces: SignalStatus,
+    pub metrics: SignalStatus,
+    pub logs: SignalStatus,
+}
+
+/// A deprecated inline `endpoint` a policy sends a signal to (Envoy exports
+/// there directly).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectBackend {
+    pub signal: Signal,
+    pub endpoint: String,
+}
+
+/// What one registered dataplane gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneOutcome {
+    pub plan: OtelPlan,
+    pub status: OpenTelemetryStatus,
+    pub direct: Vec<DirectBackend>,
+    /// Things the operator should know (e.g. the pipe feature is missing).
+    pub notes: Vec<String>,
+}
+
+/// A `backendRef` that matches no backend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnresolvedRef {
+    pub policy_kind: Kind,
+    pub policy: String,
+    pub name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl UnresolvedRef {
+    /// `name:<name>` or `labels:k=v,k2=v2`, as the policy condition lists it.
+    pub fn key(&self) -> String {
+        match (&self.name, &self.labels) {
+            (Some(n), _) => format!("name:{n}"),
+            (None, Some(l)) => format!("labels:{}", join_labels(l)),
+            (None, None) => "empty".into(),
+        }
+    }
+
+    /// The `labels=` value of the log line: `null` or `k=v,...`.
+    pub fn labels_text(&self) -> String {
+        self.labels.as_ref().map(join_labels).unwrap_or_else(|| "null".into())
+    }
+}
+
+fn join_labels(l: &BTreeMap<String, String>) -> String {
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// The result for one mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshResolution {
+    /// By dataplane name; only dataplanes that have registered.
+    pub dataplanes: BTreeMap<String, DataplaneOutcome>,
+    /// `ReferencedByPolicies` by backend name.
+    pub backend_conditions: BTreeMap<String, Condition>,
+    /// `BackendRefsResolved` by (policy kind, policy name).
+    pub policy_conditions: BTreeMap<(Kind, String), Condition>,
+    pub unresolved: BTreeSet<UnresolvedRef>,
+}
+
+/// One OpenTelemetry backend entry of a policy.
+#[derive(Debug, Clone, PartialEq)]
+struct OtelEntry {
+    backend_ref: Option<BackendRef>,
+    endpoint: Option<String>,
+    refresh_interval: Option<String>,
+}
+
+struct ParsedPolicy<'a> {
+    kind: Kind,
+    name: &'a str,
+    target: Option<TargetRef>,
+    specificity: Specificity,
+    default: Value,
+    /// MeshAccessLog `rules[].default`: folded like `default`.
+    rules_default: Vec<Value>,
+    /// MeshAccessLog `to[].default` / `from[].default`: their backends add up.
+    targeted: Vec<Value>,
+}
+
+fn parse_policy(r: &Resource) -> ParsedPolicy<'_> {
+    let spec = &r.spec;
+    let target: Option<TargetRef> = spec.get("targetRef").and_then(|t| serde_json::from_value(t.clone()).ok());
+    let list = |field: &str| -> Vec<Value> {
+        spec.get(field).and_then(Value::as_array).into_iter().flatten().map(|e| e["default"].clone()).collect()
+    };
+    let mut targeted = list("to");
+    targeted.extend(list("from"));
+    ParsedPolicy {
+        kind: r.kind,
+        name: &r.name,
+        specificity: Specificity::of(target.as_ref(), &r.labels, &r.name),
+        target,
+        default: spec.get("default").cloned().unwrap_or(Value::Null),
+        rules_default: list("rules"),
+        targeted,
+    }
+}
+
+/// The OpenTelemetry entries of a conf's `backends`.
+fn otel_entries(conf: &Value) -> Vec<OtelEntry> {
+    conf.get("backends")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "OpenTelemetry")
+        .map(|b| {
+            let o = &b["openTelemetry"];
+            OtelEntry {
+                backend_ref: o.get("backendRef").and_then(|r| serde_json::from_value(r.clone()).ok()),
+                endpoint: o.get("endpoint").and_then(Value::as_str).map(str::to_string),
+                refresh_interval: o.get("refreshInterval").and_then(Value::as_str).map(str::to_string),
+            }
+        })
+        .collect()
+}
+
+/// Every OTel entry a policy carries, wherever it sits.
+fn all_entries(p: &ParsedPolicy<'_>) -> Vec<OtelEntry> {
+    let mut out = otel_entries(&p.default);
+    for conf in p.rules_default.iter().chain(&p.targeted) {
+        out.extend(otel_entries(conf));
+    }
+    out
+}
+
+/// Folds confs of the matched policies in specificity order (RFC 7396;
+/// lists replaced whole, `appendProfiles` concatenated as Kuma does).
+fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
+    let mut merged = Value::Null;
+    let mut append_profiles = Vec::new();
+    for conf in confs {
+        if let Some(list) = conf.pointer("/sidecar/profiles/appendProfiles").and_then(Value::as_array) {
+            append_profiles.extend(list.iter().cloned());
+        }
+        merge_patch(&mut merged, conf);
+    }
+    if !append_profiles.is_empty() {
+        if let Some(profiles) = merged.pointer_mut("/sidecar/profiles") {
+            profiles["appendProfiles"] = Value::Array(append_profiles);
+        }
+    }
+    merged
+}
+
+/// The effective OTel entries of one kind for the matched policies (sorted).
+fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> Vec<OtelEntry> {
+    let merged_default = fold(matched.iter().map(|p| &p.default));
+    match kind {
+        // MeshTrace allows zero or one backend.
+        Kind::MeshTrace => otel_entries(&merged_default).into_iter().take(1).collect(),
+        Kind::MeshMetric => otel_entries(&merged_default),
+        _ => {
+            let mut out = otel_entries(&merged_default);
+            out.extend(otel_entries(&fold(matched.iter().flat_map(|p| p.rules_default.iter()))));
+            for p in matched {
+                for conf in &p.targeted {
+                    out.extend(otel_entries(conf));
+                }
+            }
+            out
+        }
+    }
+}
+
+fn signal_of(kind: Kind) -> Signal {
+    match kind {
+        Kind::MeshTrace => Signal::Traces,
+        Kind::MeshMetric => Signal::Metrics,
+        _ => Signal::Logs,
+    }
+}
+
+/// Backends of the mesh, looked up by name or by labels (oldest wins, then name).
+struct BackendIndex<'a> {
+    by_age: Vec<&'a Resource>,
+    settings: HashMap<&'a str, BackendSettings>,
+}
+
+impl<'a> BackendIndex<'a> {
+    fn new(backends: &'a [Resource]) -> Self {
+        let mut by_age: Vec<&Resource> = backends.iter().collect();
+        by_age.sort_by(|a, b| (a.meta.creation_time, &a.name).cmp(&(b.meta.creation_time, &b.name)));
+        let settings = backends
+            .iter()
+            .map(|b| {
+                let spec: MeshOpenTelemetryBackendSpec = serde_json::from_value(b.spec.clone()).unwrap_or_default();
+                (b.name.as_str(), BackendSettings::from_spec(&spec))
+            })
+            .collect();
+        BackendIndex { by_age, settings }
+    }
+
+    fn resolve(&self, r: &BackendRef) -> Option<&'a Resource> {
+        match (&r.name, &r.labels) {
+            (Some(name), _) => self.by_age.iter().copied().find(|b| &b.name == name),
+            (None, Some(labels)) => self.by_age.iter().copied().find(|b| b.matches_labels(labels)),
+            (None, None) => None,
+        }
+    }
+}
+
+fn display_name(r: &Resource) -> String {
+    r.labels.get(DISPLAY_NAME_LABEL).cloned().unwrap_or_else(|| r.name.clone())
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    Condition { type_: type_.into(), status: if ok { "True" } else { "False" }.into(), reason: reason.into(), message }
+}
+
+/// Resolves one mesh.
+pub fn resolve_mesh(input: &MeshInput<'_>) -> MeshResolution {
+    let index = BackendIndex::new(input.backends);
+    let policies: Vec<ParsedPolicy<'_>> =
+        input.policies.iter().filter(|p| p.kind.is_policy()).map(parse_policy).collect();
+    let mut out = MeshResolution::default();
+    conditions(&policies, input.backends, &index, &mut out);
+
+    // Dataplanes matching the same policies share the merged result.
+    let mut cache: HashMap<(Kind, Vec<usize>), Vec<OtelEntry>> = HashMap::new();
+    for dp in input.dataplanes {
+        let Some(session) = dp.session else { continue };
+        let spec: DataplaneSpec = serde_json::from_value(dp.resource.spec.clone()).unwrap_or_default();
+        let facts = DataplaneFacts { name: &dp.resource.name, labels: &dp.resource.labels, spec: &spec };
+        let mut per_signal: Vec<(Signal, Vec<OtelEntry>)> = Vec::with_capacity(3);
+        for kind in [Kind::MeshTrace, Kind::MeshMetric, Kind::MeshAccessLog] {
+            let mut matched: Vec<usize> = (0..policies.len())
+                .filter(|&i| policies[i].kind == kind && selects(policies[i].target.as_ref(), &facts))
+                .collect();
+            matched.sort_by(|&a, &b| policies[a].specificity.cmp(&policies[b].specificity));
+            let entries = cache
+                .entry((kind, matched))
+                .or_insert_with_key(|(_, matched)| {
+                    let refs: Vec<&ParsedPolicy<'_>> = matched.iter().map(|&i| &policies[i]).collect();
+                    effective_entries(kind, &refs)
+                })
+                .clone();
+            per_signal.push((signal_of(kind), entries));
+        }
+        out.dataplanes.insert(dp.resource.name.clone(), dataplane_outcome(session, &per_signal, &index));
+    }
+    out
+}
+
+/// `BackendRefsResolved` on every policy, `ReferencedByPolicies` on every
+/// backend, and the set of references that resolve to nothing.
+fn conditions(policies: &[ParsedPolicy<'_>], backends: &[Resource], index: &BackendIndex<'_>, out: &mut MeshResolution) {
+    let mut references: HashMap<&str, usize> = HashMap::new();
+    for p in policies {
+        let mut missing = BTreeSet::new();
+        let mut refs = 0;
+        for entry in all_entries(p) {
+            let Some(r) = &entry.backend_ref else { continue };
+            refs += 1;
+            match index.resolve(r) {
+                Some(b) => *references.entry(b.name.as_str()).or_default() += 1,
+                None => {
+                    let u = UnresolvedRef {
+                        policy_kind: p.kind,
+                        policy: p.name.to_string(),
+                        name: r.name.clone(),
+                        labels: r.labels.clone(),
+                    };
+                    missing.insert(u.key());
+                    out.unresolved.insert(u);
+                }
+            }
+        }
+        let c = match (refs, missing.is_empty()) {
+            (0, _) => condition(
+                "BackendRefsResolved",
+                true,
+                "AllBackendRefsResolved",
+                "No MeshOpenTelemetryBackend references configured".into(),
+            ),
+            (_, true) => condition(
+                "BackendRefsResolved",
+                true,
+                "AllBackendRefsResolved",
+                "All MeshOpenTelemetryBackend references are resolved".into(),
+            ),
+            (_, false) => condition(
+                "BackendRefsResolved",
+                false,
+                "UnresolvedBackendRefs",
+                format!(
+                    "Unresolved MeshOpenTelemetryBackend references: {}",
+                    missing.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        };
+        out.policy_conditions.insert((p.kind, p.name.to_string()), c);
+    }
+    for b in backends {
+        let c = match references.get(b.name.as_str()).copied().unwrap_or(0) {
+            0 => condition("ReferencedByPolicies", false, "NotReferenced", "Not referenced by any observability policy".into()),
+            n => condition("ReferencedByPolicies", true, "Referenced", format!("Referenced by {n} policy backend(s)")),
+        };
+        out.backend_conditions.insert(b.name.clone(), c);
+    }
+}
+
+/// Backends a dataplane uses: resource, signals, metrics refresh interval.
+type UsedBackends<'a> = BTreeMap<String, (&'a Resource, Vec<Signal>, Option<String>)>;
+
+fn dataplane_outcome(
+    session: &Session,
+    per_signal: &[(Signal, Vec<OtelEntry>)],
+    index: &BackendIndex<'_>,
+) -> DataplaneOutcome {
+    let mut notes = Vec::new();
+    let mut direct = Vec::new();
+    let mut used: UsedBackends<'_> = BTreeMap::new();
+    let mut skipped_for_feature = false;
+    for (signal, entries) in per_signal {
+        for e in entries {
+            if let Some(endpoint) = &e.endpoint {
+                direct.push(DirectBackend { signal: *signal, endpoint: endpoint.clone() });
+                continue;
+            }
+            let Some(r) = &e.backend_ref else { continue };
+            if !session.supports_otel_pipe() {
+                skipped_for_feature = true;
+                continue;
+            }
+            let Some(backend) = index.resolve(r) else { continue };
+            let slot = used.entry(display_name(backend)).or_insert((backend, Vec::new(), None));
+            if !slot.1.contains(signal) {
+                slot.1.push(*signal);
+            }
+            if *signal == Signal::Metrics && slot.2.is_none() {
+                slot.2.clone_from(&e.refresh_interval);
+            }
+        }
+    }
+    if skipped_for_feature {
+        notes.push(format!(
+            "this data plane does not advertise {OTEL_PIPE_FEATURE}: its backendRef backends are skipped and no OpenTelemetry status is written for them; upgrade tern-dp or enable the OTel pipe"
+        ));
+    }
+    let uses: Vec<BackendUse<'_>> = used
+        .iter()
+        .map(|(name, (b, signals, _))| BackendUse { name, settings: &index.settings[b.name.as_str()], signals })
+        .collect();
+    let resolutions = resolve_backends(&uses, &session.otel_env);
+    let mut plan = OtelPlan::default();
+    let mut status = OpenTelemetryStatus::default();
+    for ((name, (backend, _, refresh)), resolved) in used.iter().zip(resolutions) {
+        let signal_status =
+            |s: Signal| resolved.iter().find(|r| r.signal == s).map(|r| SignalStatus::from(r));
+        let plan_signal = |s: Signal| {
+            signal_status(s).map(|status| PlanSignal {
+                status,
+                refresh_interval: if s == Signal::Metrics { refresh.clone() } else { None },
+            })
+        };
+        plan.backends.push(PlanBackend {
+            name: name.clone(),
+            socket_path: session.socket_path(name),
+            settings: index.settings[backend.name.as_str()].clone(),
+            traces: plan_signal(Signal::Traces),
+            metrics: plan_signal(Signal::Metrics),
+            logs: plan_signal(Signal::Logs),
+        });
+        let or_off = |s: Signal| signal_status(s).unwrap_or_else(SignalStatus::not_enabled);
+        status.backends.push(BackendStatus {
+            name: name.clone(),
+            traces: or_off(Signal::Traces),
+            metrics: or_off(Signal::Metrics),
+            logs: or_off(Signal::Logs),
+        });
+    }
+    DataplaneOutcome { plan, status, direct, notes }
+}
