@@ -18,6 +18,8 @@ pub fn repo_path(rel: &str) -> PathBuf {
 pub struct ControlPlane {
     child: Option<Child>,
     pub api: String,
+    /// The data-plane server (bootstrap, plans).
+    pub dp: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     store: Option<String>,
@@ -34,6 +36,7 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             child: None,
             api: String::new(),
+            dp: String::new(),
             data_dir: data_dir.to_path_buf(),
             log: data_dir.join(format!("tern-cp-{}.log", Instant::now().elapsed().as_nanos())),
             store: store.map(str::to_string),
@@ -47,7 +50,7 @@ impl ControlPlane {
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
         let log = std::fs::File::create(&self.log).expect("log file");
         let mut cmd = Command::new(TERN_CP);
-        cmd.args(["run", "--api-addr", &format!("{}:0", self.bind_ip), "--data-dir"])
+        cmd.args(["run", "--api-addr", &format!("{}:0", self.bind_ip), "--dp-addr", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -66,8 +69,13 @@ impl ControlPlane {
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(line) = text.lines().find(|l| l.contains("tern-cp listening")) {
-                let addr = line.split("api=").nth(1).expect("api= in listening line");
-                return addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+                let port_of = |field: &str| -> u16 {
+                    let addr =
+                        line.split_whitespace().find_map(|w| w.strip_prefix(field)).expect("address in listening line");
+                    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+                };
+                self.dp = format!("http://127.0.0.1:{}", port_of("dp="));
+                return port_of("api=");
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tern-cp exited early with {status}:\n{text}");

@@ -301,7 +301,12 @@ pub fn resolve_mesh(input: &MeshInput<'_>) -> MeshResolution {
 
 /// `BackendRefsResolved` on every policy, `ReferencedByPolicies` on every
 /// backend, and the set of references that resolve to nothing.
-fn conditions(policies: &[ParsedPolicy<'_>], backends: &[Resource], index: &BackendIndex<'_>, out: &mut MeshResolution) {
+fn conditions(
+    policies: &[ParsedPolicy<'_>],
+    backends: &[Resource],
+    index: &BackendIndex<'_>,
+    out: &mut MeshResolution,
+) {
     let mut references: HashMap<&str, usize> = HashMap::new();
     for p in policies {
         let mut missing = BTreeSet::new();
@@ -350,7 +355,12 @@ fn conditions(policies: &[ParsedPolicy<'_>], backends: &[Resource], index: &Back
     }
     for b in backends {
         let c = match references.get(b.name.as_str()).copied().unwrap_or(0) {
-            0 => condition("ReferencedByPolicies", false, "NotReferenced", "Not referenced by any observability policy".into()),
+            0 => condition(
+                "ReferencedByPolicies",
+                false,
+                "NotReferenced",
+                "Not referenced by any observability policy".into(),
+            ),
             n => condition("ReferencedByPolicies", true, "Referenced", format!("Referenced by {n} policy backend(s)")),
         };
         out.backend_conditions.insert(b.name.clone(), c);
@@ -403,8 +413,7 @@ fn dataplane_outcome(
     let mut plan = OtelPlan::default();
     let mut status = OpenTelemetryStatus::default();
     for ((name, (backend, _, refresh)), resolved) in used.iter().zip(resolutions) {
-        let signal_status =
-            |s: Signal| resolved.iter().find(|r| r.signal == s).map(|r| SignalStatus::from(r));
+        let signal_status = |s: Signal| resolved.iter().find(|r| r.signal == s).map(|r| SignalStatus::from(r));
         let plan_signal = |s: Signal| {
             signal_status(s).map(|status| PlanSignal {
                 status,

@@ -43,7 +43,8 @@ impl Session {
         if path.len() <= 107 {
             return path;
         }
-        let hash = clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let hash =
+            clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         format!("{}/otel-{hash:016x}.sock", self.work_dir.trim_end_matches('/'))
     }
 }

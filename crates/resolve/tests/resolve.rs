@@ -72,7 +72,9 @@ fn run(all: &[Resource], sessions: &[(&str, Session)]) -> MeshResolution {
 }
 
 fn backend(name: &str, address: &str) -> String {
-    format!("type: MeshOpenTelemetryBackend\nname: {name}\nmesh: default\nspec:\n  endpoint: {{address: {address}}}\n---\n")
+    format!(
+        "type: MeshOpenTelemetryBackend\nname: {name}\nmesh: default\nspec:\n  endpoint: {{address: {address}}}\n---\n"
+    )
 }
 
 fn trace(name: &str, target: &str, backend: &str, sampling: Option<u32>) -> String {
@@ -99,7 +101,8 @@ fn overlapping_policies_fold_in_kuma_order() {
         ("a:Mesh:b1 b:OtherDataplane:b2", "b1", "a Dataplane targetRef for another dataplane does not select web-1"),
     ];
     for (spec, expected, why) in cases {
-        let mut yaml = String::from(DATAPLANES) + "---\n" + &backend("b1", "one.example") + &backend("b2", "two.example");
+        let mut yaml =
+            String::from(DATAPLANES) + "---\n" + &backend("b1", "one.example") + &backend("b2", "two.example");
         for p in spec.split_whitespace() {
             let parts: Vec<&str> = p.split(':').collect();
             let target = match parts[1] {
@@ -132,8 +135,9 @@ fn lists_are_replaced_and_objects_merged() {
 
 #[test]
 fn seed_single_collector_gives_one_socket_for_three_signals() {
-    let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/universal/single-collector.yaml"))
-        .expect("example");
+    let seed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/universal/single-collector.yaml"))
+            .expect("example");
     let r = run(&resources(&(String::from(DATAPLANES) + "---\n" + &seed)), &[("web-1", pipe())]);
     let plan = &r.dataplanes["web-1"].plan;
     assert_eq!(plan.backends.len(), 1, "all signals of one backend share one socket");
@@ -143,11 +147,17 @@ fn seed_single_collector_gives_one_socket_for_three_signals() {
     assert_eq!(b.settings.address.as_deref(), Some("otel-collector.observability"));
     assert_eq!(b.metrics.as_ref().and_then(|m| m.refresh_interval.as_deref()), Some("30s"));
     let status = serde_json::to_value(&r.dataplanes["web-1"].status).expect("json");
-    assert_eq!(status["backends"][0]["traces"], json!({"enabled": true, "state": "ready", "envAllowed": true, "envInputPresent": false}));
+    assert_eq!(
+        status["backends"][0]["traces"],
+        json!({"enabled": true, "state": "ready", "envAllowed": true, "envInputPresent": false})
+    );
     assert_eq!(status["backends"][0]["logs"]["state"], "ready");
     assert_eq!(r.backend_conditions["main-collector"].reason, "Referenced");
     assert_eq!(r.backend_conditions["main-collector"].message, "Referenced by 3 policy backend(s)");
-    assert_eq!(r.policy_conditions[&(Kind::MeshTrace, "all-traces".into())].message, "All MeshOpenTelemetryBackend references are resolved");
+    assert_eq!(
+        r.policy_conditions[&(Kind::MeshTrace, "all-traces".into())].message,
+        "All MeshOpenTelemetryBackend references are resolved"
+    );
     assert!(!r.dataplanes.contains_key("api-1"), "a dataplane that never registered gets no plan");
 }
 
@@ -185,14 +195,18 @@ fn unresolved_references_are_reported() {
     let keys: Vec<(String, String)> = r.unresolved.iter().map(|u| (u.key(), u.labels_text())).collect();
     assert_eq!(
         keys,
-        [("name:gone".to_string(), "null".to_string()), ("labels:kuma.io/display-name=missing".into(), "kuma.io/display-name=missing".into())]
+        [
+            ("name:gone".to_string(), "null".to_string()),
+            ("labels:kuma.io/display-name=missing".into(), "kuma.io/display-name=missing".into())
+        ]
     );
 }
 
 #[test]
 fn without_the_pipe_feature_backend_refs_are_skipped_and_said() {
-    let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/universal/single-collector.yaml"))
-        .expect("example");
+    let seed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/universal/single-collector.yaml"))
+            .expect("example");
     let r = run(&resources(&(String::from(DATAPLANES) + "---\n" + &seed)), &[("web-1", session(&[], &[]))]);
     let out = &r.dataplanes["web-1"];
     assert!(out.plan.backends.is_empty() && out.status.backends.is_empty());

@@ -3,10 +3,12 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tern_api::WriteAuth;
+use tern_reconcile::{PlanHub, Reconciler};
 use tern_store::SqlStore;
 use tracing::{info, warn};
 
@@ -28,6 +30,9 @@ struct RunArgs {
     /// Address of the REST API (Kuma's default port 5681).
     #[arg(long, default_value = "127.0.0.1:5681", env = "TERN_API_ADDR")]
     api_addr: SocketAddr,
+    /// Address of the data-plane server: bootstrap and plan delivery (Kuma's default port 5678).
+    #[arg(long, default_value = "127.0.0.1:5678", env = "TERN_DP_ADDR")]
+    dp_addr: SocketAddr,
     /// Where the control plane keeps its state (embedded store, API token).
     #[arg(long, env = "TERN_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -88,13 +93,33 @@ async fn run(args: RunArgs) -> Result<()> {
         WriteAuth { token: Some(token) }
     };
 
-    let listener = tokio::net::TcpListener::bind(args.api_addr)
+    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("binding the API to {} (is another tern-cp running?)", args.api_addr))?;
-    let bound = listener.local_addr()?;
-    info!(api = %bound, "tern-cp listening");
-    let app = tern_api::router(Arc::new(store), auth);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    let dp_listener = tokio::net::TcpListener::bind(args.dp_addr)
+        .await
+        .with_context(|| format!("binding the data-plane server to {} (is another tern-cp running?)", args.dp_addr))?;
+    let store = Arc::new(store);
+    let hub = Arc::new(PlanHub::default());
+    tokio::spawn(Reconciler::new(store.clone(), hub.clone()).run());
+    info!(api = %api_listener.local_addr()?, dp = %dp_listener.local_addr()?, "tern-cp listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = axum::serve(api_listener, tern_api::router(store.clone(), auth))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let dp = axum::serve(dp_listener, tern_dp_server::router(store, hub)).with_graceful_shutdown(stopped(stop_rx));
+    let servers = tokio::spawn(async move { tokio::try_join!(api.into_future(), dp.into_future()) });
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    // Long-polls hold connections open; do not wait for them forever.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), servers).await {
+        Ok(Ok(result)) => result.map(|_| ()).context("serving")?,
+        Ok(Err(e)) => return Err(e).context("serving"),
+        Err(_) => info!("connections still open after 5s; closing them"),
+    }
     info!("tern-cp stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! running Envoy and the OTLP pipe come next (see ARCHITECTURE.md).
 
 mod otel;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +24,21 @@ enum Command {
         #[arg(long)]
         dataplane_file: PathBuf,
     },
+    /// Register with the control plane and follow the OpenTelemetry plan.
+    Run {
+        /// The control plane's data-plane server.
+        #[arg(long, default_value = "http://127.0.0.1:5678", env = "TERN_CP_ADDRESS")]
+        cp_address: String,
+        /// This sidecar's Dataplane resource (Universal or Kubernetes form).
+        #[arg(long)]
+        dataplane_file: PathBuf,
+        /// Where sockets and the current plan live (default: $TMPDIR/tern-dp/<mesh>/<name>).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Advertise feature-otel-via-kuma-dp (the OTLP pipe). `--otel-pipe false` acts like an older data plane.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TERN_DP_OTEL_PIPE")]
+        otel_pipe: bool,
+    },
     /// OpenTelemetry exporter configuration from the OTEL_EXPORTER_OTLP_* environment.
     #[command(subcommand)]
     Otel(OtelCommand),
@@ -42,6 +58,11 @@ enum OtelCommand {
 }
 
 fn validate(path: &PathBuf) -> Result<String, String> {
+    let resource = read_dataplane(path)?;
+    serde_yaml_ng::to_string(&resource.to_json()).map_err(|e| e.to_string())
+}
+
+fn read_dataplane(path: &PathBuf) -> Result<tern_model::Resource, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let docs = parse_documents(&text).map_err(|e| format!("{} is not valid YAML: {e}", path.display()))?;
     let [doc] = docs.as_slice() else {
@@ -54,13 +75,56 @@ fn validate(path: &PathBuf) -> Result<String, String> {
     if parsed.resource.kind != Kind::Dataplane {
         return Err(format!("{} holds a {}, not a Dataplane", path.display(), parsed.resource.kind));
     }
-    serde_yaml_ng::to_string(&parsed.resource.to_json()).map_err(|e| e.to_string())
+    Ok(parsed.resource)
+}
+
+fn run_agent(
+    cp_address: String,
+    dataplane_file: PathBuf,
+    work_dir: Option<PathBuf>,
+    otel_pipe: bool,
+) -> Result<String, String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let dataplane = read_dataplane(&dataplane_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    runtime.block_on(async {
+        let args = run::RunArgs { cp_address, dataplane, work_dir, otel_pipe };
+        tokio::select! {
+            r = run::run(args) => r.map(|_| String::new()),
+            _ = shutdown_signal() => {
+                tracing::info!("stopping");
+                Ok(String::new())
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { dataplane_file } => validate(&dataplane_file),
+        Command::Run { cp_address, dataplane_file, work_dir, otel_pipe } => {
+            run_agent(cp_address, dataplane_file, work_dir, otel_pipe)
+        }
         Command::Otel(OtelCommand::Inventory) => otel::inventory().map(|s| s + "\n"),
         Command::Otel(OtelCommand::Resolve { plan }) => otel::resolve(&plan).map(|s| s + "\n"),
     };

@@ -1,0 +1,193 @@
+//! The control plane's reconcile loop. It follows the store's change feed,
+//! recomputes the meshes a change touches with [`tern_resolve::resolve_mesh`]
+//! (pure), then publishes each dataplane's plan to the [`PlanHub`] and writes
+//! statuses back: `DataplaneInsight.status.openTelemetry`, `ReferencedByPolicies`
+//! on backends and `BackendRefsResolved` on policies.
+//!
+//! Status writes are conditional on the version just read and announced as
+//! status-only changes, which this loop ignores, so they never trigger a
+//! recompute or overwrite a newer spec.
+
+mod hub;
+
+pub use hub::{PlanHub, PlanState};
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tern_model::spec::motb::Condition;
+use tern_model::{Kind, Resource, ResourceKey};
+use tern_resolve::{resolve_mesh, DataplaneInput, MeshInput, Session, UnresolvedRef};
+use tern_store::{ChangeOp, ListFilter, ResourceStore, StoreError};
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, info, warn};
+
+/// How long the loop gathers changes before recomputing (a multi-document
+/// apply lands as one batch of changes).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub struct Reconciler<S> {
+    store: Arc<S>,
+    hub: Arc<PlanHub>,
+    /// Unresolved references already logged, per mesh: log once per change.
+    logged_unresolved: BTreeMap<String, BTreeSet<UnresolvedRef>>,
+    /// Dataplanes already logged as lacking the pipe feature.
+    logged_no_feature: HashSet<(String, String)>,
+}
+
+impl<S: ResourceStore> Reconciler<S> {
+    pub fn new(store: Arc<S>, hub: Arc<PlanHub>) -> Self {
+        Reconciler { store, hub, logged_unresolved: BTreeMap::new(), logged_no_feature: HashSet::new() }
+    }
+
+    /// Runs until the store's change feed closes.
+    pub async fn run(mut self) {
+        let mut feed = self.store.subscribe();
+        let mut dirty = self.all_meshes().await;
+        loop {
+            for mesh in std::mem::take(&mut dirty) {
+                if let Err(e) = self.reconcile_mesh(&mesh).await {
+                    warn!(mesh = %mesh, error = %e, "reconcile failed; will retry on the next change");
+                }
+            }
+            // Wait for a change, then gather whatever else arrives meanwhile.
+            match feed.recv().await {
+                Ok(change) => note_change(&mut dirty, &change),
+                Err(RecvError::Lagged(_)) => dirty = self.all_meshes().await,
+                Err(RecvError::Closed) => return,
+            }
+            let deadline = tokio::time::Instant::now() + DEBOUNCE;
+            while let Ok(next) = tokio::time::timeout_at(deadline, feed.recv()).await {
+                match next {
+                    Ok(change) => note_change(&mut dirty, &change),
+                    Err(RecvError::Lagged(_)) => dirty = self.all_meshes().await,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
+    async fn all_meshes(&self) -> BTreeSet<String> {
+        match self.store.list(Kind::Mesh, &ListFilter::default()).await {
+            Ok(meshes) => meshes.into_iter().map(|m| m.name).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list meshes");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// Recomputes one mesh and writes out what changed.
+    pub async fn reconcile_mesh(&mut self, mesh: &str) -> Result<(), StoreError> {
+        let in_mesh = ListFilter { mesh: Some(mesh.to_string()), ..Default::default() };
+        let backends = self.store.list(Kind::MeshOpenTelemetryBackend, &in_mesh).await?;
+        let mut policies = Vec::new();
+        for kind in [Kind::MeshTrace, Kind::MeshMetric, Kind::MeshAccessLog] {
+            policies.extend(self.store.list(kind, &in_mesh).await?);
+        }
+        let dataplanes = self.store.list(Kind::Dataplane, &in_mesh).await?;
+        let insights: BTreeMap<String, Resource> =
+            self.store.list(Kind::DataplaneInsight, &in_mesh).await?.into_iter().map(|i| (i.name.clone(), i)).collect();
+        let sessions: BTreeMap<&str, Session> = insights
+            .iter()
+            .filter_map(|(name, i)| Session::from_insight_spec(&i.spec).map(|s| (name.as_str(), s)))
+            .collect();
+        let inputs: Vec<DataplaneInput<'_>> =
+            dataplanes.iter().map(|d| DataplaneInput { resource: d, session: sessions.get(d.name.as_str()) }).collect();
+        let resolution = resolve_mesh(&MeshInput { backends: &backends, policies: &policies, dataplanes: &inputs });
+
+        self.log_unresolved(mesh, &resolution.unresolved);
+        let names: Vec<&str> = dataplanes.iter().map(|d| d.name.as_str()).collect();
+        self.hub.retain(mesh, &names);
+        for (name, outcome) in &resolution.dataplanes {
+            if !outcome.notes.is_empty() && self.logged_no_feature.insert((mesh.to_string(), name.clone())) {
+                for note in &outcome.notes {
+                    warn!(mesh = %mesh, dataplane = %name, "{note}");
+                }
+            }
+            if let Some(version) = self.hub.publish(mesh, name, outcome.plan.clone(), outcome.notes.clone()) {
+                info!(mesh = %mesh, dataplane = %name, version, backends = outcome.plan.backends.len(), "OpenTelemetry plan updated");
+            }
+            let mut status = json!({"openTelemetry": outcome.status});
+            if !outcome.notes.is_empty() {
+                status["notes"] = json!(outcome.notes);
+            }
+            if let Some(insight) = insights.get(name) {
+                self.write_status(insight, Some(status)).await;
+            }
+        }
+        for b in &backends {
+            if let Some(c) = resolution.backend_conditions.get(&b.name) {
+                self.write_condition(b, c).await;
+            }
+        }
+        for p in &policies {
+            if let Some(c) = resolution.policy_conditions.get(&(p.kind, p.name.clone())) {
+                self.write_condition(p, c).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn log_unresolved(&mut self, mesh: &str, now: &BTreeSet<UnresolvedRef>) {
+        let before = self.logged_unresolved.entry(mesh.to_string()).or_default();
+        for u in now.difference(before) {
+            info!(
+                target: "otel-backend-resolution",
+                name = %u.name.as_deref().unwrap_or("null"),
+                labels = %u.labels_text(),
+                policy = %format!("{}/{}", u.policy_kind, u.policy),
+                "MeshOpenTelemetryBackend not found, skipping backend"
+            );
+        }
+        *before = now.clone();
+    }
+
+    /// Replaces the condition of the same type, keeping the others.
+    async fn write_condition(&self, r: &Resource, c: &Condition) {
+        let mut status = r.status.clone().unwrap_or_else(|| json!({}));
+        let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+        let new = serde_json::to_value(c).unwrap_or(Value::Null);
+        let mut replaced = false;
+        let mut list: Vec<Value> = conditions
+            .into_iter()
+            .map(|old| {
+                if old["type"] == new["type"] {
+                    replaced = true;
+                    new.clone()
+                } else {
+                    old
+                }
+            })
+            .collect();
+        if !replaced {
+            list.push(new);
+        }
+        status["conditions"] = Value::Array(list);
+        self.write_status(r, Some(status)).await;
+    }
+
+    async fn write_status(&self, r: &Resource, status: Option<Value>) {
+        if r.status == status {
+            return;
+        }
+        let key: ResourceKey = r.key();
+        match self.store.set_status(&key, status, r.meta.version).await {
+            Ok(_) => debug!(resource = %key, "status written"),
+            // Someone wrote the resource meanwhile; that change brings a fresh recompute.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                debug!(resource = %key, "status write skipped: resource changed")
+            }
+            Err(e) => warn!(resource = %key, error = %e, "status write failed"),
+        }
+    }
+}
+
+fn note_change(dirty: &mut BTreeSet<String>, change: &tern_store::Change) {
+    if change.op == ChangeOp::StatusUpdated {
+        return;
+    }
+    let mesh = if change.key.kind == Kind::Mesh { &change.key.name } else { &change.key.mesh };
+    dirty.insert(mesh.clone());
+}

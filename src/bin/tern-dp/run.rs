@@ -1,0 +1,138 @@
+//! `tern-dp run`: register with the control plane and follow the
+//! OpenTelemetry plan. (Envoy and the OTLP pipe build on this.)
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tern_dp_server::{BootstrapResponse, PlanResponse};
+use tern_model::Resource;
+use tern_otlp_config::{resolve_signal, Inventory, ProcessEnv, Signal};
+use tern_resolve::OTEL_PIPE_FEATURE;
+use tracing::{info, warn};
+
+pub struct RunArgs {
+    pub cp_address: String,
+    pub dataplane: Resource,
+    pub work_dir: Option<PathBuf>,
+    pub otel_pipe: bool,
+}
+
+/// The file the current plan is written to, inside the work directory.
+pub const PLAN_FILE: &str = "otel-plan.json";
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    let dp = &args.dataplane;
+    let work_dir =
+        args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name));
+    std::fs::create_dir_all(&work_dir).map_err(|e| format!("creating work directory {}: {e}", work_dir.display()))?;
+    let (_, _, inventory) = Inventory::discover(&ProcessEnv);
+    let features: Vec<&str> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE] } else { vec![] };
+    let request = json!({
+        "dataplane": dp.to_json(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "features": features,
+        "workDir": work_dir.to_string_lossy(),
+        "otelEnv": inventory,
+    });
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(45)).build().map_err(|e| e.to_string())?;
+    let cp = args.cp_address.trim_end_matches('/').to_string();
+    let mut version = 0u64;
+    'bootstrap: loop {
+        let registered = bootstrap(&client, &cp, &request).await?;
+        info!(mesh = %registered.mesh, dataplane = %registered.name, work_dir = %work_dir.display(), "registered with the control plane");
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let url = format!("{cp}{}?version={version}&timeout=30", registered.plan_path);
+            let resp = match client.get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %root_cause(&e), "control plane unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            match resp.status().as_u16() {
+                200 => {
+                    let plan: PlanResponse = resp.json().await.map_err(|e| format!("reading the plan: {e}"))?;
+                    version = plan.version;
+                    apply_plan(&work_dir, &plan, &inventory)?;
+                }
+                304 => {}
+                404 => {
+                    warn!("the control plane does not know this data plane any more; registering again");
+                    continue 'bootstrap;
+                }
+                code => {
+                    warn!(status = code, "unexpected answer to the plan request; retrying");
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+async fn bootstrap(client: &reqwest::Client, cp: &str, request: &Value) -> Result<BootstrapResponse, String> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.post(format!("{cp}/bootstrap")).json(request).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                return resp.json().await.map_err(|e| format!("reading the bootstrap answer: {e}"));
+            }
+            Ok(resp) if resp.status().is_client_error() => {
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                let mut msg = format!(
+                    "the control plane refused this data plane: {}",
+                    body["detail"].as_str().unwrap_or("no detail")
+                );
+                for p in body["invalid_parameters"].as_array().into_iter().flatten() {
+                    msg.push_str(&format!(
+                        "\n  {}: {}",
+                        p["field"].as_str().unwrap_or(""),
+                        p["reason"].as_str().unwrap_or("")
+                    ));
+                }
+                return Err(msg);
+            }
+            Ok(resp) => warn!(status = resp.status().as_u16(), "bootstrap failed; retrying"),
+            Err(e) => warn!(cp = %cp, error = %root_cause(&e), "control plane unreachable; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Keeps the plan where operators (and `tern-dp otel resolve`) can read it,
+/// and says per backend and signal what this data plane will do.
+fn apply_plan(work_dir: &Path, plan: &PlanResponse, inventory: &Inventory) -> Result<(), String> {
+    let path = work_dir.join(PLAN_FILE);
+    let tmp = work_dir.join(format!(".{PLAN_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(&plan.plan).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let names: Vec<&str> = plan.plan.backends.iter().map(|b| b.name.as_str()).collect();
+    info!(version = plan.version, backends = ?names, "OpenTelemetry plan received");
+    for note in &plan.notes {
+        warn!("{note}");
+    }
+    for b in &plan.plan.backends {
+        for signal in Signal::ALL {
+            let Some(p) = b.signal(signal).filter(|p| p.status.enabled) else { continue };
+            let local = resolve_signal(&b.settings, signal, inventory, p.ambiguous());
+            info!(backend = %b.name, signal = %signal, state = ?local.state, exports = local.exports, "signal");
+        }
+    }
+    Ok(())
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
