@@ -191,3 +191,86 @@ pub async fn fresh_postgres_database() -> String {
     let (prefix, _) = base.rsplit_once('/').expect("URL ends in /DATABASE");
     format!("{prefix}/{db}")
 }
+
+/// A running `tern-dp run`, stopped when dropped.
+pub struct DataPlane {
+    child: Option<Child>,
+    pub work_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DataPlane {
+    /// Starts `tern-dp run` for the Dataplane in `yaml`, with exactly `env`
+    /// as its OTEL environment, in its own work directory under `root`.
+    pub fn start(
+        cp: &ControlPlane,
+        root: &Path,
+        name: &str,
+        yaml: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> DataPlane {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("dp dir");
+        let file = dir.join("dataplane.yaml");
+        std::fs::write(&file, yaml).expect("dataplane file");
+        let work_dir = dir.join("work");
+        let log = dir.join("tern-dp.log");
+        let mut cmd = Command::new(TERN_DP);
+        cmd.args(["run", "--cp-address", &cp.dp, "--dataplane-file"])
+            .arg(&file)
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OTEL_") || k == "KUBERNETES_SERVICE_HOST" || k == "HOST_IP" || k.starts_with("TERN_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        DataPlane { child: Some(cmd.spawn().expect("tern-dp starts")), work_dir, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn plan_file(&self) -> PathBuf {
+        self.work_dir.join("otel-plan.json")
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` and the last
+/// observation after `timeout`.
+#[track_caller]
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}; last seen: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

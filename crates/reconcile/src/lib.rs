@@ -19,7 +19,7 @@ use std::time::Duration;
 use tern_model::spec::motb::Condition;
 use tern_model::{Kind, Resource, ResourceKey};
 use tern_resolve::{resolve_mesh, DataplaneInput, MeshInput, Session, UnresolvedRef};
-use tern_store::{ChangeOp, ListFilter, ResourceStore, StoreError};
+use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
@@ -99,6 +99,15 @@ impl<S: ResourceStore> Reconciler<S> {
 
         self.log_unresolved(mesh, &resolution.unresolved);
         let names: Vec<&str> = dataplanes.iter().map(|d| d.name.as_str()).collect();
+        // An insight outlives its dataplane only until here.
+        for (name, insight) in &insights {
+            if !names.contains(&name.as_str()) {
+                match self.store.delete(&insight.key(), Precondition::Version(insight.meta.version)).await {
+                    Ok(()) => info!(mesh = %mesh, dataplane = %name, "dataplane deleted; its insight removed"),
+                    Err(e) => debug!(mesh = %mesh, dataplane = %name, error = %e, "insight cleanup deferred"),
+                }
+            }
+        }
         self.hub.retain(mesh, &names);
         for (name, outcome) in &resolution.dataplanes {
             if !outcome.notes.is_empty() && self.logged_no_feature.insert((mesh.to_string(), name.clone())) {

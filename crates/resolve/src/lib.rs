@@ -413,7 +413,7 @@ fn dataplane_outcome(
     let mut plan = OtelPlan::default();
     let mut status = OpenTelemetryStatus::default();
     for ((name, (backend, _, refresh)), resolved) in used.iter().zip(resolutions) {
-        let signal_status = |s: Signal| resolved.iter().find(|r| r.signal == s).map(|r| SignalStatus::from(r));
+        let signal_status = |s: Signal| resolved.iter().find(|r| r.signal == s).map(SignalStatus::from);
         let plan_signal = |s: Signal| {
             signal_status(s).map(|status| PlanSignal {
                 status,

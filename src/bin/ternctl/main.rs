@@ -1,6 +1,7 @@
 //! `ternctl`: the Tern CLI, kumactl-style: apply, get, delete.
 
 mod client;
+mod inspect;
 mod output;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -51,6 +52,16 @@ enum Command {
         /// List across every mesh.
         #[arg(short = 'A', long)]
         all_meshes: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show a dataplane, what its data plane reported, and its OpenTelemetry status.
+    Inspect {
+        /// Only `dataplane` (or `dp`) for now.
+        what: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -225,6 +236,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get { kind, name, mesh, all_meshes, output } => {
             get(&client, parse_kind(&kind)?, name, &mesh, all_meshes, output).await
         }
+        Command::Inspect { what, name, mesh, output } => match Kind::from_cli_arg(&what) {
+            Some(Kind::Dataplane) => inspect::dataplane(&client, &mesh, &name, output).await,
+            _ => bail!("ternctl inspect supports `dataplane NAME`, not {what:?}"),
+        },
         Command::Delete { kind, name, mesh } => {
             let kind = parse_kind(&kind)?;
             let answer = client.send(Method::DELETE, &resource_path(kind, &mesh, &name), None).await?;

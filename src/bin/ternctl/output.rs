@@ -42,8 +42,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 pub fn columns(kind: Kind) -> Vec<&'static str> {
     let mut cols = if kind.is_mesh_scoped() { vec!["MESH", "NAME"] } else { vec!["NAME"] };
     cols.extend(match kind {
-        Kind::MeshOpenTelemetryBackend => vec!["ADDRESS", "PORT", "PROTOCOL", "ENV MODE"],
-        Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => vec!["TARGETREF", "BACKENDS"],
+        Kind::MeshOpenTelemetryBackend => vec!["ADDRESS", "PORT", "PROTOCOL", "ENV MODE", "REFERENCED"],
+        Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => vec!["TARGETREF", "BACKENDS", "BACKENDREFS"],
         Kind::Dataplane => vec!["ADDRESS", "SERVICES"],
         _ => vec![],
     });
@@ -66,10 +66,21 @@ pub fn row(kind: Kind, item: &Value, now: DateTime<Utc>) -> Vec<String> {
             let protocol = spec["protocol"].as_str().unwrap_or("grpc");
             let mode = spec["env"]["mode"].as_str().unwrap_or("Optional");
             cells.extend([address.to_string(), port.to_string(), protocol.to_string(), mode.to_string()]);
+            cells.push(condition(item, "ReferencedByPolicies", |c| match c["status"].as_str() {
+                Some("True") => c["message"].as_str().unwrap_or("yes").replace("Referenced by ", ""),
+                _ => "no".into(),
+            }));
         }
         Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => {
             cells.push(target_ref(&spec["targetRef"]));
             cells.push(backends(spec));
+            cells.push(condition(item, "BackendRefsResolved", |c| match c["status"].as_str() {
+                Some("True") => "resolved".into(),
+                _ => c["message"]
+                    .as_str()
+                    .map(|m| m.replace("Unresolved MeshOpenTelemetryBackend references: ", "unresolved: "))
+                    .unwrap_or_else(|| "unresolved".into()),
+            }));
         }
         Kind::Dataplane => {
             cells.push(s(&item["networking"]["address"]));
@@ -86,6 +97,18 @@ pub fn row(kind: Kind, item: &Value, now: DateTime<Utc>) -> Vec<String> {
     let created = item["creationTime"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
     cells.push(created.map(|c| age(now - c.with_timezone(&Utc))).unwrap_or_else(|| "-".into()));
     cells
+}
+
+/// A condition from `status.conditions`, rendered by `show`; `-` until the
+/// control plane has written it.
+fn condition(item: &Value, type_: &str, show: impl Fn(&Value) -> String) -> String {
+    item["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(show)
+        .unwrap_or_else(|| "-".into())
 }
 
 fn target_ref(t: &Value) -> String {

@@ -1,0 +1,180 @@
+//! `ternctl inspect dataplane`: the dataplane, what its data plane reported,
+//! and the OpenTelemetry status per backend and signal, with what to do about
+//! every state that is not `ready` (seed 000's troubleshooting).
+
+use crate::client::{api_error, Client};
+use crate::output::{self, Format};
+use anyhow::{bail, Result};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+
+pub async fn dataplane(client: &Client, mesh: &str, name: &str, format: Format) -> Result<()> {
+    let dp = client.send(Method::GET, &format!("/meshes/{mesh}/dataplanes/{name}"), None).await?;
+    if dp.status == StatusCode::NOT_FOUND {
+        bail!("Dataplane {name:?} not found in mesh {mesh:?}");
+    }
+    if !dp.status.is_success() {
+        return Err(api_error(&dp));
+    }
+    let insight = client.send(Method::GET, &format!("/meshes/{mesh}/dataplane-insights/{name}"), None).await?;
+    let insight = if insight.status.is_success() { insight.body } else { Value::Null };
+    match format {
+        Format::Table => {
+            print!("{}", render(&dp.body, &insight, chrono::Utc::now()));
+            Ok(())
+        }
+        f => output::print_value(&json!({"dataplane": dp.body, "insight": insight}), f),
+    }
+}
+
+/// What to do about a signal that is not ready.
+pub fn hint(state: &str, reasons: &[&str]) -> Option<&'static str> {
+    match state {
+        "missing" => Some(
+            "set endpoint.address on the backend, or OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT \
+             on the sidecar (on Kubernetes, HOST_IP names the node-local collector)",
+        ),
+        "blocked" if reasons.contains(&"RequiredEnvMissing") => Some(
+            "the backend has mode: Required: inject the missing variables on the sidecar and restart the data plane \
+             so they reach the control plane through bootstrap",
+        ),
+        "ambiguous" => Some(
+            "set mode: Disabled on every backend that should not receive environment input, or scope policies so \
+             only one backend reaches each data plane",
+        ),
+        _ => None,
+    }
+}
+
+fn list(v: &Value) -> Vec<&str> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+fn dash(items: &[&str]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = String::new();
+    let net = &dp["networking"];
+    let _ =
+        writeln!(out, "Dataplane {} (mesh {})", dp["name"].as_str().unwrap_or(""), dp["mesh"].as_str().unwrap_or(""));
+    let _ = writeln!(out, "  address:   {}", net["address"].as_str().unwrap_or("-"));
+    let inbounds: Vec<String> = net["inbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let port = i["port"].as_i64().unwrap_or(0);
+            let service = i["tags"]["kuma.io/service"].as_str().unwrap_or("?");
+            let protocol = i["tags"]["kuma.io/protocol"].as_str().unwrap_or("tcp");
+            match i["servicePort"].as_i64() {
+                Some(sp) => format!("{port}->{sp} {service} ({protocol})"),
+                None => format!("{port} {service} ({protocol})"),
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "  inbounds:  {}", if inbounds.is_empty() { "-".into() } else { inbounds.join(", ") });
+    let session = &insight["session"];
+    if session.is_null() {
+        let _ = writeln!(out, "  data plane: has not connected (start tern-dp run for it)");
+        return out;
+    }
+    let connected = session["connectTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| format!("{} ago", output::age(now - t.with_timezone(&chrono::Utc))))
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "  tern-dp:   {}, features: {}, connected {connected}",
+        session["version"].as_str().unwrap_or("?"),
+        dash(&list(&session["features"]))
+    );
+    let env = &session["otelEnv"];
+    let layers: Vec<String> = ["shared", "traces", "metrics", "logs"]
+        .iter()
+        .filter_map(|l| {
+            let present = list(&env[*l]["present"]);
+            (!present.is_empty()).then(|| format!("{l}: {}", present.join(",")))
+        })
+        .collect();
+    let _ = writeln!(out, "  OTel env:  {}", if layers.is_empty() { "none".into() } else { layers.join("; ") });
+    for p in env["problems"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "    {}: {}", p["scope"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
+    }
+    let status = &insight["status"];
+    let backends = status["openTelemetry"]["backends"].as_array().cloned().unwrap_or_default();
+    out.push_str("\nOpenTelemetry\n");
+    let mut rows = Vec::new();
+    let mut hints = Vec::new();
+    for b in &backends {
+        let name = b["name"].as_str().unwrap_or("");
+        for signal in ["traces", "metrics", "logs"] {
+            let s = &b[signal];
+            if s["enabled"] != true {
+                rows.push(vec![name.into(), signal.into(), "not enabled".into(), "-".into(), "-".into(), "-".into()]);
+                continue;
+            }
+            let state = s["state"].as_str().unwrap_or("?");
+            let reasons = list(&s["blockedReasons"]);
+            let env_text = format!(
+                "{}, {}",
+                if s["envAllowed"] == true { "allowed" } else { "disallowed" },
+                if s["envInputPresent"] == true { "present" } else { "absent" }
+            );
+            let missing = list(&s["missingFields"]);
+            let overrides = list(&s["overrideKinds"]);
+            let env_text =
+                if overrides.is_empty() { env_text } else { format!("{env_text}, overrides {}", overrides.join(",")) };
+            rows.push(vec![name.into(), signal.into(), state.into(), env_text, dash(&reasons), dash(&missing)]);
+            if let Some(h) = hint(state, &reasons) {
+                hints.push(format!("  {name}/{signal} is {state}: {h}"));
+            }
+        }
+    }
+    if rows.is_empty() {
+        out.push_str("  no backend resolves for this dataplane (no policy with a backendRef selects it)\n");
+    } else {
+        out.push_str(&output::table(&["BACKEND", "SIGNAL", "STATE", "ENV", "REASONS", "MISSING"], &rows));
+    }
+    if !hints.is_empty() {
+        out.push_str("\nWhat to do\n");
+        for h in hints {
+            out.push_str(&h);
+            out.push('\n');
+        }
+    }
+    let notes = list(&status["notes"]);
+    if !notes.is_empty() {
+        out.push_str("\nNotes\n");
+        for n in notes {
+            let _ = writeln!(out, "  {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_signals_get_the_seed_hint() {
+        let dp = json!({"name": "web-1", "mesh": "default", "networking": {"address": "10.0.0.1"}});
+        let insight = json!({"session": {"version": "0.1.0", "features": ["feature-otel-via-kuma-dp"], "otelEnv": {}},
+            "status": {"openTelemetry": {"backends": [{"name": "backend-a",
+                "traces": {"enabled": true, "state": "ambiguous", "envAllowed": true, "envInputPresent": true, "blockedReasons": ["MultipleBackendsForSignal"]},
+                "metrics": {"enabled": false}, "logs": {"enabled": false}}]}}});
+        let text = render(&dp, &insight, chrono::Utc::now());
+        assert!(text.contains("backend-a   traces    ambiguous"), "{text}");
+        assert!(text.contains("MultipleBackendsForSignal"), "{text}");
+        assert!(text.contains("backend-a/traces is ambiguous: set mode: Disabled on every backend"), "{text}");
+        assert!(text.contains("metrics   not enabled"), "{text}");
+    }
+}
