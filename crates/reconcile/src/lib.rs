@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tern_model::spec::motb::Condition;
 use tern_model::{Kind, Resource, ResourceKey};
-use tern_resolve::{resolve_mesh, DataplaneInput, MeshInput, Session, UnresolvedRef};
+use tern_resolve::{resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, Session, UnresolvedRef};
 use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
@@ -27,9 +27,25 @@ use tracing::{debug, info, warn};
 /// apply lands as one batch of changes).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// What changed in one mesh since its last recompute.
+#[derive(Debug, Default)]
+struct Pending {
+    everything: bool,
+    dataplanes: BTreeSet<String>,
+    backends: BTreeSet<String>,
+}
+
+impl Pending {
+    fn everything() -> Self {
+        Pending { everything: true, ..Default::default() }
+    }
+}
+
 pub struct Reconciler<S> {
     store: Arc<S>,
     hub: Arc<PlanHub>,
+    /// The last resolution per mesh, reused for what a change does not touch.
+    previous: BTreeMap<String, MeshResolution>,
     /// Unresolved references already logged, per mesh: log once per change.
     logged_unresolved: BTreeMap<String, BTreeSet<UnresolvedRef>>,
     /// Dataplanes already logged as lacking the pipe feature.
@@ -38,7 +54,13 @@ pub struct Reconciler<S> {
 
 impl<S: ResourceStore> Reconciler<S> {
     pub fn new(store: Arc<S>, hub: Arc<PlanHub>) -> Self {
-        Reconciler { store, hub, logged_unresolved: BTreeMap::new(), logged_no_feature: HashSet::new() }
+        Reconciler {
+            store,
+            hub,
+            previous: BTreeMap::new(),
+            logged_unresolved: BTreeMap::new(),
+            logged_no_feature: HashSet::new(),
+        }
     }
 
     /// Runs until the store's change feed closes.
@@ -46,8 +68,8 @@ impl<S: ResourceStore> Reconciler<S> {
         let mut feed = self.store.subscribe();
         let mut dirty = self.all_meshes().await;
         loop {
-            for mesh in std::mem::take(&mut dirty) {
-                if let Err(e) = self.reconcile_mesh(&mesh).await {
+            for (mesh, pending) in std::mem::take(&mut dirty) {
+                if let Err(e) = self.reconcile_mesh(&mesh, pending).await {
                     warn!(mesh = %mesh, error = %e, "reconcile failed; will retry on the next change");
                 }
             }
@@ -68,18 +90,18 @@ impl<S: ResourceStore> Reconciler<S> {
         }
     }
 
-    async fn all_meshes(&self) -> BTreeSet<String> {
+    async fn all_meshes(&self) -> BTreeMap<String, Pending> {
         match self.store.list(Kind::Mesh, &ListFilter::default()).await {
-            Ok(meshes) => meshes.into_iter().map(|m| m.name).collect(),
+            Ok(meshes) => meshes.into_iter().map(|m| (m.name, Pending::everything())).collect(),
             Err(e) => {
                 warn!(error = %e, "cannot list meshes");
-                BTreeSet::new()
+                BTreeMap::new()
             }
         }
     }
 
     /// Recomputes one mesh and writes out what changed.
-    pub async fn reconcile_mesh(&mut self, mesh: &str) -> Result<(), StoreError> {
+    async fn reconcile_mesh(&mut self, mesh: &str, pending: Pending) -> Result<(), StoreError> {
         let in_mesh = ListFilter { mesh: Some(mesh.to_string()), ..Default::default() };
         let backends = self.store.list(Kind::MeshOpenTelemetryBackend, &in_mesh).await?;
         let mut policies = Vec::new();
@@ -95,7 +117,15 @@ impl<S: ResourceStore> Reconciler<S> {
             .collect();
         let inputs: Vec<DataplaneInput<'_>> =
             dataplanes.iter().map(|d| DataplaneInput { resource: d, session: sessions.get(d.name.as_str()) }).collect();
-        let resolution = resolve_mesh(&MeshInput { backends: &backends, policies: &policies, dataplanes: &inputs });
+        let input = MeshInput { backends: &backends, policies: &policies, dataplanes: &inputs };
+        let previous = self.previous.remove(mesh);
+        let changed = match (&previous, &pending) {
+            (Some(_), p) if !p.everything && p.backends.is_empty() => Changed::Dataplanes(&p.dataplanes),
+            (Some(_), p) if !p.everything && p.dataplanes.is_empty() => Changed::Backends(&p.backends),
+            _ => Changed::Everything,
+        };
+        let previous = previous.unwrap_or_default();
+        let resolution = resolve_mesh_incremental(&input, &previous, changed);
 
         self.log_unresolved(mesh, &resolution.unresolved);
         let names: Vec<&str> = dataplanes.iter().map(|d| d.name.as_str()).collect();
@@ -110,6 +140,9 @@ impl<S: ResourceStore> Reconciler<S> {
         }
         self.hub.retain(mesh, &names);
         for (name, outcome) in &resolution.dataplanes {
+            if previous.dataplanes.get(name).is_some_and(|p| Arc::ptr_eq(p, outcome)) {
+                continue; // untouched by this change
+            }
             if !outcome.notes.is_empty() && self.logged_no_feature.insert((mesh.to_string(), name.clone())) {
                 for note in &outcome.notes {
                     warn!(mesh = %mesh, dataplane = %name, "{note}");
@@ -136,6 +169,7 @@ impl<S: ResourceStore> Reconciler<S> {
                 self.write_condition(p, c).await;
             }
         }
+        self.previous.insert(mesh.to_string(), resolution);
         Ok(())
     }
 
@@ -193,10 +227,20 @@ impl<S: ResourceStore> Reconciler<S> {
     }
 }
 
-fn note_change(dirty: &mut BTreeSet<String>, change: &tern_store::Change) {
+fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Change) {
     if change.op == ChangeOp::StatusUpdated {
         return;
     }
-    let mesh = if change.key.kind == Kind::Mesh { &change.key.name } else { &change.key.mesh };
-    dirty.insert(mesh.clone());
+    let key = &change.key;
+    let mesh = if key.kind == Kind::Mesh { &key.name } else { &key.mesh };
+    let pending = dirty.entry(mesh.clone()).or_default();
+    match key.kind {
+        Kind::Dataplane | Kind::DataplaneInsight => {
+            pending.dataplanes.insert(key.name.clone());
+        }
+        Kind::MeshOpenTelemetryBackend => {
+            pending.backends.insert(key.name.clone());
+        }
+        Kind::Mesh | Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => pending.everything = true,
+    }
 }

@@ -17,6 +17,7 @@ pub use session::{Session, OTEL_PIPE_FEATURE};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use tern_model::resource::DISPLAY_NAME_LABEL;
 use tern_model::spec::dataplane::DataplaneSpec;
 use tern_model::spec::motb::{Condition, MeshOpenTelemetryBackendSpec};
@@ -65,13 +66,40 @@ pub struct DirectBackend {
 }
 
 /// What one registered dataplane gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DataplaneOutcome {
     pub plan: OtelPlan,
     pub status: OpenTelemetryStatus,
     pub direct: Vec<DirectBackend>,
     /// Things the operator should know (e.g. the pipe feature is missing).
     pub notes: Vec<String>,
+    /// The merged OTel entries per signal, kept so a backend edit can redo
+    /// only the last step for the dataplanes that use it.
+    entries: Vec<(Signal, Vec<OtelEntry>)>,
+}
+
+impl DataplaneOutcome {
+    /// Whether a change to these backends can change this outcome.
+    fn uses_any(&self, backends: &BTreeSet<String>) -> bool {
+        self.entries.iter().flat_map(|(_, e)| e).filter_map(|e| e.backend_ref.as_ref()).any(|r| match &r.name {
+            Some(name) => backends.contains(name),
+            // A label selector may match a changed backend: recompute.
+            None => true,
+        })
+    }
+}
+
+/// What changed since the previous resolution of the mesh, so that only
+/// the dataplanes a change touches are recomputed.
+#[derive(Debug, Clone, Copy)]
+pub enum Changed<'a> {
+    /// Policies or the mesh itself: every dataplane.
+    Everything,
+    /// These dataplanes (their resource or their session).
+    Dataplanes(&'a BTreeSet<String>),
+    /// These backends (by name): only dataplanes using them, and only the
+    /// last step (matching and merging are unaffected by backends).
+    Backends(&'a BTreeSet<String>),
 }
 
 /// A `backendRef` that matches no backend.
@@ -104,10 +132,12 @@ fn join_labels(l: &BTreeMap<String, String>) -> String {
 }
 
 /// The result for one mesh.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MeshResolution {
-    /// By dataplane name; only dataplanes that have registered.
-    pub dataplanes: BTreeMap<String, DataplaneOutcome>,
+    /// By dataplane name; only dataplanes that have registered. Outcomes a
+    /// recompute did not touch are shared (`Arc::ptr_eq`) with the previous
+    /// resolution.
+    pub dataplanes: BTreeMap<String, Arc<DataplaneOutcome>>,
     /// `ReferencedByPolicies` by backend name.
     pub backend_conditions: BTreeMap<String, Condition>,
     /// `BackendRefsResolved` by (policy kind, policy name).
@@ -265,8 +295,19 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition 
     Condition { type_: type_.into(), status: if ok { "True" } else { "False" }.into(), reason: reason.into(), message }
 }
 
-/// Resolves one mesh.
+/// Resolves one mesh from scratch.
 pub fn resolve_mesh(input: &MeshInput<'_>) -> MeshResolution {
+    resolve_scoped(input, None, Changed::Everything)
+}
+
+/// Resolves one mesh again after `changed`, reusing what `previous` computed
+/// for the dataplanes the change does not touch. Gives the same result as
+/// [`resolve_mesh`] on the same input.
+pub fn resolve_mesh_incremental(input: &MeshInput<'_>, previous: &MeshResolution, changed: Changed<'_>) -> MeshResolution {
+    resolve_scoped(input, Some(previous), changed)
+}
+
+fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, changed: Changed<'_>) -> MeshResolution {
     let index = BackendIndex::new(input.backends);
     let policies: Vec<ParsedPolicy<'_>> =
         input.policies.iter().filter(|p| p.kind.is_policy()).map(parse_policy).collect();
@@ -277,6 +318,23 @@ pub fn resolve_mesh(input: &MeshInput<'_>) -> MeshResolution {
     let mut cache: HashMap<(Kind, Vec<usize>), Vec<OtelEntry>> = HashMap::new();
     for dp in input.dataplanes {
         let Some(session) = dp.session else { continue };
+        let prev = previous.and_then(|p| p.dataplanes.get(&dp.resource.name));
+        match (prev, changed) {
+            (Some(prev), Changed::Dataplanes(names)) if !names.contains(&dp.resource.name) => {
+                out.dataplanes.insert(dp.resource.name.clone(), prev.clone());
+                continue;
+            }
+            (Some(prev), Changed::Backends(names)) => {
+                let outcome = if prev.uses_any(names) {
+                    Arc::new(dataplane_outcome(session, prev.entries.clone(), &index))
+                } else {
+                    prev.clone()
+                };
+                out.dataplanes.insert(dp.resource.name.clone(), outcome);
+                continue;
+            }
+            _ => {}
+        }
         let spec: DataplaneSpec = serde_json::from_value(dp.resource.spec.clone()).unwrap_or_default();
         let facts = DataplaneFacts { name: &dp.resource.name, labels: &dp.resource.labels, spec: &spec };
         let mut per_signal: Vec<(Signal, Vec<OtelEntry>)> = Vec::with_capacity(3);
@@ -294,7 +352,7 @@ pub fn resolve_mesh(input: &MeshInput<'_>) -> MeshResolution {
                 .clone();
             per_signal.push((signal_of(kind), entries));
         }
-        out.dataplanes.insert(dp.resource.name.clone(), dataplane_outcome(session, &per_signal, &index));
+        out.dataplanes.insert(dp.resource.name.clone(), Arc::new(dataplane_outcome(session, per_signal, &index)));
     }
     out
 }
@@ -372,14 +430,14 @@ type UsedBackends<'a> = BTreeMap<String, (&'a Resource, Vec<Signal>, Option<Stri
 
 fn dataplane_outcome(
     session: &Session,
-    per_signal: &[(Signal, Vec<OtelEntry>)],
+    per_signal: Vec<(Signal, Vec<OtelEntry>)>,
     index: &BackendIndex<'_>,
 ) -> DataplaneOutcome {
     let mut notes = Vec::new();
     let mut direct = Vec::new();
     let mut used: UsedBackends<'_> = BTreeMap::new();
     let mut skipped_for_feature = false;
-    for (signal, entries) in per_signal {
+    for (signal, entries) in &per_signal {
         for e in entries {
             if let Some(endpoint) = &e.endpoint {
                 direct.push(DirectBackend { signal: *signal, endpoint: endpoint.clone() });
@@ -436,5 +494,5 @@ fn dataplane_outcome(
             logs: or_off(Signal::Logs),
         });
     }
-    DataplaneOutcome { plan, status, direct, notes }
+    DataplaneOutcome { plan, status, direct, notes, entries: per_signal }
 }

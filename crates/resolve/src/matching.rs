@@ -29,10 +29,10 @@ pub fn selects(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) -> bool {
     match t.kind.as_str() {
         "Mesh" => true,
         "MeshSubset" => {
-            let tags = t.tags.clone().unwrap_or_default();
+            let Some(tags) = t.tags.as_ref().filter(|t| !t.is_empty()) else { return true };
             let inbounds = dp.spec.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
             // A MeshSubset selects the proxy when one of its inbounds carries every tag.
-            tags.is_empty() || inbounds.iter().any(|i| tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
+            inbounds.iter().any(|i| tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
         }
         "Dataplane" => match (&t.name, &t.labels) {
             (Some(name), _) if !name.is_empty() => name == dp.name,

@@ -240,3 +240,47 @@ fn inline_endpoints_stay_on_the_direct_path() {
     assert_eq!(out.direct.len(), 1);
     assert_eq!(out.direct[0].endpoint, "otel-collector:4317");
 }
+
+#[test]
+fn incremental_recompute_matches_a_full_one() {
+    use std::collections::BTreeSet;
+    use tern_resolve::{resolve_mesh_incremental, Changed};
+    let mut yaml = String::from(DATAPLANES) + "---\n" + &backend("b1", "one.example") + &backend("b2", "two.example");
+    yaml += "type: MeshOpenTelemetryBackend\nname: b3\nmesh: default\nlabels: {team: obs}\n---\n";
+    yaml += &trace("by-name", "{kind: Dataplane, name: web-1}", "b1", None);
+    yaml += "type: MeshMetric\nname: by-label\nmesh: default\nspec:\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, labels: {team: obs}}\n---\n";
+    yaml += "type: MeshAccessLog\nname: logs\nmesh: default\nspec:\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: b2}\n";
+    let mut all = resources(&yaml);
+    let sessions = [("web-1", pipe()), ("api-1", session(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")], &[OTEL_PIPE_FEATURE]))];
+    let before = run(&all, &sessions);
+
+    // Edit b1: only web-1 uses it; api-1's outcome is shared, not recomputed.
+    let i = all.iter().position(|r| r.name == "b1").expect("b1");
+    all[i] = resources(&backend("b1", "moved.example").replace("---\n", ""))[0].clone();
+    let full = run(&all, &sessions);
+    let inputs_of = |all: &[Resource]| -> (Vec<Resource>, Vec<Resource>, Vec<Resource>) {
+        (
+            all.iter().filter(|r| r.kind == Kind::MeshOpenTelemetryBackend).cloned().collect(),
+            all.iter().filter(|r| r.kind.is_policy()).cloned().collect(),
+            all.iter().filter(|r| r.kind == Kind::Dataplane).cloned().collect(),
+        )
+    };
+    let (backends, policies, dps) = inputs_of(&all);
+    let dp_inputs: Vec<DataplaneInput> = dps
+        .iter()
+        .map(|d| DataplaneInput { resource: d, session: sessions.iter().find(|(n, _)| *n == d.name).map(|(_, s)| s) })
+        .collect();
+    let input = MeshInput { backends: &backends, policies: &policies, dataplanes: &dp_inputs };
+    let changed: BTreeSet<String> = ["b1".to_string()].into();
+    let incremental = resolve_mesh_incremental(&input, &before, Changed::Backends(&changed));
+    assert_eq!(incremental, full);
+    assert_ne!(incremental.dataplanes["web-1"], before.dataplanes["web-1"]);
+    // api-1 uses a label selector, which could match any backend: recomputed too, same content.
+    assert_eq!(incremental.dataplanes["api-1"], before.dataplanes["api-1"]);
+
+    // A dataplane change touches only that dataplane.
+    let names: BTreeSet<String> = ["web-1".to_string()].into();
+    let again = resolve_mesh_incremental(&input, &full, Changed::Dataplanes(&names));
+    assert_eq!(again, full);
+    assert!(std::sync::Arc::ptr_eq(&again.dataplanes["api-1"], &full.dataplanes["api-1"]), "untouched outcomes are shared");
+}
