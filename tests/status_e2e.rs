@@ -100,6 +100,10 @@ fn seed_status_examples_end_to_end() {
     }
     let motb = get_json(&cp, &["get", "motb", "main-collector", "-o", "json"]);
     assert_eq!(condition(&motb, "ReferencedByPolicies")["reason"], "Referenced");
+    let table = cp.ternctl(&["get", "motb"]).ok().stdout;
+    assert!(table.contains("REFERENCED") && table.contains("3 policy backend(s)"), "{table}");
+    let table = cp.ternctl(&["get", "meshtraces"]).ok().stdout;
+    assert!(table.contains("BACKENDREFS") && table.contains("resolved"), "{table}");
 
     // From env, traces overridden per signal.
     apply(
@@ -364,4 +368,22 @@ fn a_bad_dataplane_is_refused_at_bootstrap() {
         assert!(err["invalid_parameters"][0]["field"].as_str().expect("field").starts_with("otelEnv"), "{err}");
     }
     cp.ternctl(&["get", "dataplane-insights", "bad-1"]).fails();
+
+    // Registering by mesh and name works for a Dataplane already stored, and only then.
+    cp.ternctl_stdin(&["apply", "-f", "-"], bad).ok();
+    let by_name = |name: &str| {
+        let body = json!({"mesh": "default", "name": name, "version": "x", "workDir": "/tmp/x", "otelEnv": {}});
+        rt.block_on(async {
+            let r = client.post(format!("{}/bootstrap", cp.dp)).json(&body).send().await.expect("send");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        })
+    };
+    let (status, body) = by_name("bad-1");
+    assert_eq!((status, body["planPath"].as_str()), (200, Some("/otel/default/bad-1")), "{body}");
+    let (status, body) = by_name("nobody");
+    assert_eq!(status, 404, "{body}");
+    let insight =
+        serde_json::from_str::<Value>(&cp.ternctl(&["get", "dataplane-insight", "bad-1", "-o", "json"]).ok().stdout)
+            .expect("json");
+    assert_eq!(insight["session"]["workDir"], "/tmp/x");
 }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tern_model::spec::motb::Condition;
 use tern_model::{Kind, Resource, ResourceKey};
-use tern_resolve::{resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, Session, UnresolvedRef};
+use tern_resolve::{
+    resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, Session, UnresolvedRef,
+};
 use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};

@@ -5,11 +5,13 @@ use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tern_model::{resource_from_document, Resource};
 use tern_otlp_config::Inventory;
-use std::collections::BTreeSet;
-use tern_resolve::{resolve_mesh, resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, Session, OTEL_PIPE_FEATURE};
+use tern_resolve::{
+    resolve_mesh, resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, Session, OTEL_PIPE_FEATURE,
+};
 
 const DATAPLANES: usize = 10_000;
 const POLICIES: usize = 200;

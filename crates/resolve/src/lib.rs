@@ -303,7 +303,11 @@ pub fn resolve_mesh(input: &MeshInput<'_>) -> MeshResolution {
 /// Resolves one mesh again after `changed`, reusing what `previous` computed
 /// for the dataplanes the change does not touch. Gives the same result as
 /// [`resolve_mesh`] on the same input.
-pub fn resolve_mesh_incremental(input: &MeshInput<'_>, previous: &MeshResolution, changed: Changed<'_>) -> MeshResolution {
+pub fn resolve_mesh_incremental(
+    input: &MeshInput<'_>,
+    previous: &MeshResolution,
+    changed: Changed<'_>,
+) -> MeshResolution {
     resolve_scoped(input, Some(previous), changed)
 }
 

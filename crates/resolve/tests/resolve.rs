@@ -251,7 +251,10 @@ fn incremental_recompute_matches_a_full_one() {
     yaml += "type: MeshMetric\nname: by-label\nmesh: default\nspec:\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, labels: {team: obs}}\n---\n";
     yaml += "type: MeshAccessLog\nname: logs\nmesh: default\nspec:\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: b2}\n";
     let mut all = resources(&yaml);
-    let sessions = [("web-1", pipe()), ("api-1", session(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")], &[OTEL_PIPE_FEATURE]))];
+    let sessions = [
+        ("web-1", pipe()),
+        ("api-1", session(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")], &[OTEL_PIPE_FEATURE])),
+    ];
     let before = run(&all, &sessions);
 
     // Edit b1: only web-1 uses it; api-1's outcome is shared, not recomputed.
@@ -282,5 +285,8 @@ fn incremental_recompute_matches_a_full_one() {
     let names: BTreeSet<String> = ["web-1".to_string()].into();
     let again = resolve_mesh_incremental(&input, &full, Changed::Dataplanes(&names));
     assert_eq!(again, full);
-    assert!(std::sync::Arc::ptr_eq(&again.dataplanes["api-1"], &full.dataplanes["api-1"]), "untouched outcomes are shared");
+    assert!(
+        std::sync::Arc::ptr_eq(&again.dataplanes["api-1"], &full.dataplanes["api-1"]),
+        "untouched outcomes are shared"
+    );
 }
