@@ -38,6 +38,10 @@ enum Command {
         /// Advertise feature-otel-via-kuma-dp (the OTLP pipe). `--otel-pipe false` acts like an older data plane.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TERN_DP_OTEL_PIPE")]
         otel_pipe: bool,
+        /// Export requests each signal's queue holds while the collector is unreachable;
+        /// beyond it new requests are refused and counted as dropped.
+        #[arg(long, default_value_t = tern_pipe::DEFAULT_QUEUE_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+        otel_queue_requests: u32,
     },
     /// OpenTelemetry exporter configuration from the OTEL_EXPORTER_OTLP_* environment.
     #[command(subcommand)]
@@ -78,25 +82,18 @@ fn read_dataplane(path: &PathBuf) -> Result<tern_model::Resource, String> {
     Ok(parsed.resource)
 }
 
-fn run_agent(
-    cp_address: String,
-    dataplane_file: PathBuf,
-    work_dir: Option<PathBuf>,
-    otel_pipe: bool,
-) -> Result<String, String> {
+fn run_agent(args: run::RunArgs) -> Result<String, String> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let dataplane = read_dataplane(&dataplane_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;
     runtime.block_on(async {
-        let args = run::RunArgs { cp_address, dataplane, work_dir, otel_pipe };
         tokio::select! {
             r = run::run(args) => r.map(|_| String::new()),
             _ = shutdown_signal() => {
@@ -122,8 +119,15 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { dataplane_file } => validate(&dataplane_file),
-        Command::Run { cp_address, dataplane_file, work_dir, otel_pipe } => {
-            run_agent(cp_address, dataplane_file, work_dir, otel_pipe)
+        Command::Run { cp_address, dataplane_file, work_dir, otel_pipe, otel_queue_requests } => {
+            let args = |dataplane| run::RunArgs {
+                cp_address,
+                dataplane,
+                work_dir,
+                otel_pipe,
+                queue_requests: otel_queue_requests as usize,
+            };
+            read_dataplane(&dataplane_file).and_then(|dp| run_agent(args(dp)))
         }
         Command::Otel(OtelCommand::Inventory) => otel::inventory().map(|s| s + "\n"),
         Command::Otel(OtelCommand::Resolve { plan }) => otel::resolve(&plan).map(|s| s + "\n"),

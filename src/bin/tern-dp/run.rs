@@ -3,11 +3,14 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tern_dp_server::{BootstrapResponse, PlanResponse};
 use tern_model::Resource;
 use tern_otlp_config::{resolve_signal, Inventory, ProcessEnv, Signal};
+use tern_pipe::{LocalEnv, PipeManager};
 use tern_resolve::OTEL_PIPE_FEATURE;
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 pub struct RunArgs {
@@ -15,10 +18,13 @@ pub struct RunArgs {
     pub dataplane: Resource,
     pub work_dir: Option<PathBuf>,
     pub otel_pipe: bool,
+    pub queue_requests: usize,
 }
 
 /// The file the current plan is written to, inside the work directory.
 pub const PLAN_FILE: &str = "otel-plan.json";
+/// The file delivery counts are written to every second.
+pub const STATS_FILE: &str = "otel-stats.json";
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -27,7 +33,12 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let work_dir =
         args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name));
     std::fs::create_dir_all(&work_dir).map_err(|e| format!("creating work directory {}: {e}", work_dir.display()))?;
-    let (_, _, inventory) = Inventory::discover(&ProcessEnv);
+    let (values, parsed, inventory) = Inventory::discover(&ProcessEnv);
+    let pipe = Arc::new(Mutex::new(PipeManager::new(
+        LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
+        args.queue_requests,
+    )));
+    tokio::spawn(write_stats(pipe.clone(), work_dir.join(STATS_FILE)));
     let features: Vec<&str> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE] } else { vec![] };
     let request = json!({
         "dataplane": dp.to_json(),
@@ -60,6 +71,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                     let plan: PlanResponse = resp.json().await.map_err(|e| format!("reading the plan: {e}"))?;
                     version = plan.version;
                     apply_plan(&work_dir, &plan, &inventory)?;
+                    pipe.lock().await.apply(&plan.plan).await;
                 }
                 304 => {}
                 404 => {
@@ -127,6 +139,20 @@ fn apply_plan(work_dir: &Path, plan: &PlanResponse, inventory: &Inventory) -> Re
         }
     }
     Ok(())
+}
+
+/// Keeps `otel-stats.json` current: per backend and signal, what arrived,
+/// what reached the collector, retries, drops and the last error.
+async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf) {
+    let tmp = path.with_extension("json.tmp");
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let report = pipe.lock().await.stats();
+        let text = serde_json::to_string_pretty(&json!({"backends": report})).unwrap_or_default();
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            warn!(error = %e, "cannot write the delivery counts");
+        }
+    }
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

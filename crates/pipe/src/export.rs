@@ -1,0 +1,189 @@
+//! Exporters: one per backend and signal, built from the final config the
+//! OTLP engine produced, speaking OTLP/gRPC or OTLP/HTTP (protobuf) to the
+//! collector, with TLS, mTLS, headers, compression and a per-export timeout.
+
+use crate::request::OtlpRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use std::io::Write;
+use tern_otlp_config::parse::{Compression, OtlpProtocol};
+use tern_otlp_config::ExporterConfig;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Why an export failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportError {
+    pub retryable: bool,
+    pub message: String,
+}
+
+fn fatal(message: String) -> ExportError {
+    ExportError { retryable: false, message }
+}
+
+enum Transport {
+    Grpc(Channel),
+    Http(reqwest::Client),
+}
+
+/// Sends requests of one signal to one collector.
+pub struct Exporter {
+    config: ExporterConfig,
+    transport: Transport,
+}
+
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+    // The path stays out of the message: it is local configuration.
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} file: {e}"))
+}
+
+impl Exporter {
+    /// Builds the client; fails when a TLS file cannot be read or the
+    /// endpoint is not usable.
+    pub fn new(config: ExporterConfig) -> Result<Exporter, String> {
+        let ca = config.certificate.as_ref().map(|c| read(&c.value, "certificate")).transpose()?;
+        let identity = match &config.client_pair {
+            Some(pair) => Some((read(&pair.value.0, "client certificate")?, read(&pair.value.1, "client key")?)),
+            None => None,
+        };
+        let transport = match config.protocol.value {
+            OtlpProtocol::Grpc => {
+                let mut endpoint = Endpoint::from_shared(config.endpoint.value.clone())
+                    .map_err(|e| format!("endpoint is not usable for gRPC: {e}"))?
+                    .connect_timeout(config.timeout.value);
+                if config.tls.value {
+                    let mut tls = match &ca {
+                        Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                        None => ClientTlsConfig::new().with_native_roots(),
+                    };
+                    if let Some((cert, key)) = &identity {
+                        tls = tls.identity(Identity::from_pem(cert, key));
+                    }
+                    endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS setup failed: {e}"))?;
+                }
+                Transport::Grpc(endpoint.connect_lazy())
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let mut builder = reqwest::Client::builder().timeout(config.timeout.value);
+                if let Some(pem) = &ca {
+                    let cert =
+                        reqwest::Certificate::from_pem(pem).map_err(|e| format!("certificate is not PEM: {e}"))?;
+                    builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
+                }
+                if let Some((cert, key)) = &identity {
+                    let mut pem = cert.clone();
+                    pem.extend_from_slice(b"\n");
+                    pem.extend_from_slice(key);
+                    let id = reqwest::Identity::from_pem(&pem)
+                        .map_err(|e| format!("client certificate or key is not PEM: {e}"))?;
+                    builder = builder.identity(id);
+                }
+                Transport::Http(builder.build().map_err(|e| format!("HTTP client setup failed: {e}"))?)
+            }
+        };
+        Ok(Exporter { config, transport })
+    }
+
+    pub fn config(&self) -> &ExporterConfig {
+        &self.config
+    }
+
+    /// Sends one request once.
+    pub async fn send(&self, request: &OtlpRequest) -> Result<(), ExportError> {
+        match &self.transport {
+            Transport::Grpc(channel) => self.send_grpc(channel.clone(), request).await,
+            Transport::Http(client) => self.send_http(client, request).await,
+        }
+    }
+
+    fn grpc_request<T>(&self, message: T) -> Result<tonic::Request<T>, ExportError> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(self.config.timeout.value);
+        if let Some(headers) = &self.config.headers {
+            for (k, v) in &headers.value {
+                let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| fatal(format!("header {k:?} is not a valid gRPC metadata key")))?;
+                let value = MetadataValue::try_from(v.as_str())
+                    .map_err(|_| fatal(format!("header {k:?} has a value gRPC cannot carry")))?;
+                req.metadata_mut().insert(key, value);
+            }
+        }
+        Ok(req)
+    }
+
+    async fn send_grpc(&self, channel: Channel, request: &OtlpRequest) -> Result<(), ExportError> {
+        let gzip = self.config.compression.value == Compression::Gzip;
+        let result = match request {
+            OtlpRequest::Traces(r) => {
+                let mut c = TraceServiceClient::new(channel);
+                if gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                c.export(self.grpc_request(r.clone())?).await.map(|_| ())
+            }
+            OtlpRequest::Metrics(r) => {
+                let mut c = MetricsServiceClient::new(channel);
+                if gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                c.export(self.grpc_request(r.clone())?).await.map(|_| ())
+            }
+            OtlpRequest::Logs(r) => {
+                let mut c = LogsServiceClient::new(channel);
+                if gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                c.export(self.grpc_request(r.clone())?).await.map(|_| ())
+            }
+        };
+        result.map_err(|status| {
+            use tonic::Code::*;
+            // The OTLP specification's retryable codes.
+            let retryable = matches!(
+                status.code(),
+                Cancelled | DeadlineExceeded | Aborted | OutOfRange | Unavailable | DataLoss | ResourceExhausted
+            );
+            ExportError { retryable, message: format!("collector answered {:?}: {}", status.code(), status.message()) }
+        })
+    }
+
+    async fn send_http(&self, client: &reqwest::Client, request: &OtlpRequest) -> Result<(), ExportError> {
+        let mut body = request.encode();
+        let mut req = client.post(&self.config.endpoint.value).header("Content-Type", "application/x-protobuf");
+        if self.config.compression.value == Compression::Gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&body).map_err(|e| fatal(format!("gzip failed: {e}")))?;
+            body = gz.finish().map_err(|e| fatal(format!("gzip failed: {e}")))?;
+            req = req.header("Content-Encoding", "gzip");
+        }
+        if let Some(headers) = &self.config.headers {
+            for (k, v) in &headers.value {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        match req.body(body).send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => {
+                let code = resp.status().as_u16();
+                Err(ExportError {
+                    retryable: matches!(code, 429 | 502 | 503 | 504),
+                    message: format!("collector answered HTTP {code}"),
+                })
+            }
+            Err(e) => {
+                Err(ExportError { retryable: true, message: format!("collector unreachable: {}", root_cause(&e)) })
+            }
+        }
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,266 @@
+//! The data plane's OTLP pipe, one per backend in the plan:
+//!
+//! ```text
+//! Envoy / app ──OTLP/gRPC──▶ unix socket (receiver.rs) ──bounded queue──▶ exporter (export.rs) ──▶ collector
+//! ```
+//!
+//! What each signal exports to is decided by `tern-otlp-config` (the same
+//! merge the control plane used for status). The queue is bounded per
+//! signal: when the collector is down, requests wait and are retried with
+//! backoff; when the queue is full, new requests are refused with
+//! `RESOURCE_EXHAUSTED` and counted as dropped. Nothing is lost silently:
+//! [`PipeManager::stats`] reports every count.
+
+mod export;
+mod receiver;
+mod request;
+mod stats;
+
+pub use export::{ExportError, Exporter};
+pub use request::OtlpRequest;
+pub use stats::{SignalStats, StatsSnapshot};
+
+use receiver::{Route, Routes};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tern_otlp_config::{build_exporter, resolve_signal, ExporterConfig, Inventory, OtelPlan, ParsedEnv, Signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Requests a signal's queue holds while the collector is unreachable.
+pub const DEFAULT_QUEUE_REQUESTS: usize = 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What one signal of a running backend does.
+#[derive(Clone, PartialEq)]
+enum SignalSetup {
+    Export(ExporterConfig),
+    Unavailable(String),
+}
+
+struct RunningBackend {
+    name: String,
+    setup: BTreeMap<Signal, SignalSetup>,
+    stats: BTreeMap<Signal, Arc<SignalStats>>,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningBackend {
+    fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Per backend and signal: counts and whether it exports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalReport {
+    pub exporting: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    #[serde(flatten)]
+    pub counts: StatsSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendReport {
+    pub name: String,
+    pub socket_path: String,
+    pub signals: BTreeMap<Signal, SignalReport>,
+}
+
+/// The local environment the pipe's exporters are built from.
+pub struct LocalEnv {
+    pub parsed: ParsedEnv,
+    pub inventory: Inventory,
+    pub host_ip: Option<String>,
+}
+
+/// Runs one pipe per backend of the current plan.
+pub struct PipeManager {
+    env: LocalEnv,
+    queue_requests: usize,
+    running: BTreeMap<PathBuf, RunningBackend>,
+}
+
+impl PipeManager {
+    pub fn new(env: LocalEnv, queue_requests: usize) -> Self {
+        PipeManager { env, queue_requests, running: BTreeMap::new() }
+    }
+
+    /// Brings the running pipes in line with `plan`: backends that are gone
+    /// stop, changed ones restart, unchanged ones are left alone.
+    pub async fn apply(&mut self, plan: &OtelPlan) {
+        let mut wanted: BTreeMap<PathBuf, (String, BTreeMap<Signal, SignalSetup>)> = BTreeMap::new();
+        for b in &plan.backends {
+            let mut setup = BTreeMap::new();
+            for signal in Signal::ALL {
+                let Some(p) = b.signal(signal).filter(|p| p.status.enabled) else {
+                    setup.insert(signal, SignalSetup::Unavailable("signal is not enabled".into()));
+                    continue;
+                };
+                let r = resolve_signal(&b.settings, signal, &self.env.inventory, p.ambiguous());
+                let s = match build_exporter(&b.settings, &r, &self.env.parsed, self.env.host_ip.as_deref()) {
+                    Some(c) => SignalSetup::Export(c),
+                    None => {
+                        let reasons: Vec<String> = r.blocked_reasons.iter().map(|x| format!("{x:?}")).collect();
+                        SignalSetup::Unavailable(match r.state {
+                            tern_otlp_config::State::Missing => "no endpoint resolved (state missing)".into(),
+                            _ => format!("blocked: {}", reasons.join(", ")),
+                        })
+                    }
+                };
+                setup.insert(signal, s);
+            }
+            wanted.insert(PathBuf::from(&b.socket_path), (b.name.clone(), setup));
+        }
+        let stale: Vec<PathBuf> = self
+            .running
+            .iter()
+            .filter(|(path, r)| wanted.get(*path).is_none_or(|(_, setup)| *setup != r.setup))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in stale {
+            if let Some(r) = self.running.remove(&path) {
+                info!(backend = %r.name, "stopping OTLP pipe");
+                r.shutdown();
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        for (path, (name, setup)) in wanted {
+            if self.running.contains_key(&path) {
+                continue;
+            }
+            match self.start(&path, &name, setup).await {
+                Ok(r) => {
+                    self.running.insert(path, r);
+                }
+                Err(e) => warn!(backend = %name, error = %e, "cannot start the OTLP pipe; will retry on the next plan"),
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        setup: BTreeMap<Signal, SignalSetup>,
+    ) -> Result<RunningBackend, String> {
+        let mut stats = BTreeMap::new();
+        let mut tasks = Vec::new();
+        let mut route = |signal: Signal| -> Route {
+            let s = Arc::new(SignalStats::default());
+            stats.insert(signal, s.clone());
+            match setup.get(&signal) {
+                Some(SignalSetup::Export(config)) => match Exporter::new(config.clone()) {
+                    Ok(exporter) => {
+                        let (tx, rx) = mpsc::channel(self.queue_requests);
+                        tasks.push(tokio::spawn(export_loop(name.to_string(), exporter, rx, s.clone())));
+                        Route::Queue { tx, stats: s }
+                    }
+                    Err(e) => {
+                        s.error(e.clone());
+                        Route::Unavailable { reason: e, stats: s }
+                    }
+                },
+                Some(SignalSetup::Unavailable(reason)) => Route::Unavailable { reason: reason.clone(), stats: s },
+                None => Route::Unavailable { reason: "signal is not enabled".into(), stats: s },
+            }
+        };
+        let routes = Arc::new(Routes {
+            traces: route(Signal::Traces),
+            metrics: route(Signal::Metrics),
+            logs: route(Signal::Logs),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let server = receiver::serve(path, routes, stopped).await?;
+        tasks.push(server);
+        let exporting: Vec<&str> =
+            setup.iter().filter(|(_, s)| matches!(s, SignalSetup::Export(_))).map(|(sig, _)| sig.as_str()).collect();
+        info!(backend = %name, socket = %path.display(), exporting = ?exporting, "OTLP pipe started");
+        Ok(RunningBackend { name: name.to_string(), setup, stats, stop: Some(stop), tasks })
+    }
+
+    /// Counts per backend and signal.
+    pub fn stats(&self) -> Vec<BackendReport> {
+        self.running
+            .iter()
+            .map(|(path, r)| BackendReport {
+                name: r.name.clone(),
+                socket_path: path.display().to_string(),
+                signals: r
+                    .stats
+                    .iter()
+                    .map(|(signal, s)| {
+                        let (exporting, unavailable) = match r.setup.get(signal) {
+                            Some(SignalSetup::Export(_)) => (true, None),
+                            Some(SignalSetup::Unavailable(why)) => (false, Some(why.clone())),
+                            None => (false, None),
+                        };
+                        (*signal, SignalReport { exporting, unavailable, counts: s.snapshot() })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Stops every pipe and removes the sockets.
+    pub fn shutdown(&mut self) {
+        for (path, r) in std::mem::take(&mut self.running) {
+            r.shutdown();
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for PipeManager {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Drains one signal's queue: each request is sent, and retried with
+/// backoff while the collector is unreachable; the bounded queue keeps
+/// memory bounded meanwhile.
+async fn export_loop(
+    backend: String,
+    exporter: Exporter,
+    mut rx: mpsc::Receiver<OtlpRequest>,
+    stats: Arc<SignalStats>,
+) {
+    while let Some(request) = rx.recv().await {
+        let items = request.items();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match exporter.send(&request).await {
+                Ok(()) => {
+                    stats.exported(items);
+                    break;
+                }
+                Err(e) if e.retryable => {
+                    stats.retried();
+                    stats.error(e.message);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    warn!(backend = %backend, signal = %request.signal(), error = %e.message, items, "export failed; dropped");
+                    stats.dropped(items);
+                    stats.error(e.message);
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! One OTLP export request of any signal, as it travels through the pipe.
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use prost::Message;
+use tern_otlp_config::Signal;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OtlpRequest {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+impl OtlpRequest {
+    pub fn signal(&self) -> Signal {
+        match self {
+            OtlpRequest::Traces(_) => Signal::Traces,
+            OtlpRequest::Metrics(_) => Signal::Metrics,
+            OtlpRequest::Logs(_) => Signal::Logs,
+        }
+    }
+
+    /// Spans, metric data points or log records in the request.
+    pub fn items(&self) -> u64 {
+        let n: usize = match self {
+            OtlpRequest::Traces(r) => {
+                r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum()
+            }
+            OtlpRequest::Logs(r) => {
+                r.resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum()
+            }
+            OtlpRequest::Metrics(r) => r
+                .resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .flat_map(|sm| &sm.metrics)
+                .map(|m| match &m.data {
+                    Some(Data::Gauge(g)) => g.data_points.len(),
+                    Some(Data::Sum(s)) => s.data_points.len(),
+                    Some(Data::Histogram(h)) => h.data_points.len(),
+                    Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                    Some(Data::Summary(s)) => s.data_points.len(),
+                    None => 0,
+                })
+                .sum(),
+        };
+        n as u64
+    }
+
+    /// The protobuf encoding (OTLP/HTTP's body).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            OtlpRequest::Traces(r) => r.encode_to_vec(),
+            OtlpRequest::Metrics(r) => r.encode_to_vec(),
+            OtlpRequest::Logs(r) => r.encode_to_vec(),
+        }
+    }
+}

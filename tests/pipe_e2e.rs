@@ -1,0 +1,149 @@
+//! The OTLP pipe through the real binaries: `tern-cp` resolves the backend,
+//! `tern-dp run` opens its socket, an OTLP client (as Envoy will) sends
+//! spans, log records and metric points, and a real OTLP/gRPC collector
+//! receives them: headers, per-signal overrides, a collector outage that is
+//! buffered and retried, and drops that are counted.
+
+#[path = "support/collector.rs"]
+mod collector;
+mod support;
+
+use collector::{client, Collector};
+use serde_json::Value;
+use std::time::Duration;
+use support::{eventually, ControlPlane, DataPlane};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn dataplane(mesh: &str, name: &str) -> String {
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: {mesh}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 18080\n      servicePort: 8080\n      tags: {{kuma.io/service: {name}}}\n"
+    )
+}
+
+/// A mesh with one backend at `address` for all three signals.
+fn setup(mesh: &str, address: &str) -> String {
+    let (host, port) = address.split_once(':').expect("host:port");
+    let policy = |kind: &str| {
+        format!("type: {kind}\nname: {mesh}-{}\nmesh: {mesh}\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: collector}}\n---\n", kind.to_lowercase())
+    };
+    format!("type: Mesh\nname: {mesh}\n---\ntype: MeshOpenTelemetryBackend\nname: collector\nmesh: {mesh}\nspec:\n  endpoint: {{address: {host}, port: {port}}}\n---\n")
+        + &policy("MeshTrace")
+        + &policy("MeshAccessLog")
+        + &policy("MeshMetric")
+}
+
+fn socket_of(dp: &DataPlane) -> std::path::PathBuf {
+    eventually(WAIT, "the plan names a socket", || {
+        let plan: Value = serde_json::from_str(&std::fs::read_to_string(dp.plan_file()).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let path = plan["backends"][0]["socketPath"].as_str().ok_or_else(|| plan.to_string())?.to_string();
+        std::path::Path::new(&path).exists().then(|| path.clone().into()).ok_or(path)
+    })
+}
+
+fn stats(dp: &DataPlane, signal: &str) -> Value {
+    let text = std::fs::read_to_string(dp.work_dir.join("otel-stats.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    v["backends"][0]["signals"][signal].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telemetry_flows_through_the_pipe_to_a_real_collector() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut collector = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    cp.ternctl_stdin(&["apply", "-f", "-"], &setup("pipe", &collector.address())).ok();
+    let dp = DataPlane::start(
+        &cp,
+        &dir.path().join("dps"),
+        "web-1",
+        &dataplane("pipe", "web-1"),
+        &[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme,authorization=Bearer%20t0ken")],
+        &[],
+    );
+    let channel = client::connect(socket_of(&dp)).await;
+
+    client::spans(&channel, &["GET /a", "GET /b"]).await.expect("spans accepted");
+    client::logs(&channel, &["200 GET /a"]).await.expect("logs accepted");
+    client::gauge(&channel, 3).await.expect("metrics accepted");
+    eventually(WAIT, "everything at the collector", || {
+        collector
+            .with(|r| (r.spans.len(), r.log_bodies.len(), r.metric_points))
+            .eq(&(2, 1, 3))
+            .then_some(())
+            .ok_or("not yet".to_string())
+    });
+    collector.with(|r| {
+        assert_eq!(r.spans, ["GET /a", "GET /b"]);
+        assert_eq!(r.log_bodies, ["200 GET /a"]);
+        assert!(r.headers.contains(&"x-tenant=acme".to_string()), "{:?}", r.headers);
+        assert!(r.headers.contains(&"authorization=Bearer t0ken".to_string()), "percent-decoded: {:?}", r.headers);
+    });
+    assert!(!dp.log_text().contains("t0ken"), "secrets stay out of the logs");
+
+    // The collector goes away: exports wait in the queue and are retried.
+    collector.stop().await;
+    for i in 0..4 {
+        client::spans(&channel, &[&format!("during outage {i}")]).await.expect("accepted into the queue");
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    collector.restart().await;
+    eventually(WAIT, "buffered spans delivered after the restart", || {
+        let n = collector.with(|r| r.spans.iter().filter(|s| s.starts_with("during outage")).count());
+        (n == 4).then_some(()).ok_or(format!("{n} of 4"))
+    });
+    let s = eventually(WAIT, "delivery counts", || {
+        let s = stats(&dp, "traces");
+        (s["exported"] == 6).then(|| s.clone()).ok_or(s.to_string())
+    });
+    assert_eq!(s["received"], 6);
+    assert_eq!(s["dropped"], 0);
+    assert!(s["retries"].as_u64().unwrap_or(0) > 0, "{s}");
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_signal_override_and_counted_drops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs_collector = Collector::start().await;
+    let traces_collector = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    cp.ternctl_stdin(&["apply", "-f", "-"], &setup("split", &logs_collector.address())).ok();
+    let traces_url = format!("http://{}", traces_collector.address());
+    let dp = DataPlane::start(
+        &cp,
+        &dir.path().join("dps"),
+        "web-2",
+        &dataplane("split", "web-2"),
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str())],
+        &["--otel-queue-requests", "2"],
+    );
+    let channel = client::connect(socket_of(&dp)).await;
+    client::spans(&channel, &["to B"]).await.expect("spans");
+    client::logs(&channel, &["to A"]).await.expect("logs");
+    eventually(WAIT, "traces at B, logs at A", || {
+        let b = traces_collector.with(|r| r.spans.clone());
+        let a = logs_collector.with(|r| (r.spans.clone(), r.log_bodies.clone()));
+        (b == ["to B"] && a.0.is_empty() && a.1 == ["to A"]).then_some(()).ok_or(format!("B {b:?}, A {a:?}"))
+    });
+    let inspect = cp.ternctl(&["inspect", "dataplane", "web-2", "-m", "split"]).ok().stdout;
+    assert!(inspect.contains("overrides endpoint"), "inspect agrees: {inspect}");
+
+    // With the logs collector gone and a queue of two requests, the rest is refused and counted.
+    let mut a = logs_collector;
+    a.stop().await;
+    let mut refused = 0;
+    for i in 0..6 {
+        if let Err(status) = client::logs(&channel, &[&format!("burst {i}")]).await {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 3, "a bounded queue refuses the overflow ({refused} refused)");
+    let s = eventually(WAIT, "drops counted", || {
+        let s = stats(&dp, "logs");
+        (s["dropped"] == refused).then(|| s.clone()).ok_or(s.to_string())
+    });
+    assert!(s["lastError"].as_str().is_some_and(|e| e.contains("Unavailable")), "{s}");
+}

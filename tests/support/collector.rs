@@ -1,0 +1,240 @@
+//! A test OTLP collector (gRPC over TCP) that records what it receives and
+//! the headers it saw, and can be stopped and started again on its port.
+//! Lives in the tests, not the product.
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
+/// Everything received so far.
+#[derive(Default)]
+pub struct Received {
+    pub spans: Vec<String>,
+    pub log_bodies: Vec<String>,
+    pub metric_points: usize,
+    /// Request metadata (headers) of every export, flattened to `key=value`.
+    pub headers: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Received>>);
+
+impl Recorder {
+    fn headers<T>(&self, r: &Request<T>) {
+        let mut rec = self.0.lock().expect("lock");
+        for kv in r.metadata().iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                rec.headers.push(format!("{}={}", k.as_str(), v.to_str().unwrap_or("")));
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Recorder {
+    async fn export(
+        &self,
+        r: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.headers(&r);
+        let names = r
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .map(|s| s.name);
+        self.0.lock().expect("lock").spans.extend(names);
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Recorder {
+    async fn export(
+        &self,
+        r: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.headers(&r);
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let bodies =
+            r.into_inner().resource_logs.into_iter().flat_map(|rl| rl.scope_logs).flat_map(|sl| sl.log_records).map(
+                |l| match l.body.and_then(|b| b.value) {
+                    Some(Value::StringValue(s)) => s,
+                    other => format!("{other:?}"),
+                },
+            );
+        self.0.lock().expect("lock").log_bodies.extend(bodies);
+        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Recorder {
+    async fn export(
+        &self,
+        r: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.headers(&r);
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let n: usize = r
+            .into_inner()
+            .resource_metrics
+            .into_iter()
+            .flat_map(|rm| rm.scope_metrics)
+            .flat_map(|sm| sm.metrics)
+            .map(|m| match m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(s)) => s.data_points.len(),
+                _ => 0,
+            })
+            .sum();
+        self.0.lock().expect("lock").metric_points += n;
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+/// A collector listening on 127.0.0.1:`port`.
+pub struct Collector {
+    pub port: u16,
+    recorder: Recorder,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Starts on a free port.
+    pub async fn start() -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut c = Collector { port, recorder: Recorder::default(), stop: None, task: None };
+        c.serve(listener);
+        c
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let r = self.recorder.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        self.task = Some(tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(r.clone()))
+                .add_service(LogsServiceServer::new(r.clone()))
+                .add_service(MetricsServiceServer::new(r))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        }));
+        self.stop = Some(tx);
+    }
+
+    /// Stops listening (connections are closed).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port, keeping what was received.
+    pub async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind");
+        self.serve(listener);
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
+        f(&self.recorder.0.lock().expect("lock"))
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// An OTLP client on a Unix socket, as Envoy talks to `tern-dp`.
+pub mod client {
+    use hyper_util::rt::TokioIo;
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use std::path::PathBuf;
+    use tonic::transport::{Channel, Endpoint};
+
+    pub async fn connect(socket: PathBuf) -> Channel {
+        Endpoint::try_from("http://[::]:50051")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = socket.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .expect("unix socket connects")
+    }
+
+    pub async fn spans(ch: &Channel, names: &[&str]) -> Result<(), tonic::Status> {
+        let spans = names
+            .iter()
+            .map(|n| Span { name: n.to_string(), trace_id: vec![1; 16], span_id: vec![2; 8], ..Default::default() })
+            .collect();
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        TraceServiceClient::new(ch.clone()).export(req).await.map(|_| ())
+    }
+
+    pub async fn logs(ch: &Channel, bodies: &[&str]) -> Result<(), tonic::Status> {
+        let log_records = bodies
+            .iter()
+            .map(|b| LogRecord {
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(b.to_string())) }),
+                ..Default::default()
+            })
+            .collect();
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        LogsServiceClient::new(ch.clone()).export(req).await.map(|_| ())
+    }
+
+    pub async fn gauge(ch: &Channel, points: usize) -> Result<(), tonic::Status> {
+        let data_points = (0..points).map(|_| NumberDataPoint::default()).collect();
+        let m = Metric {
+            name: "envoy_requests".into(),
+            data: Some(metric::Data::Gauge(Gauge { data_points })),
+            ..Default::default()
+        };
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![m], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        MetricsServiceClient::new(ch.clone()).export(req).await.map(|_| ())
+    }
+}
