@@ -16,12 +16,14 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tern_model::spec::dataplane::{DataplaneSpec, PROTOCOL_TAG, SERVICE_TAG};
 use tern_model::spec::motb::Condition;
 use tern_model::{Kind, Resource, ResourceKey};
 use tern_resolve::{
     resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, Session, UnresolvedRef,
 };
 use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
+use tern_xds::{ServiceEndpoint, ServiceMap, XdsHub};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
@@ -46,6 +48,9 @@ impl Pending {
 pub struct Reconciler<S> {
     store: Arc<S>,
     hub: Arc<PlanHub>,
+    xds: Arc<XdsHub>,
+    /// The service endpoints per mesh as of the last recompute.
+    services: BTreeMap<String, ServiceMap>,
     /// The last resolution per mesh, reused for what a change does not touch.
     previous: BTreeMap<String, MeshResolution>,
     /// Unresolved references already logged, per mesh: log once per change.
@@ -55,10 +60,12 @@ pub struct Reconciler<S> {
 }
 
 impl<S: ResourceStore> Reconciler<S> {
-    pub fn new(store: Arc<S>, hub: Arc<PlanHub>) -> Self {
+    pub fn new(store: Arc<S>, hub: Arc<PlanHub>, xds: Arc<XdsHub>) -> Self {
         Reconciler {
             store,
             hub,
+            xds,
+            services: BTreeMap::new(),
             previous: BTreeMap::new(),
             logged_unresolved: BTreeMap::new(),
             logged_no_feature: HashSet::new(),
@@ -141,6 +148,22 @@ impl<S: ResourceStore> Reconciler<S> {
             }
         }
         self.hub.retain(mesh, &names);
+        let services = service_map(&dataplanes);
+        let services_changed = self.services.get(mesh) != Some(&services);
+        for dp in &dataplanes {
+            let Some(outcome) = resolution.dataplanes.get(&dp.name) else { continue };
+            let untouched = previous.dataplanes.get(&dp.name).is_some_and(|p| Arc::ptr_eq(p, outcome));
+            if untouched && !services_changed {
+                continue;
+            }
+            let spec: DataplaneSpec = serde_json::from_value(dp.spec.clone()).unwrap_or_default();
+            let snapshot = tern_xds::build(&spec, &outcome.envoy_telemetry(), &services);
+            let version = snapshot.version.clone();
+            if self.xds.publish(&tern_xds::node_id(mesh, &dp.name), snapshot) {
+                debug!(mesh = %mesh, dataplane = %dp.name, version = %version, "xDS snapshot updated");
+            }
+        }
+        self.services.insert(mesh.to_string(), services);
         for (name, outcome) in &resolution.dataplanes {
             if previous.dataplanes.get(name).is_some_and(|p| Arc::ptr_eq(p, outcome)) {
                 continue; // untouched by this change
@@ -227,6 +250,30 @@ impl<S: ResourceStore> Reconciler<S> {
             Err(e) => warn!(resource = %key, error = %e, "status write failed"),
         }
     }
+}
+
+/// Every service's endpoints: the inbounds of the mesh's dataplanes.
+fn service_map(dataplanes: &[Resource]) -> ServiceMap {
+    let mut map = ServiceMap::new();
+    for dp in dataplanes {
+        let Ok(spec) = serde_json::from_value::<DataplaneSpec>(dp.spec.clone()) else { continue };
+        let Some(net) = spec.networking else { continue };
+        for inbound in &net.inbound {
+            let (Some(service), Ok(port)) = (inbound.tags.get(SERVICE_TAG), u16::try_from(inbound.port)) else {
+                continue;
+            };
+            let protocol = inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into());
+            map.entry(service.clone()).or_default().push(ServiceEndpoint {
+                address: net.address.clone(),
+                port,
+                protocol,
+            });
+        }
+    }
+    for eps in map.values_mut() {
+        eps.sort();
+    }
+    map
 }
 
 fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Change) {

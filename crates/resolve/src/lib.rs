@@ -76,6 +76,71 @@ pub struct DataplaneOutcome {
     /// The merged OTel entries per signal, kept so a backend edit can redo
     /// only the last step for the dataplanes that use it.
     entries: Vec<(Signal, Vec<OtelEntry>)>,
+    /// The merged MeshTrace `sampling` and `tags`.
+    trace_conf: Value,
+}
+
+/// Where Envoy sends a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// Through the data plane's pipe for a backend: its Unix socket.
+    Pipe { backend: String, socket: String },
+    /// Straight to a collector (deprecated inline `endpoint`, `host:port`).
+    Direct { endpoint: String },
+}
+
+/// One access log destination with its record shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSink {
+    pub sink: Sink,
+    /// `[{key, value}]` with Envoy command operators in values.
+    pub attributes: Option<Value>,
+    pub body: Option<Value>,
+}
+
+/// What Envoy's configuration needs to know about telemetry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyTelemetry {
+    pub traces: Option<Sink>,
+    /// MeshTrace `sampling` (`overall`, `client`, `random`) and `tags`, as merged.
+    pub sampling: Value,
+    pub tags: Value,
+    pub access_logs: Vec<AccessLogSink>,
+}
+
+impl DataplaneOutcome {
+    /// Where Envoy should send spans and access logs: the pipe sockets of
+    /// plan backends, or direct endpoints for inline `endpoint` backends.
+    pub fn envoy_telemetry(&self) -> EnvoyTelemetry {
+        let socket_of = |signal: Signal, entry: &OtelEntry| -> Option<Sink> {
+            if let Some(endpoint) = &entry.endpoint {
+                return Some(Sink::Direct { endpoint: endpoint.clone() });
+            }
+            let name = entry.resolved.as_ref()?;
+            self.plan
+                .backends
+                .iter()
+                .find(|b| &b.name == name && b.signal(signal).is_some())
+                .map(|b| Sink::Pipe { backend: b.name.clone(), socket: b.socket_path.clone() })
+        };
+        let entries = |signal: Signal| self.entries.iter().filter(move |(s, _)| *s == signal).flat_map(|(_, e)| e);
+        let traces = entries(Signal::Traces).find_map(|e| socket_of(Signal::Traces, e));
+        let mut access_logs: Vec<AccessLogSink> = Vec::new();
+        for e in entries(Signal::Logs) {
+            if let Some(sink) = socket_of(Signal::Logs, e) {
+                let log = AccessLogSink { sink, attributes: e.attributes.clone(), body: e.body.clone() };
+                if !access_logs.contains(&log) {
+                    access_logs.push(log);
+                }
+            }
+        }
+        EnvoyTelemetry {
+            traces,
+            sampling: self.trace_conf.get("sampling").cloned().unwrap_or(Value::Null),
+            tags: self.trace_conf.get("tags").cloned().unwrap_or(Value::Null),
+            access_logs,
+        }
+    }
 }
 
 impl DataplaneOutcome {
@@ -151,6 +216,11 @@ struct OtelEntry {
     backend_ref: Option<BackendRef>,
     endpoint: Option<String>,
     refresh_interval: Option<String>,
+    /// MeshAccessLog: record attributes and body (Envoy command operators).
+    attributes: Option<Value>,
+    body: Option<Value>,
+    /// The backend's display name once `backendRef` resolved (per dataplane).
+    resolved: Option<String>,
 }
 
 struct ParsedPolicy<'a> {
@@ -197,6 +267,9 @@ fn otel_entries(conf: &Value) -> Vec<OtelEntry> {
                 backend_ref: o.get("backendRef").and_then(|r| serde_json::from_value(r.clone()).ok()),
                 endpoint: o.get("endpoint").and_then(Value::as_str).map(str::to_string),
                 refresh_interval: o.get("refreshInterval").and_then(Value::as_str).map(str::to_string),
+                attributes: o.get("attributes").cloned(),
+                body: o.get("body").cloned(),
+                resolved: None,
             }
         })
         .collect()
@@ -230,10 +303,11 @@ fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
     merged
 }
 
-/// The effective OTel entries of one kind for the matched policies (sorted).
-fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> Vec<OtelEntry> {
+/// The effective OTel entries of one kind for the matched policies (sorted),
+/// and for MeshTrace the merged `sampling` and `tags`.
+fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, Value) {
     let merged_default = fold(matched.iter().map(|p| &p.default));
-    match kind {
+    let entries = match kind {
         // MeshTrace allows zero or one backend.
         Kind::MeshTrace => otel_entries(&merged_default).into_iter().take(1).collect(),
         Kind::MeshMetric => otel_entries(&merged_default),
@@ -247,7 +321,15 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> Vec<OtelEntry
             }
             out
         }
-    }
+    };
+    let trace_conf = match kind {
+        Kind::MeshTrace => serde_json::json!({
+            "sampling": merged_default.get("sampling").cloned().unwrap_or(Value::Null),
+            "tags": merged_default.get("tags").cloned().unwrap_or(Value::Null),
+        }),
+        _ => Value::Null,
+    };
+    (entries, trace_conf)
 }
 
 fn signal_of(kind: Kind) -> Signal {
@@ -319,7 +401,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
     conditions(&policies, input.backends, &index, &mut out);
 
     // Dataplanes matching the same policies share the merged result.
-    let mut cache: HashMap<(Kind, Vec<usize>), Vec<OtelEntry>> = HashMap::new();
+    let mut cache: HashMap<(Kind, Vec<usize>), (Vec<OtelEntry>, Value)> = HashMap::new();
     for dp in input.dataplanes {
         let Some(session) = dp.session else { continue };
         let prev = previous.and_then(|p| p.dataplanes.get(&dp.resource.name));
@@ -330,7 +412,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
             }
             (Some(prev), Changed::Backends(names)) => {
                 let outcome = if prev.uses_any(names) {
-                    Arc::new(dataplane_outcome(session, prev.entries.clone(), &index))
+                    Arc::new(dataplane_outcome(session, prev.entries.clone(), prev.trace_conf.clone(), &index))
                 } else {
                     prev.clone()
                 };
@@ -342,21 +424,26 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
         let spec: DataplaneSpec = serde_json::from_value(dp.resource.spec.clone()).unwrap_or_default();
         let facts = DataplaneFacts { name: &dp.resource.name, labels: &dp.resource.labels, spec: &spec };
         let mut per_signal: Vec<(Signal, Vec<OtelEntry>)> = Vec::with_capacity(3);
+        let mut trace_conf = Value::Null;
         for kind in [Kind::MeshTrace, Kind::MeshMetric, Kind::MeshAccessLog] {
             let mut matched: Vec<usize> = (0..policies.len())
                 .filter(|&i| policies[i].kind == kind && selects(policies[i].target.as_ref(), &facts))
                 .collect();
             matched.sort_by(|&a, &b| policies[a].specificity.cmp(&policies[b].specificity));
-            let entries = cache
+            let (entries, conf) = cache
                 .entry((kind, matched))
                 .or_insert_with_key(|(_, matched)| {
                     let refs: Vec<&ParsedPolicy<'_>> = matched.iter().map(|&i| &policies[i]).collect();
                     effective_entries(kind, &refs)
                 })
                 .clone();
+            if kind == Kind::MeshTrace {
+                trace_conf = conf;
+            }
             per_signal.push((signal_of(kind), entries));
         }
-        out.dataplanes.insert(dp.resource.name.clone(), Arc::new(dataplane_outcome(session, per_signal, &index)));
+        let outcome = dataplane_outcome(session, per_signal, trace_conf, &index);
+        out.dataplanes.insert(dp.resource.name.clone(), Arc::new(outcome));
     }
     out
 }
@@ -434,15 +521,17 @@ type UsedBackends<'a> = BTreeMap<String, (&'a Resource, Vec<Signal>, Option<Stri
 
 fn dataplane_outcome(
     session: &Session,
-    per_signal: Vec<(Signal, Vec<OtelEntry>)>,
+    mut per_signal: Vec<(Signal, Vec<OtelEntry>)>,
+    trace_conf: Value,
     index: &BackendIndex<'_>,
 ) -> DataplaneOutcome {
     let mut notes = Vec::new();
     let mut direct = Vec::new();
     let mut used: UsedBackends<'_> = BTreeMap::new();
     let mut skipped_for_feature = false;
-    for (signal, entries) in &per_signal {
-        for e in entries {
+    for (signal, entries) in &mut per_signal {
+        for e in entries.iter_mut() {
+            e.resolved = None;
             if let Some(endpoint) = &e.endpoint {
                 direct.push(DirectBackend { signal: *signal, endpoint: endpoint.clone() });
                 continue;
@@ -453,6 +542,7 @@ fn dataplane_outcome(
                 continue;
             }
             let Some(backend) = index.resolve(r) else { continue };
+            e.resolved = Some(display_name(backend));
             let slot = used.entry(display_name(backend)).or_insert((backend, Vec::new(), None));
             if !slot.1.contains(signal) {
                 slot.1.push(*signal);
@@ -498,5 +588,5 @@ fn dataplane_outcome(
             logs: or_off(Signal::Logs),
         });
     }
-    DataplaneOutcome { plan, status, direct, notes, entries: per_signal }
+    DataplaneOutcome { plan, status, direct, notes, entries: per_signal, trace_conf }
 }

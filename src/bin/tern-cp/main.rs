@@ -101,7 +101,8 @@ async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("binding the data-plane server to {} (is another tern-cp running?)", args.dp_addr))?;
     let store = Arc::new(store);
     let hub = Arc::new(PlanHub::default());
-    tokio::spawn(Reconciler::new(store.clone(), hub.clone()).run());
+    let xds = Arc::new(tern_xds::XdsHub::default());
+    tokio::spawn(Reconciler::new(store.clone(), hub.clone(), xds.clone()).run());
     info!(api = %api_listener.local_addr()?, dp = %dp_listener.local_addr()?, "tern-cp listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -110,7 +111,10 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let api = axum::serve(api_listener, tern_api::router(store.clone(), auth))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let dp = axum::serve(dp_listener, tern_dp_server::router(store, hub)).with_graceful_shutdown(stopped(stop_rx));
+    // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
+    let ads = tonic::service::Routes::new(xds.service()).into_axum_router();
+    let dp_router = tern_dp_server::router(store, hub).merge(ads);
+    let dp = axum::serve(dp_listener, dp_router).with_graceful_shutdown(stopped(stop_rx));
     let servers = tokio::spawn(async move { tokio::try_join!(api.into_future(), dp.into_future()) });
     shutdown_signal().await;
     let _ = stop_tx.send(true);

@@ -2,6 +2,7 @@
 //! way the control plane will and shows what its OTLP exporters would do;
 //! running Envoy and the OTLP pipe come next (see ARCHITECTURE.md).
 
+mod envoy;
 mod otel;
 mod run;
 
@@ -32,6 +33,9 @@ enum Command {
         /// This sidecar's Dataplane resource (Universal or Kubernetes form).
         #[arg(long)]
         dataplane_file: PathBuf,
+        /// Envoy to run as the sidecar proxy (default: `envoy` on PATH; without one, only the OTLP pipe runs).
+        #[arg(long, env = "TERN_ENVOY_BINARY")]
+        envoy_binary: Option<PathBuf>,
         /// Where sockets and the current plan live (default: $TMPDIR/tern-dp/<mesh>/<name>).
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -94,13 +98,17 @@ fn run_agent(args: run::RunArgs) -> Result<String, String> {
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;
     runtime.block_on(async {
-        tokio::select! {
-            r = run::run(args) => r.map(|_| String::new()),
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut agent = tokio::spawn(run::run(args, stop_rx));
+        let result = tokio::select! {
+            r = &mut agent => r,
             _ = shutdown_signal() => {
                 tracing::info!("stopping");
-                Ok(String::new())
+                let _ = stop_tx.send(true);
+                agent.await
             }
-        }
+        };
+        result.map_err(|e| format!("agent failed: {e}"))?.map(|_| String::new())
     })
 }
 
@@ -119,9 +127,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { dataplane_file } => validate(&dataplane_file),
-        Command::Run { cp_address, dataplane_file, work_dir, otel_pipe, otel_queue_requests } => {
+        Command::Run { cp_address, dataplane_file, envoy_binary, work_dir, otel_pipe, otel_queue_requests } => {
             let args = |dataplane| run::RunArgs {
                 cp_address,
+                envoy_binary,
                 dataplane,
                 work_dir,
                 otel_pipe,

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 pub struct RunArgs {
     pub cp_address: String,
+    pub envoy_binary: Option<PathBuf>,
     pub dataplane: Resource,
     pub work_dir: Option<PathBuf>,
     pub otel_pipe: bool,
@@ -28,7 +29,62 @@ pub const STATS_FILE: &str = "otel-stats.json";
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-pub async fn run(args: RunArgs) -> Result<(), String> {
+/// Runs the agent until `stop` turns true: then Envoy gets SIGTERM and the
+/// pipe's sockets are removed.
+pub async fn run(args: RunArgs, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+    let envoy = start_envoy(&args, stop.clone())?;
+    let mut stop_main = stop.clone();
+    let result = tokio::select! {
+        r = agent(args) => r,
+        _ = stop_main.wait_for(|s| *s) => Ok(()),
+    };
+    if let Some(envoy) = envoy {
+        let _ = envoy.await;
+    }
+    result
+}
+
+/// Starts Envoy's supervisor, if an Envoy binary is available.
+fn start_envoy(
+    args: &RunArgs,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let Some(binary) = crate::envoy::find_binary(args.envoy_binary.clone()) else {
+        warn!("no Envoy binary (--envoy-binary, or envoy on PATH): running without a sidecar proxy");
+        return Ok(None);
+    };
+    let dp = &args.dataplane;
+    let spec: tern_model::spec::DataplaneSpec = serde_json::from_value(dp.spec.clone()).map_err(|e| e.to_string())?;
+    let service = spec
+        .networking
+        .as_ref()
+        .and_then(|n| n.inbound.first())
+        .and_then(|i| i.tags.get(tern_model::spec::dataplane::SERVICE_TAG).cloned())
+        .unwrap_or_else(|| dp.name.clone());
+    let authority = args.cp_address.trim_end_matches('/').rsplit("://").next().unwrap_or_default().to_string();
+    let (cp_host, cp_port) = authority
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("--cp-address must be http://HOST:PORT, got {:?}", args.cp_address))?;
+    let setup = crate::envoy::EnvoySetup {
+        binary,
+        work_dir: work_dir_of(args),
+        node_id: format!("{}/{}", dp.mesh, dp.name),
+        service,
+        admin_port: spec.admin_port(),
+        cp_host,
+        cp_port,
+    };
+    std::fs::create_dir_all(&setup.work_dir).map_err(|e| format!("creating work directory: {e}"))?;
+    Ok(Some(tokio::spawn(crate::envoy::supervise(setup, stop))))
+}
+
+fn work_dir_of(args: &RunArgs) -> PathBuf {
+    let dp = &args.dataplane;
+    args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name))
+}
+
+async fn agent(args: RunArgs) -> Result<(), String> {
     let dp = &args.dataplane;
     let work_dir =
         args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name));

@@ -1,0 +1,222 @@
+//! The ADS server (state of the world, xDS v3): one stream per Envoy, the
+//! dataplane's snapshot sent per resource type, versions and nonces
+//! tracked, ACKs and NACKs told apart. A NACK is logged with Envoy's error
+//! and kept for inspection; Envoy keeps its previous config meanwhile.
+
+use crate::snapshot::{Snapshot, CLUSTER, ENDPOINTS, LISTENER};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+/// The node id a data plane's Envoy uses: `<mesh>/<name>`.
+pub fn node_id(mesh: &str, name: &str) -> String {
+    format!("{mesh}/{name}")
+}
+
+/// A configuration Envoy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub type_url: String,
+    pub version: String,
+    pub message: String,
+}
+
+/// Latest snapshot per node, and the NACKs Envoys sent.
+#[derive(Default)]
+pub struct XdsHub {
+    channels: Mutex<HashMap<String, watch::Sender<Arc<Snapshot>>>>,
+    nacks: Mutex<HashMap<String, Nack>>,
+    acked: Mutex<HashMap<String, String>>,
+}
+
+impl XdsHub {
+    fn sender(&self, node: &str) -> watch::Sender<Arc<Snapshot>> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(node.to_string()).or_insert_with(|| watch::channel(Arc::new(Snapshot::default())).0).clone()
+    }
+
+    /// Publishes a snapshot; returns whether it differs from the last one.
+    pub fn publish(&self, node: &str, snapshot: Snapshot) -> bool {
+        self.sender(node).send_if_modified(|s| {
+            if s.version == snapshot.version {
+                return false;
+            }
+            *s = Arc::new(snapshot);
+            true
+        })
+    }
+
+    pub fn subscribe(&self, node: &str) -> watch::Receiver<Arc<Snapshot>> {
+        self.sender(node).subscribe()
+    }
+
+    /// The last configuration this node's Envoy refused, if it has not
+    /// accepted a newer one since.
+    pub fn nack(&self, node: &str) -> Option<Nack> {
+        self.nacks.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+    }
+
+    /// The last snapshot version this node's Envoy accepted.
+    pub fn acked_version(&self, node: &str) -> Option<String> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+    }
+
+    /// The gRPC service to mount on the data-plane server.
+    pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<Ads> {
+        AggregatedDiscoveryServiceServer::new(Ads { hub: self.clone() })
+    }
+}
+
+pub struct Ads {
+    hub: Arc<XdsHub>,
+}
+
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_stream(self.hub.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("Tern serves state-of-the-world ADS; set api_type: GRPC"))
+    }
+}
+
+/// What was last sent for one resource type on one stream.
+#[derive(Default)]
+struct TypeState {
+    names: Vec<String>,
+    sent_version: Option<String>,
+    nonce: String,
+}
+
+async fn run_stream(
+    hub: Arc<XdsHub>,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut node = String::new();
+    let mut snapshots: Option<watch::Receiver<Arc<Snapshot>>> = None;
+    let mut types: BTreeMap<String, TypeState> = BTreeMap::new();
+    let mut nonce = 0u64;
+    loop {
+        let changed = async {
+            match snapshots.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = inbound.message() => {
+                let req = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => { debug!(node = %node, error = %e, "xDS stream closed"); break }
+                };
+                if node.is_empty() {
+                    node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                    if node.is_empty() {
+                        let _ = tx.send(Err(Status::invalid_argument("the first request must carry node.id (<mesh>/<name>)"))).await;
+                        break;
+                    }
+                    info!(node = %node, "Envoy connected");
+                    snapshots = Some(hub.subscribe(&node));
+                }
+                let state = types.entry(req.type_url.clone()).or_default();
+                if !req.response_nonce.is_empty() && req.response_nonce != state.nonce {
+                    continue; // an answer to an older response
+                }
+                if let Some(err) = &req.error_detail {
+                    let version = state.sent_version.clone().unwrap_or_default();
+                    warn!(node = %node, type_url = %req.type_url, version = %version, error = %err.message, "Envoy rejected the configuration (NACK); it keeps the previous one");
+                    hub.nacks.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        node.clone(),
+                        Nack { type_url: req.type_url.clone(), version, message: err.message.clone() },
+                    );
+                    continue;
+                }
+                if !req.response_nonce.is_empty() && Some(&req.version_info) == state.sent_version.as_ref() {
+                    hub.acked.lock().unwrap_or_else(|p| p.into_inner()).insert(node.clone(), req.version_info.clone());
+                    let mut nacks = hub.nacks.lock().unwrap_or_else(|p| p.into_inner());
+                    if nacks.get(&node).is_some_and(|n| n.type_url == req.type_url) {
+                        nacks.remove(&node);
+                    }
+                }
+                state.names = req.resource_names.clone();
+                let snapshot = snapshots.as_ref().map(|rx| rx.borrow().clone()).unwrap_or_default();
+                if snapshot.version.is_empty() || state.sent_version.as_ref() == Some(&snapshot.version) {
+                    continue;
+                }
+                if send(&tx, &snapshot, &req.type_url, state, &mut nonce).await.is_err() {
+                    break;
+                }
+            }
+            ok = changed => {
+                if !ok { break }
+                let snapshot = snapshots.as_ref().map(|rx| rx.borrow().clone()).unwrap_or_default();
+                // Clusters before endpoints before listeners, as Envoy wants them.
+                for t in [CLUSTER, ENDPOINTS, LISTENER] {
+                    let Some(state) = types.get_mut(t) else { continue };
+                    if state.sent_version.as_ref() != Some(&snapshot.version)
+                        && send(&tx, &snapshot, t, state, &mut nonce).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if !node.is_empty() {
+        info!(node = %node, "Envoy disconnected");
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    snapshot: &Snapshot,
+    type_url: &str,
+    state: &mut TypeState,
+    nonce: &mut u64,
+) -> Result<(), ()> {
+    let Some(by_name) = snapshot.resources.get(type_url) else { return Ok(()) };
+    let resources = by_name
+        .iter()
+        .filter(|(name, _)| type_url != ENDPOINTS || state.names.is_empty() || state.names.contains(name))
+        .map(|(_, any)| any.clone())
+        .collect();
+    *nonce += 1;
+    state.nonce = nonce.to_string();
+    state.sent_version = Some(snapshot.version.clone());
+    let response = DiscoveryResponse {
+        version_info: snapshot.version.clone(),
+        resources,
+        type_url: type_url.to_string(),
+        nonce: state.nonce.clone(),
+        ..Default::default()
+    };
+    tx.send(Ok(response)).await.map_err(|_| ())
+}
