@@ -91,7 +91,7 @@ async fn telemetry_flows_through_the_pipe_to_a_real_collector() {
     collector.restart().await;
     eventually(WAIT, "buffered spans delivered after the restart", || {
         let n = collector.with(|r| r.spans.iter().filter(|s| s.starts_with("during outage")).count());
-        (n == 4).then_some(()).ok_or(format!("{n} of 4"))
+        (n == 4).then_some(()).ok_or(format!("{n} of 4; pipe counts {}", stats(&dp, "traces")))
     });
     let s = eventually(WAIT, "delivery counts", || {
         let s = stats(&dp, "traces");
