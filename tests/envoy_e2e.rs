@@ -155,4 +155,32 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
     eprintln!("{} spans, {logs} access log records", spans.len());
     let inspect = cp.ternctl(&["inspect", "dataplane", "web"]).ok().stdout;
     assert!(inspect.contains("main-collector   traces    ready"), "{inspect}");
+
+    // inspect's delivery counts match what the collector received from web.
+    eventually(WAIT, "delivery counts in inspect match the collector", || {
+        let at_collector = collector.with(|r| r.span_records.iter().filter(|s| s.service == "web").count()) as u64;
+        let v: serde_json::Value =
+            serde_json::from_str(&cp.ternctl(&["inspect", "dataplane", "web", "-o", "json"]).ok().stdout)
+                .map_err(|e| e.to_string())?;
+        let exported = v["runtime"]["delivery"]["backends"][0]["signals"]["traces"]["exported"].as_u64().unwrap_or(0);
+        (exported == at_collector && exported > 0)
+            .then_some(())
+            .ok_or(format!("inspect {exported}, collector {at_collector}"))
+    });
+    let text = cp.ternctl(&["inspect", "dataplane", "web"]).ok().stdout;
+    assert!(text.contains("Delivery (reported by tern-dp") && text.contains("RECEIVED"), "{text}");
+    assert!(text.contains("accepted config version"), "{text}");
+
+    // A config Envoy refuses (an unknown command operator) is reported, and the
+    // previous config stays in force.
+    let bad = "type: MeshAccessLog\nname: all-access-logs\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: main-collector}\n          body: \"%NOT_A_REAL_OPERATOR%\"\n";
+    cp.ternctl_stdin(&["apply", "-f", "-"], bad).ok();
+    let text = eventually(WAIT, "the NACK in inspect", || {
+        let t = cp.ternctl(&["inspect", "dataplane", "web"]).ok().stdout;
+        t.contains("REJECTED config version").then(|| t.clone()).ok_or(t)
+    });
+    assert!(text.contains("NOT_A_REAL_OPERATOR"), "Envoy's own error is shown: {text}");
+    assert!(cp.log_text().contains("Envoy rejected the configuration (NACK)"), "and logged");
+    let r = client.get(&url).send().await.expect("request");
+    assert_eq!(r.status(), 200, "the previous config still serves traffic");
 }

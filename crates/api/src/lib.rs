@@ -21,12 +21,21 @@ pub use error::{ErrorBody, InvalidParameter};
 /// What the handlers share.
 pub struct ApiState<S> {
     pub store: Arc<S>,
+    pub runtime: Option<Arc<dyn RuntimeView>>,
 }
 
-/// The API's routes over `store`; `auth` decides who may write.
-pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth) -> Router {
+/// Live, in-memory facts about a dataplane that are not resources: what its
+/// data plane last reported about delivery, and what its Envoy accepted or
+/// refused over xDS.
+pub trait RuntimeView: Send + Sync {
+    fn dataplane(&self, mesh: &str, name: &str) -> serde_json::Value;
+}
+
+/// The API's routes over `store`; `auth` decides who may write; `runtime`
+/// answers `GET /meshes/{mesh}/dataplanes/{name}/_runtime`.
+pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth, runtime: Option<Arc<dyn RuntimeView>>) -> Router {
     use resources::*;
-    let state = Arc::new(ApiState { store });
+    let state = Arc::new(ApiState { store, runtime });
     Router::new()
         .route("/", get(|| async { Json(json!({"product": "Tern", "version": env!("CARGO_PKG_VERSION")})) }))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
@@ -35,6 +44,7 @@ pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth) -> Router {
         .route("/meshes/{name}", get(get_mesh::<S>).put(put_mesh::<S>).delete(delete_mesh::<S>))
         .route("/{plural}", get(list_all_meshes::<S>))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh::<S>))
+        .route("/meshes/{mesh}/dataplanes/{name}/_runtime", get(dataplane_runtime::<S>))
         .route(
             "/meshes/{mesh}/{plural}/{name}",
             get(get_resource::<S>).put(put_resource::<S>).delete(delete_resource::<S>),

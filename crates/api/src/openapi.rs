@@ -16,6 +16,7 @@ pub const PATHS: &[&str] = &[
     "/{plural}",
     "/meshes/{mesh}/{plural}",
     "/meshes/{mesh}/{plural}/{name}",
+    "/meshes/{mesh}/dataplanes/{name}/_runtime",
 ];
 
 pub fn document() -> Value {
@@ -70,6 +71,10 @@ pub fn document() -> Value {
             "/meshes/{name}": {"parameters": [param("name", None)], "get": get_one, "put": put_one, "delete": delete_one},
             "/{plural}": {"parameters": [param("plural", Some(&all_plurals))], "get": list},
             "/meshes/{mesh}/{plural}": {"parameters": [param("mesh", None), param("plural", Some(&plurals))], "get": list},
+            "/meshes/{mesh}/dataplanes/{name}/_runtime": {
+                "parameters": [param("mesh", None), param("name", None)],
+                "get": {"summary": "Live delivery counts reported by the data plane, and the xDS version its Envoy accepted or the config it refused",
+                        "responses": {"200": {"description": "runtime view"}, "404": error("no such dataplane")}}},
             "/meshes/{mesh}/{plural}/{name}": {
                 "parameters": [param("mesh", None), param("plural", Some(&plurals)), param("name", None)],
                 "get": get_one, "put": put_one, "delete": delete_one}

@@ -286,3 +286,17 @@ pub async fn delete_mesh<S: ResourceStore>(
 ) -> Result<Response, ApiError> {
     delete(&state, ResourceKey::new(Kind::Mesh, "", &name), &headers).await
 }
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/_runtime` (Tern): delivery counts
+/// and xDS state, live from the control plane's memory.
+pub async fn dataplane_runtime<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = ResourceKey::new(Kind::Dataplane, &mesh, &name);
+    if state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_none() {
+        return Err(ApiError::not_found(format!("{key} not found")));
+    }
+    let view = state.runtime.as_ref().map(|r| r.dataplane(&mesh, &name)).unwrap_or_else(|| json!({}));
+    Ok(Json(view).into_response())
+}

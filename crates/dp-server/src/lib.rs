@@ -70,13 +70,58 @@ pub struct PlanResponse {
 struct DpState<S> {
     store: Arc<S>,
     hub: Arc<PlanHub>,
+    runtime: Arc<RuntimeState>,
 }
 
-pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>) -> Router {
+/// What data planes report while they run (delivery counts), next to what
+/// their Envoys did with xDS; kept in memory, read by the API.
+pub struct RuntimeState {
+    delivery: std::sync::Mutex<std::collections::HashMap<(String, String), (Value, String)>>,
+    xds: Arc<tern_xds::XdsHub>,
+}
+
+impl RuntimeState {
+    pub fn new(xds: Arc<tern_xds::XdsHub>) -> Self {
+        RuntimeState { delivery: Default::default(), xds }
+    }
+}
+
+impl tern_api::RuntimeView for RuntimeState {
+    fn dataplane(&self, mesh: &str, name: &str) -> Value {
+        let node = tern_xds::node_id(mesh, name);
+        let delivery =
+            self.delivery.lock().unwrap_or_else(|p| p.into_inner()).get(&(mesh.to_string(), name.to_string())).cloned();
+        let nack =
+            self.xds.nack(&node).map(|n| json!({"typeUrl": n.type_url, "version": n.version, "message": n.message}));
+        json!({
+            "delivery": delivery.as_ref().map(|(d, _)| d.clone()),
+            "deliveryReportedAt": delivery.map(|(_, t)| t),
+            "xds": {"ackedVersion": self.xds.acked_version(&node), "nack": nack},
+        })
+    }
+}
+
+pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<RuntimeState>) -> Router {
     Router::new()
         .route("/bootstrap", post(bootstrap::<S>))
         .route("/otel/{mesh}/{name}", get(plan::<S>))
-        .with_state(Arc::new(DpState { store, hub }))
+        .route("/delivery/{mesh}/{name}", post(delivery::<S>))
+        .with_state(Arc::new(DpState { store, hub, runtime }))
+}
+
+/// `POST /delivery/{mesh}/{name}`: a data plane's delivery counts (names and
+/// numbers only; no configuration values).
+async fn delivery<S: ResourceStore>(
+    State(state): State<Arc<DpState<S>>>,
+    Path((mesh, name)): Path<(String, String)>,
+    Json(report): Json<Value>,
+) -> Result<StatusCode, ApiError> {
+    if !report.get("backends").is_some_and(Value::is_array) {
+        return Err(invalid("backends", "must be a list of per-backend delivery counts".into()));
+    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    state.runtime.delivery.lock().unwrap_or_else(|p| p.into_inner()).insert((mesh, name), (report, now));
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn invalid(field: &str, reason: String) -> ApiError {

@@ -109,11 +109,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = axum::serve(api_listener, tern_api::router(store.clone(), auth))
+    let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
+    let api = axum::serve(api_listener, tern_api::router(store.clone(), auth, Some(runtime.clone())))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
     let ads = tonic::service::Routes::new(xds.service()).into_axum_router();
-    let dp_router = tern_dp_server::router(store, hub).merge(ads);
+    let dp_router = tern_dp_server::router(store, hub, runtime).merge(ads);
     let dp = axum::serve(dp_listener, dp_router).with_graceful_shutdown(stopped(stop_rx));
     let servers = tokio::spawn(async move { tokio::try_join!(api.into_future(), dp.into_future()) });
     shutdown_signal().await;

@@ -94,7 +94,8 @@ async fn agent(args: RunArgs) -> Result<(), String> {
         LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
         args.queue_requests,
     )));
-    tokio::spawn(write_stats(pipe.clone(), work_dir.join(STATS_FILE)));
+    let report_url = format!("{}/delivery/{}/{}", args.cp_address.trim_end_matches('/'), dp.mesh, dp.name);
+    tokio::spawn(write_stats(pipe.clone(), work_dir.join(STATS_FILE), report_url));
     let features: Vec<&str> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE] } else { vec![] };
     let request = json!({
         "dataplane": dp.to_json(),
@@ -199,14 +200,26 @@ fn apply_plan(work_dir: &Path, plan: &PlanResponse, inventory: &Inventory) -> Re
 
 /// Keeps `otel-stats.json` current: per backend and signal, what arrived,
 /// what reached the collector, retries, drops and the last error.
-async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf) {
+/// and reports them to the control plane (every second while they move,
+/// every 10 s otherwise) for `ternctl inspect`.
+async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf, report_url: String) {
     let tmp = path.with_extension("json.tmp");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let mut last_sent = serde_json::Value::Null;
+    let mut since_sent = 0u32;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let report = pipe.lock().await.stats();
-        let text = serde_json::to_string_pretty(&json!({"backends": report})).unwrap_or_default();
+        let report = json!({"backends": pipe.lock().await.stats()});
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
             warn!(error = %e, "cannot write the delivery counts");
+        }
+        since_sent += 1;
+        if report != last_sent || since_sent >= 10 {
+            if client.post(&report_url).json(&report).send().await.is_ok_and(|r| r.status().is_success()) {
+                last_sent = report;
+                since_sent = 0;
+            }
         }
     }
 }

@@ -19,12 +19,15 @@ pub async fn dataplane(client: &Client, mesh: &str, name: &str, format: Format) 
     }
     let insight = client.send(Method::GET, &format!("/meshes/{mesh}/dataplane-insights/{name}"), None).await?;
     let insight = if insight.status.is_success() { insight.body } else { Value::Null };
+    let runtime = client.send(Method::GET, &format!("/meshes/{mesh}/dataplanes/{name}/_runtime"), None).await?;
+    let runtime = if runtime.status.is_success() { runtime.body } else { Value::Null };
     match format {
         Format::Table => {
-            print!("{}", render(&dp.body, &insight, chrono::Utc::now()));
+            let now = chrono::Utc::now();
+            print!("{}{}", render(&dp.body, &insight, now), render_runtime(&runtime, now));
             Ok(())
         }
-        f => output::print_value(&json!({"dataplane": dp.body, "insight": insight}), f),
+        f => output::print_value(&json!({"dataplane": dp.body, "insight": insight, "runtime": runtime}), f),
     }
 }
 
@@ -155,6 +158,64 @@ pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -
         out.push_str("\nNotes\n");
         for n in notes {
             let _ = writeln!(out, "  {n}");
+        }
+    }
+    out
+}
+
+/// Delivery counts from the data plane, and what Envoy did with its config.
+pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = String::new();
+    let backends = runtime["delivery"]["backends"].as_array().cloned().unwrap_or_default();
+    if !backends.is_empty() {
+        let ago = runtime["deliveryReportedAt"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| format!("{} ago", output::age(now - t.with_timezone(&chrono::Utc))))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(out, "\nDelivery (reported by tern-dp {ago})");
+        let mut rows = Vec::new();
+        for b in &backends {
+            for signal in ["traces", "metrics", "logs"] {
+                let s = &b["signals"][signal];
+                if s.is_null() {
+                    continue;
+                }
+                let n = |k: &str| s[k].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                let error = s["lastError"].as_str().or(s["unavailable"].as_str()).unwrap_or("-").to_string();
+                rows.push(vec![
+                    b["name"].as_str().unwrap_or("").to_string(),
+                    signal.to_string(),
+                    n("received"),
+                    n("exported"),
+                    n("retries"),
+                    n("dropped"),
+                    error,
+                ]);
+            }
+        }
+        out.push_str(&output::table(
+            &["BACKEND", "SIGNAL", "RECEIVED", "EXPORTED", "RETRIES", "DROPPED", "LAST ERROR"],
+            &rows,
+        ));
+    }
+    let xds = &runtime["xds"];
+    if !xds.is_null() {
+        out.push_str("\nEnvoy\n");
+        match xds["ackedVersion"].as_str() {
+            Some(v) => {
+                let _ = writeln!(out, "  accepted config version {v}");
+            }
+            None => out.push_str("  has not accepted a config yet\n"),
+        }
+        if let Some(nack) = xds["nack"].as_object() {
+            let _ = writeln!(
+                out,
+                "  REJECTED config version {} ({}): {}\n  Envoy keeps running its previous config; fix the policy that produced this.",
+                nack.get("version").and_then(Value::as_str).unwrap_or("?"),
+                nack.get("typeUrl").and_then(Value::as_str).unwrap_or("?").rsplit('.').next().unwrap_or("?"),
+                nack.get("message").and_then(Value::as_str).unwrap_or("?"),
+            );
         }
     }
     out
