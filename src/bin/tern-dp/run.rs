@@ -215,11 +215,10 @@ async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf, report_url: S
             warn!(error = %e, "cannot write the delivery counts");
         }
         since_sent += 1;
-        if report != last_sent || since_sent >= 10 {
-            if client.post(&report_url).json(&report).send().await.is_ok_and(|r| r.status().is_success()) {
-                last_sent = report;
-                since_sent = 0;
-            }
+        let due = report != last_sent || since_sent >= 10;
+        if due && client.post(&report_url).json(&report).send().await.is_ok_and(|r| r.status().is_success()) {
+            last_sent = report;
+            since_sent = 0;
         }
     }
 }
