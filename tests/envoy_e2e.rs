@@ -1,9 +1,9 @@
 //! Telemetry from real Envoy sidecars: two demo HTTP services, each behind
 //! Envoy configured by `tern-cp` over ADS and run by `tern-dp`, one calling
 //! the other through its outbound. Seed 000's single backend with MeshTrace
-//! and MeshAccessLog; spans from both services with the right service names
-//! and parent/child relation, and access log records, arrive at a real
-//! OTLP collector through each data plane's pipe.
+//! MeshAccessLog and MeshMetric; spans from both services with the right
+//! service names and parent/child relation, access log records and Envoy's
+//! metrics arrive at a real OTLP collector through each data plane's pipe.
 
 #[path = "support/collector.rs"]
 mod collector;
@@ -90,7 +90,8 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
         .expect("seed")
         .replace("address: otel-collector.observability", "address: 127.0.0.1")
         .replace("port: 4317", &format!("port: {}", collector.port))
-        .replace("overall: 80", "overall: 100");
+        .replace("overall: 80", "overall: 100")
+        .replace("refreshInterval: 30s", "refreshInterval: 1s");
     cp.ternctl_stdin(&["apply", "-f", "-"], &seed).ok();
 
     let (web_in, web_app, web_admin, web_out) = (free_port(), free_port(), free_port(), free_port());
@@ -155,6 +156,15 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
     eprintln!("{} spans, {logs} access log records", spans.len());
     let inspect = cp.ternctl(&["inspect", "dataplane", "web"]).ok().stdout;
     assert!(inspect.contains("main-collector   traces    ready"), "{inspect}");
+    // MeshMetric: Envoy's statistics arrive as OTLP metrics.
+    eventually(WAIT, "Envoy metrics at the collector", || {
+        let names = collector.with(|r| r.metric_names.clone());
+        names
+            .iter()
+            .any(|n| n == "envoy_cluster_upstream_rq_total")
+            .then_some(())
+            .ok_or(format!("{} names", names.len()))
+    });
 
     // inspect's delivery counts match what the collector received from web.
     eventually(WAIT, "delivery counts in inspect match the collector", || {

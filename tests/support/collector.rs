@@ -32,6 +32,7 @@ pub struct Received {
     pub span_records: Vec<SpanRecord>,
     pub log_bodies: Vec<String>,
     pub metric_points: usize,
+    pub metric_names: Vec<String>,
     /// Request metadata (headers) of every export, flattened to `key=value`.
     pub headers: Vec<String>,
 }
@@ -113,19 +114,16 @@ impl MetricsService for Recorder {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         self.headers(&r);
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-        let n: usize = r
-            .into_inner()
-            .resource_metrics
-            .into_iter()
-            .flat_map(|rm| rm.scope_metrics)
-            .flat_map(|sm| sm.metrics)
-            .map(|m| match m.data {
+        let mut rec = self.0.lock().expect("lock");
+        for m in r.into_inner().resource_metrics.into_iter().flat_map(|rm| rm.scope_metrics).flat_map(|sm| sm.metrics) {
+            rec.metric_points += match &m.data {
                 Some(Data::Gauge(g)) => g.data_points.len(),
                 Some(Data::Sum(s)) => s.data_points.len(),
                 _ => 0,
-            })
-            .sum();
-        self.0.lock().expect("lock").metric_points += n;
+            };
+            rec.metric_names.push(m.name);
+        }
+        drop(rec);
         Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }

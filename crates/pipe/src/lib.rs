@@ -11,6 +11,7 @@
 //! `RESOURCE_EXHAUSTED` and counted as dropped. Nothing is lost silently:
 //! [`PipeManager::stats`] reports every count.
 
+pub mod envoy_metrics;
 mod export;
 mod receiver;
 mod request;
@@ -44,6 +45,7 @@ enum SignalSetup {
 
 struct RunningBackend {
     name: String,
+    routes: Arc<Routes>,
     setup: BTreeMap<Signal, SignalSetup>,
     stats: BTreeMap<Signal, Arc<SignalStats>>,
     stop: Option<oneshot::Sender<()>>,
@@ -184,12 +186,24 @@ impl PipeManager {
             logs: route(Signal::Logs),
         });
         let (stop, stopped) = oneshot::channel();
-        let server = receiver::serve(path, routes, stopped).await?;
+        let server = receiver::serve(path, routes.clone(), stopped).await?;
         tasks.push(server);
         let exporting: Vec<&str> =
             setup.iter().filter(|(_, s)| matches!(s, SignalSetup::Export(_))).map(|(sig, _)| sig.as_str()).collect();
         info!(backend = %name, socket = %path.display(), exporting = ?exporting, "OTLP pipe started");
-        Ok(RunningBackend { name: name.to_string(), setup, stats, stop: Some(stop), tasks })
+        Ok(RunningBackend { name: name.to_string(), routes, setup, stats, stop: Some(stop), tasks })
+    }
+
+    /// Hands a request produced inside the data plane (e.g. Envoy's metrics)
+    /// to a backend's pipe, with the same queueing and counting as requests
+    /// arriving on its socket.
+    pub fn submit(&self, backend: &str, request: OtlpRequest) -> Result<(), String> {
+        let r = self
+            .running
+            .values()
+            .find(|r| r.name == backend)
+            .ok_or_else(|| format!("no pipe for backend {backend:?}"))?;
+        r.routes.accept(request).map_err(|s| s.message().to_string())
     }
 
     /// Counts per backend and signal.

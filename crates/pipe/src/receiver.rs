@@ -32,7 +32,7 @@ pub struct Routes {
 }
 
 impl Routes {
-    fn accept(&self, request: OtlpRequest) -> Result<(), Status> {
+    pub(crate) fn accept(&self, request: OtlpRequest) -> Result<(), Status> {
         let signal = request.signal();
         let route = match signal {
             Signal::Traces => &self.traces,

@@ -33,9 +33,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// pipe's sockets are removed.
 pub async fn run(args: RunArgs, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
     let envoy = start_envoy(&args, stop.clone())?;
+    let admin = match &envoy {
+        Some(_) => Some(dataplane_spec(&args)?.admin_port()),
+        None => None,
+    };
     let mut stop_main = stop.clone();
     let result = tokio::select! {
-        r = agent(args) => r,
+        r = agent(args, admin) => r,
         _ = stop_main.wait_for(|s| *s) => Ok(()),
     };
     if let Some(envoy) = envoy {
@@ -54,13 +58,8 @@ fn start_envoy(
         return Ok(None);
     };
     let dp = &args.dataplane;
-    let spec: tern_model::spec::DataplaneSpec = serde_json::from_value(dp.spec.clone()).map_err(|e| e.to_string())?;
-    let service = spec
-        .networking
-        .as_ref()
-        .and_then(|n| n.inbound.first())
-        .and_then(|i| i.tags.get(tern_model::spec::dataplane::SERVICE_TAG).cloned())
-        .unwrap_or_else(|| dp.name.clone());
+    let spec = dataplane_spec(args)?;
+    let service = service_of(args, &spec);
     let authority = args.cp_address.trim_end_matches('/').rsplit("://").next().unwrap_or_default().to_string();
     let (cp_host, cp_port) = authority
         .rsplit_once(':')
@@ -79,12 +78,25 @@ fn start_envoy(
     Ok(Some(tokio::spawn(crate::envoy::supervise(setup, stop))))
 }
 
+fn dataplane_spec(args: &RunArgs) -> Result<tern_model::spec::DataplaneSpec, String> {
+    serde_json::from_value(args.dataplane.spec.clone()).map_err(|e| e.to_string())
+}
+
+/// The dataplane's `kuma.io/service` (its first inbound's), else its name.
+fn service_of(args: &RunArgs, spec: &tern_model::spec::DataplaneSpec) -> String {
+    spec.networking
+        .as_ref()
+        .and_then(|n| n.inbound.first())
+        .and_then(|i| i.tags.get(tern_model::spec::dataplane::SERVICE_TAG).cloned())
+        .unwrap_or_else(|| args.dataplane.name.clone())
+}
+
 fn work_dir_of(args: &RunArgs) -> PathBuf {
     let dp = &args.dataplane;
     args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name))
 }
 
-async fn agent(args: RunArgs) -> Result<(), String> {
+async fn agent(args: RunArgs, envoy_admin: Option<u16>) -> Result<(), String> {
     let dp = &args.dataplane;
     let work_dir =
         args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name));
@@ -94,6 +106,11 @@ async fn agent(args: RunArgs) -> Result<(), String> {
         LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
         args.queue_requests,
     )));
+    let (plan_tx, plan_rx) = tokio::sync::watch::channel(tern_otlp_config::OtelPlan::default());
+    if let Some(admin) = envoy_admin {
+        let service = service_of(&args, &dataplane_spec(&args)?);
+        tokio::spawn(envoy_metrics(pipe.clone(), plan_rx, admin, service));
+    }
     let report_url = format!("{}/delivery/{}/{}", args.cp_address.trim_end_matches('/'), dp.mesh, dp.name);
     tokio::spawn(write_stats(pipe.clone(), work_dir.join(STATS_FILE), report_url));
     let features: Vec<&str> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE] } else { vec![] };
@@ -129,6 +146,7 @@ async fn agent(args: RunArgs) -> Result<(), String> {
                     version = plan.version;
                     apply_plan(&work_dir, &plan, &inventory)?;
                     pipe.lock().await.apply(&plan.plan).await;
+                    let _ = plan_tx.send(plan.plan.clone());
                 }
                 304 => {}
                 404 => {
@@ -219,6 +237,58 @@ async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf, report_url: S
         if due && client.post(&report_url).json(&report).send().await.is_ok_and(|r| r.status().is_success()) {
             last_sent = report;
             since_sent = 0;
+        }
+    }
+}
+
+/// MeshMetric on the data plane: Envoy's statistics, scraped from its admin
+/// endpoint every `refreshInterval` (default 1m) per backend, pushed through
+/// that backend's pipe as OTLP metrics.
+async fn envoy_metrics(
+    pipe: Arc<Mutex<PipeManager>>,
+    plan: tokio::sync::watch::Receiver<tern_otlp_config::OtelPlan>,
+    admin: u16,
+    service: String,
+) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let url = format!("http://127.0.0.1:{admin}/stats/prometheus");
+    let mut last: std::collections::HashMap<String, tokio::time::Instant> = std::collections::HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let due: Vec<String> = plan
+            .borrow()
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let m = b.metrics.as_ref().filter(|m| m.status.enabled)?;
+                let every = m
+                    .refresh_interval
+                    .as_deref()
+                    .and_then(|r| tern_model::spec::duration::parse_go_duration(r).ok())
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(60));
+                let is_due = last.get(&b.name).is_none_or(|t| t.elapsed() >= every);
+                is_due.then(|| b.name.clone())
+            })
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let text = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            _ => continue, // Envoy not up yet
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let request = tern_pipe::envoy_metrics::to_otlp(&text, &service, now);
+        for backend in due {
+            last.insert(backend.clone(), tokio::time::Instant::now());
+            let submitted = pipe.lock().await.submit(&backend, tern_pipe::OtlpRequest::Metrics(request.clone()));
+            if let Err(e) = submitted {
+                tracing::debug!(backend = %backend, error = %e, "Envoy metrics not queued");
+            }
         }
     }
 }
