@@ -20,8 +20,11 @@ fn string_kv(key: &str, value: &str) -> KeyValue {
     }
 }
 
+/// Label pairs of one sample, in order.
+type Labels = Vec<(String, String)>;
+
 /// Parses `name{k="v",...} value` (labels optional).
-fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (series, value) = line.rsplit_once(' ')?;
     let value: f64 = value.parse().ok()?;
     let (name, labels) = match series.split_once('{') {
