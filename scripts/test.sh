@@ -16,6 +16,6 @@ trap cleanup EXIT
 eval "$(scripts/postgres.sh start "$pgdir")"
 export TERN_TEST_POSTGRES_URL
 eval "$(scripts/install-tools.sh)"
-export TERN_TEST_ENVOY
+export TERN_TEST_ENVOY TERN_TEST_ROTEL
 
 cargo test --workspace --locked --no-fail-fast "$@"

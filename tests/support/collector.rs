@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceReq
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use std::sync::{Arc, Mutex};
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 /// One span as received.
@@ -152,9 +153,9 @@ impl Collector {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         self.task = Some(tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(r.clone()))
-                .add_service(LogsServiceServer::new(r.clone()))
-                .add_service(MetricsServiceServer::new(r))
+                .add_service(TraceServiceServer::new(r.clone()).accept_compressed(CompressionEncoding::Gzip))
+                .add_service(LogsServiceServer::new(r.clone()).accept_compressed(CompressionEncoding::Gzip))
+                .add_service(MetricsServiceServer::new(r).accept_compressed(CompressionEncoding::Gzip))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
                 })
