@@ -135,14 +135,21 @@ pub struct Collector {
     recorder: Recorder,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Collector {
     /// Starts on a free port.
     pub async fn start() -> Collector {
+        Self::start_tls(None).await
+    }
+
+    /// Starts with TLS: `(server cert PEM, server key PEM, client CA PEM if
+    /// client certificates are required)`.
+    pub async fn start_tls(tls: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>) -> Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let mut c = Collector { port, recorder: Recorder::default(), stop: None, task: None };
+        let mut c = Collector { port, recorder: Recorder::default(), stop: None, task: None, tls };
         c.serve(listener);
         c
     }
@@ -151,8 +158,17 @@ impl Collector {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let r = self.recorder.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key, client_ca)) = &self.tls {
+            let mut tls =
+                tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(tls).expect("server TLS");
+        }
         self.task = Some(tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(TraceServiceServer::new(r.clone()).accept_compressed(CompressionEncoding::Gzip))
                 .add_service(LogsServiceServer::new(r.clone()).accept_compressed(CompressionEncoding::Gzip))
                 .add_service(MetricsServiceServer::new(r).accept_compressed(CompressionEncoding::Gzip))
