@@ -135,8 +135,12 @@ pub struct Collector {
     recorder: Recorder,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    tls: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>,
+    tls: Option<ServerTls>,
 }
+
+/// Server certificate PEM, its key PEM, and the CA PEM client certificates
+/// must chain to (mTLS) if any.
+pub type ServerTls = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
 impl Collector {
     /// Starts on a free port.
@@ -146,7 +150,7 @@ impl Collector {
 
     /// Starts with TLS: `(server cert PEM, server key PEM, client CA PEM if
     /// client certificates are required)`.
-    pub async fn start_tls(tls: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>) -> Collector {
+    pub async fn start_tls(tls: Option<ServerTls>) -> Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let mut c = Collector { port, recorder: Recorder::default(), stop: None, task: None, tls };
