@@ -54,13 +54,15 @@ async fn telemetry_flows_through_the_pipe_to_a_real_collector() {
     let mut collector = Collector::start().await;
     let cp = ControlPlane::start(&dir.path().join("cp"));
     cp.ternctl_stdin(&["apply", "-f", "-"], &setup("pipe", &collector.address())).ok();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let dp = DataPlane::start(
         &cp,
         &dir.path().join("dps"),
         "web-1",
         &dataplane("pipe", "web-1"),
         &[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme,authorization=Bearer%20t0ken")],
-        &[],
+        &["--metrics-addr", &metrics_addr],
     );
     let channel = client::connect(socket_of(&dp)).await;
 
@@ -100,6 +102,12 @@ async fn telemetry_flows_through_the_pipe_to_a_real_collector() {
     assert_eq!(s["received"], 6);
     assert_eq!(s["dropped"], 0);
     assert!(s["retries"].as_u64().unwrap_or(0) > 0, "{s}");
+    // The same counts for Prometheus.
+    let text =
+        reqwest::get(format!("http://{metrics_addr}/metrics")).await.expect("scrape").text().await.expect("text");
+    assert!(text.contains("tern_dp_otel_exported_items_total{backend=\"collector\",signal=\"traces\"} 6"), "{text}");
+    assert!(text.contains("tern_dp_otel_dropped_items_total{backend=\"collector\",signal=\"traces\"} 0"), "{text}");
+    assert!(text.contains("# TYPE tern_dp_otel_export_retries_total counter"), "{text}");
     collector.stop().await;
 }
 

@@ -46,6 +46,9 @@ enum Command {
         /// beyond it new requests are refused and counted as dropped.
         #[arg(long, default_value_t = tern_pipe::DEFAULT_QUEUE_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..))]
         otel_queue_requests: u32,
+        /// Serve tern-dp's own delivery counts for Prometheus at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// OpenTelemetry exporter configuration from the OTEL_EXPORTER_OTLP_* environment.
     #[command(subcommand)]
@@ -127,10 +130,19 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { dataplane_file } => validate(&dataplane_file),
-        Command::Run { cp_address, dataplane_file, envoy_binary, work_dir, otel_pipe, otel_queue_requests } => {
+        Command::Run {
+            cp_address,
+            dataplane_file,
+            envoy_binary,
+            work_dir,
+            otel_pipe,
+            otel_queue_requests,
+            metrics_addr,
+        } => {
             let args = |dataplane| run::RunArgs {
                 cp_address,
                 envoy_binary,
+                metrics_addr,
                 dataplane,
                 work_dir,
                 otel_pipe,

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 pub struct RunArgs {
     pub cp_address: String,
     pub envoy_binary: Option<PathBuf>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub dataplane: Resource,
     pub work_dir: Option<PathBuf>,
     pub otel_pipe: bool,
@@ -106,6 +107,22 @@ async fn agent(args: RunArgs, envoy_admin: Option<u16>) -> Result<(), String> {
         LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
         args.queue_requests,
     )));
+    if let Some(addr) = args.metrics_addr {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding --metrics-addr {addr}: {e}"))?;
+        let pipe = pipe.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let pipe = pipe.clone();
+                async move { pipe.lock().await.prometheus() }
+            }),
+        );
+        info!(addr = %addr, "serving delivery counts at /metrics");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
     let (plan_tx, plan_rx) = tokio::sync::watch::channel(tern_otlp_config::OtelPlan::default());
     if let Some(admin) = envoy_admin {
         let service = service_of(&args, &dataplane_spec(&args)?);
