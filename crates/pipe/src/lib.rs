@@ -200,7 +200,7 @@ impl PipeManager {
     pub fn prometheus(&self) -> String {
         let reports = self.stats();
         let mut out = String::new();
-        let families: [(&str, &str, fn(&SignalReport) -> u64); 4] = [
+        let families: [CounterFamily; 4] = [
             (
                 "tern_dp_otel_received_items_total",
                 "Spans, metric points or log records received on the backend's socket.",
@@ -284,6 +284,9 @@ impl PipeManager {
         }
     }
 }
+
+/// A counter family: name, help text, and how to read it from a report.
+type CounterFamily = (&'static str, &'static str, fn(&SignalReport) -> u64);
 
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
