@@ -159,11 +159,9 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
     // MeshMetric: Envoy's statistics arrive as OTLP metrics.
     eventually(WAIT, "Envoy metrics at the collector", || {
         let names = collector.with(|r| r.metric_names.clone());
-        names
-            .iter()
-            .any(|n| n == "envoy_cluster_upstream_rq_total")
-            .then_some(())
-            .ok_or(format!("{} names", names.len()))
+        // A counter and a histogram (with its buckets).
+        let wanted = ["envoy_cluster_upstream_rq_total", "envoy_cluster_upstream_rq_time"];
+        wanted.iter().all(|w| names.iter().any(|n| n == w)).then_some(()).ok_or(format!("{} names", names.len()))
     });
 
     // inspect's delivery counts match what the collector received from web.

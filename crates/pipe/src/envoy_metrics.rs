@@ -1,16 +1,21 @@
 //! Envoy's statistics as OTLP metrics: the admin endpoint's Prometheus text
-//! (`/stats/prometheus`) turned into an OTLP export request, counters as
-//! cumulative monotonic sums and gauges as gauges, labels as attributes.
-//! Histograms are left out for now.
+//! (`/stats/prometheus`) turned into an OTLP export request: counters as
+//! cumulative monotonic sums, gauges as gauges, histograms with their
+//! buckets; Envoy's labels as attributes. Cardinality is capped: at most
+//! [`MAX_SERIES_PER_METRIC`] label sets per metric; the rest is counted and
+//! left out (seed 002 cites unbounded cardinality as a known Kuma problem).
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-    Sum,
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use std::collections::BTreeMap;
+
+/// Label sets kept per metric; more are dropped and counted.
+pub const MAX_SERIES_PER_METRIC: usize = 500;
 
 fn string_kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -62,10 +67,29 @@ fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     Some((name, out, value))
 }
 
-/// Converts Envoy's Prometheus text to one OTLP request for `service`.
-pub fn to_otlp(text: &str, service: &str, now_unix_nanos: u64) -> ExportMetricsServiceRequest {
+/// One histogram series while its lines are read.
+#[derive(Default)]
+struct HistogramSeries {
+    /// (upper bound, cumulative count), `+Inf` as infinity.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+/// The result of one conversion.
+pub struct Converted {
+    pub request: ExportMetricsServiceRequest,
+    /// Label sets left out by the cardinality cap.
+    pub dropped_series: usize,
+}
+
+/// Converts Envoy's Prometheus text to one OTLP request; `resource` holds
+/// the resource attributes (`service.name`, mesh, dataplane, zone).
+pub fn to_otlp(text: &str, resource: &[(&str, &str)], now_unix_nanos: u64) -> Converted {
     let mut types: BTreeMap<&str, &str> = BTreeMap::new();
     let mut points: BTreeMap<&str, Vec<NumberDataPoint>> = BTreeMap::new();
+    let mut histograms: BTreeMap<&str, BTreeMap<Labels, HistogramSeries>> = BTreeMap::new();
+    let mut dropped_series = 0;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             if let Some((name, kind)) = rest.split_once(' ') {
@@ -76,18 +100,53 @@ pub fn to_otlp(text: &str, service: &str, now_unix_nanos: u64) -> ExportMetricsS
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
-        let Some((name, labels, value)) = parse_sample(line) else { continue };
-        if !matches!(types.get(name), Some(&"counter") | Some(&"gauge")) {
-            continue; // histogram buckets, sums and counts
+        let Some((name, mut labels, value)) = parse_sample(line) else { continue };
+        match types.get(name) {
+            Some(&"counter") | Some(&"gauge") => {
+                let series = points.entry(name).or_default();
+                if series.len() >= MAX_SERIES_PER_METRIC {
+                    dropped_series += 1;
+                    continue;
+                }
+                series.push(NumberDataPoint {
+                    attributes: labels.iter().map(|(k, v)| string_kv(k, v)).collect(),
+                    time_unix_nano: now_unix_nanos,
+                    value: Some(number_data_point::Value::AsDouble(value)),
+                    ..Default::default()
+                });
+            }
+            _ => {
+                // Histogram lines: <base>_bucket{...,le="x"}, <base>_sum, <base>_count.
+                let (base, part) =
+                    match (name.strip_suffix("_bucket"), name.strip_suffix("_sum"), name.strip_suffix("_count")) {
+                        (Some(b), _, _) => (b, "bucket"),
+                        (_, Some(b), _) => (b, "sum"),
+                        (_, _, Some(b)) => (b, "count"),
+                        _ => continue,
+                    };
+                if types.get(base) != Some(&"histogram") {
+                    continue;
+                }
+                let le = labels.iter().position(|(k, _)| k == "le").map(|i| labels.remove(i).1);
+                let all = histograms.entry(base).or_default();
+                if !all.contains_key(&labels) && all.len() >= MAX_SERIES_PER_METRIC {
+                    dropped_series += 1;
+                    continue;
+                }
+                let h = all.entry(labels).or_default();
+                match (part, le) {
+                    ("bucket", Some(le)) => {
+                        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+                        h.buckets.push((bound, value));
+                    }
+                    ("sum", _) => h.sum = value,
+                    ("count", _) => h.count = value,
+                    _ => {}
+                }
+            }
         }
-        points.entry(name).or_default().push(NumberDataPoint {
-            attributes: labels.iter().map(|(k, v)| string_kv(k, v)).collect(),
-            time_unix_nano: now_unix_nanos,
-            value: Some(number_data_point::Value::AsDouble(value)),
-            ..Default::default()
-        });
     }
-    let metrics = points
+    let mut metrics: Vec<Metric> = points
         .into_iter()
         .map(|(name, data_points)| {
             let data = if types.get(name) == Some(&"counter") {
@@ -102,13 +161,55 @@ pub fn to_otlp(text: &str, service: &str, now_unix_nanos: u64) -> ExportMetricsS
             Metric { name: name.to_string(), data: Some(data), ..Default::default() }
         })
         .collect();
-    ExportMetricsServiceRequest {
+    for (name, series) in histograms {
+        let data_points = series
+            .into_iter()
+            .map(|(labels, mut h)| {
+                h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let explicit_bounds: Vec<f64> = h.buckets.iter().map(|b| b.0).filter(|b| b.is_finite()).collect();
+                // Prometheus buckets are cumulative; OTLP's are per bucket.
+                let mut previous = 0.0;
+                let mut bucket_counts: Vec<u64> = h
+                    .buckets
+                    .iter()
+                    .map(|(_, c)| {
+                        let n = (c - previous).max(0.0) as u64;
+                        previous = *c;
+                        n
+                    })
+                    .collect();
+                bucket_counts.resize(explicit_bounds.len() + 1, 0);
+                HistogramDataPoint {
+                    attributes: labels.iter().map(|(k, v)| string_kv(k, v)).collect(),
+                    time_unix_nano: now_unix_nanos,
+                    count: h.count as u64,
+                    sum: Some(h.sum),
+                    bucket_counts,
+                    explicit_bounds,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        metrics.push(Metric {
+            name: name.to_string(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        });
+    }
+    let request = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource { attributes: vec![string_kv("service.name", service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: resource.iter().map(|(k, v)| string_kv(k, v)).collect(),
+                ..Default::default()
+            }),
             scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
             ..Default::default()
         }],
-    }
+    };
+    Converted { request, dropped_series }
 }
 
 #[cfg(test)]
@@ -118,9 +219,9 @@ mod tests {
     #[test]
     fn counters_and_gauges_become_otlp() {
         let text = "# TYPE envoy_cluster_upstream_rq_total counter\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"api\"} 7\n# TYPE envoy_server_live gauge\nenvoy_server_live{} 1\n# TYPE envoy_cluster_upstream_rq_time histogram\nenvoy_cluster_upstream_rq_time_bucket{le=\"0.5\"} 3\n";
-        let req = to_otlp(text, "web", 42);
+        let req = to_otlp(text, &[("service.name", "web")], 42).request;
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
-        assert_eq!(metrics.len(), 2);
+        assert_eq!(metrics.len(), 3);
         let rq = metrics.iter().find(|m| m.name == "envoy_cluster_upstream_rq_total").expect("counter");
         match &rq.data {
             Some(metric::Data::Sum(s)) => {
@@ -134,6 +235,29 @@ mod tests {
             metrics.iter().find(|m| m.name == "envoy_server_live").and_then(|m| m.data.as_ref()),
             Some(metric::Data::Gauge(_))
         ));
+    }
+
+    #[test]
+    fn histograms_keep_their_buckets() {
+        let text = "# TYPE rq_time histogram\nrq_time_bucket{c=\"a\",le=\"1\"} 2\nrq_time_bucket{c=\"a\",le=\"5\"} 5\nrq_time_bucket{c=\"a\",le=\"+Inf\"} 6\nrq_time_sum{c=\"a\"} 12.5\nrq_time_count{c=\"a\"} 6\n";
+        let req = to_otlp(text, &[], 1).request;
+        let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+        let Some(metric::Data::Histogram(h)) = &m.data else { panic!("expected a histogram") };
+        let p = &h.data_points[0];
+        assert_eq!(p.explicit_bounds, [1.0, 5.0]);
+        assert_eq!(p.bucket_counts, [2, 3, 1]);
+        assert_eq!((p.count, p.sum), (6, Some(12.5)));
+        assert_eq!(p.attributes.len(), 1, "le is not an attribute");
+    }
+
+    #[test]
+    fn cardinality_is_capped_and_counted() {
+        let mut text = String::from("# TYPE c counter\n");
+        for i in 0..(MAX_SERIES_PER_METRIC + 7) {
+            text.push_str(&format!("c{{id=\"{i}\"}} 1\n"));
+        }
+        let out = to_otlp(&text, &[], 1);
+        assert_eq!(out.dropped_series, 7);
     }
 
     #[test]

@@ -18,10 +18,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub struct ExportError {
     pub retryable: bool,
     pub message: String,
+    /// How long the collector asked us to wait (HTTP `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 fn fatal(message: String) -> ExportError {
-    ExportError { retryable: false, message }
+    ExportError { retryable: false, message, retry_after: None }
 }
 
 enum Transport {
@@ -146,7 +148,11 @@ impl Exporter {
                 status.code(),
                 Cancelled | DeadlineExceeded | Aborted | OutOfRange | Unavailable | DataLoss | ResourceExhausted
             );
-            ExportError { retryable, message: format!("collector answered {:?}: {}", status.code(), status.message()) }
+            ExportError {
+                retryable,
+                message: format!("collector answered {:?}: {}", status.code(), status.message()),
+                retry_after: None,
+            }
         })
     }
 
@@ -168,14 +174,24 @@ impl Exporter {
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) => {
                 let code = resp.status().as_u16();
+                // Retry-After in seconds (the HTTP-date form is not honoured).
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs);
                 Err(ExportError {
                     retryable: matches!(code, 429 | 502 | 503 | 504),
                     message: format!("collector answered HTTP {code}"),
+                    retry_after,
                 })
             }
-            Err(e) => {
-                Err(ExportError { retryable: true, message: format!("collector unreachable: {}", root_cause(&e)) })
-            }
+            Err(e) => Err(ExportError {
+                retryable: true,
+                message: format!("collector unreachable: {}", root_cause(&e)),
+                retry_after: None,
+            }),
         }
     }
 }

@@ -298,6 +298,13 @@ impl Drop for PipeManager {
     }
 }
 
+/// `d` plus a random 0-50% of it.
+fn with_jitter(d: Duration) -> Duration {
+    let mut bytes = [0u8; 2];
+    let r = if getrandom::fill(&mut bytes).is_ok() { u16::from_le_bytes(bytes) } else { 0 };
+    d + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
+}
+
 /// Drains one signal's queue: each request is sent, and retried with
 /// backoff while the collector is unreachable; the bounded queue keeps
 /// memory bounded meanwhile.
@@ -319,7 +326,11 @@ async fn export_loop(
                 Err(e) if e.retryable => {
                     stats.retried();
                     stats.error(e.message);
-                    tokio::time::sleep(backoff).await;
+                    // Exponential backoff with up to 50% jitter, so data planes
+                    // do not retry in lockstep; a collector's Retry-After wins
+                    // when it asks for longer.
+                    let wait = with_jitter(backoff).max(e.retry_after.unwrap_or_default());
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {

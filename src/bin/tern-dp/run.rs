@@ -125,8 +125,16 @@ async fn agent(args: RunArgs, envoy_admin: Option<u16>) -> Result<(), String> {
     }
     let (plan_tx, plan_rx) = tokio::sync::watch::channel(tern_otlp_config::OtelPlan::default());
     if let Some(admin) = envoy_admin {
-        let service = service_of(&args, &dataplane_spec(&args)?);
-        tokio::spawn(envoy_metrics(pipe.clone(), plan_rx, admin, service));
+        let spec = dataplane_spec(&args)?;
+        let zone =
+            spec.networking.as_ref().and_then(|n| n.inbound.first()).and_then(|i| i.tags.get("kuma.io/zone").cloned());
+        let mut resource = vec![
+            ("service.name".to_string(), service_of(&args, &spec)),
+            ("kuma.mesh".to_string(), dp.mesh.clone()),
+            ("kuma.dataplane".to_string(), dp.name.clone()),
+        ];
+        resource.extend(zone.map(|z| ("kuma.zone".to_string(), z)));
+        tokio::spawn(envoy_metrics(pipe.clone(), plan_rx, admin, resource));
     }
     let report_url = format!("{}/delivery/{}/{}", args.cp_address.trim_end_matches('/'), dp.mesh, dp.name);
     tokio::spawn(write_stats(pipe.clone(), work_dir.join(STATS_FILE), report_url));
@@ -265,8 +273,10 @@ async fn envoy_metrics(
     pipe: Arc<Mutex<PipeManager>>,
     plan: tokio::sync::watch::Receiver<tern_otlp_config::OtelPlan>,
     admin: u16,
-    service: String,
+    resource: Vec<(String, String)>,
 ) {
+    let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut warned_cap = false;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let url = format!("http://127.0.0.1:{admin}/stats/prometheus");
     let mut last: std::collections::HashMap<String, tokio::time::Instant> = std::collections::HashMap::new();
@@ -299,7 +309,16 @@ async fn envoy_metrics(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let request = tern_pipe::envoy_metrics::to_otlp(&text, &service, now);
+        let converted = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now);
+        if converted.dropped_series > 0 && !warned_cap {
+            warned_cap = true;
+            warn!(
+                dropped_series = converted.dropped_series,
+                cap = tern_pipe::envoy_metrics::MAX_SERIES_PER_METRIC,
+                "Envoy metrics over the per-metric series cap were left out"
+            );
+        }
+        let request = converted.request;
         for backend in due {
             last.insert(backend.clone(), tokio::time::Instant::now());
             let submitted = pipe.lock().await.submit(&backend, tern_pipe::OtlpRequest::Metrics(request.clone()));
