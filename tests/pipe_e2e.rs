@@ -155,3 +155,51 @@ async fn per_signal_override_and_counted_drops() {
     });
     assert!(s["lastError"].as_str().is_some_and(|e| e.contains("Unavailable")), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backend_edit_loses_nothing_that_was_queued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut old = Collector::start().await;
+    let new = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    cp.ternctl_stdin(&["apply", "-f", "-"], &setup("drain", &old.address())).ok();
+    let dp = DataPlane::start(&cp, &dir.path().join("dps"), "web-3", &dataplane("drain", "web-3"), &[], &[]);
+    let channel = client::connect(socket_of(&dp)).await;
+
+    // Queued while the old collector is down...
+    old.stop().await;
+    for i in 0..3 {
+        client::spans(&channel, &[&format!("queued {i}")]).await.expect("queued");
+    }
+    // ...then the backend moves to the new collector.
+    let (host, port) = new.address().split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).expect("addr");
+    let moved = format!("type: MeshOpenTelemetryBackend\nname: collector\nmesh: drain\nspec:\n  endpoint: {{address: {host}, port: {port}}}\n");
+    cp.ternctl_stdin(&["apply", "-f", "-"], &moved).ok();
+    eventually(WAIT, "the plan names the new collector", || {
+        let plan = std::fs::read_to_string(dp.plan_file()).unwrap_or_default();
+        plan.contains(&port).then_some(()).ok_or(plan)
+    });
+    let channel = eventually(WAIT, "the new pipe takes spans", || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let ch = client::connect(socket_of(&dp)).await;
+                client::spans(&ch, &["after the edit"]).await.map(|_| ch).map_err(|e| e.to_string())
+            })
+        })
+    });
+    let _ = channel;
+    old.restart().await;
+    eventually(WAIT, "queued spans reach the old destination, new ones the new", || {
+        let a = old.with(|r| r.spans.clone());
+        let b = new.with(|r| r.spans.clone());
+        (a.iter().filter(|s| s.starts_with("queued")).count() == 3 && b.contains(&"after the edit".to_string()))
+            .then_some(())
+            .ok_or(format!("old {a:?}, new {b:?}"))
+    });
+    let s = eventually(WAIT, "counts continue across the replacement", || {
+        let s = stats(&dp, "traces");
+        (s["exported"] == 4).then(|| s.clone()).ok_or(s.to_string())
+    });
+    assert_eq!(s["dropped"], 0, "{s}");
+    old.stop().await;
+}

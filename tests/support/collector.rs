@@ -189,9 +189,13 @@ impl Collector {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
+        if let Some(mut t) = self.task.take() {
+            // Graceful: open connections get GOAWAY and close, so nothing
+            // is accepted after `stop` returns; bounded, then forced.
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 

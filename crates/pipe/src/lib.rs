@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tern_otlp_config::{build_exporter, resolve_signal, ExporterConfig, Inventory, OtelPlan, ParsedEnv, Signal};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// Requests a signal's queue holds while the collector is unreachable.
@@ -46,22 +45,40 @@ enum SignalSetup {
 struct RunningBackend {
     name: String,
     routes: Arc<Routes>,
+    /// Tells the export loops to give up what they still hold.
+    abandon: tokio::sync::watch::Sender<bool>,
     setup: BTreeMap<Signal, SignalSetup>,
     stats: BTreeMap<Signal, Arc<SignalStats>>,
     stop: Option<oneshot::Sender<()>>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningBackend {
+    /// Stops taking requests; what is queued is still delivered for up to
+    /// [`DRAIN_TIMEOUT`], then abandoned and counted as dropped.
+    fn drain(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // With the routes gone, each export loop ends once its queue is empty.
+        drop(self.routes);
+        let abandon = self.abandon;
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+            let _ = abandon.send(true);
+        });
+    }
+
+    /// Stops at once (tern-dp is exiting); queued items are counted as dropped.
     fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        let _ = self.abandon.send(true);
     }
 }
+
+/// How long a replaced pipe keeps delivering what it had queued.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per backend and signal: counts and whether it exports.
 #[derive(Debug, Clone, Serialize)]
@@ -133,10 +150,14 @@ impl PipeManager {
             .filter(|(path, r)| wanted.get(*path).is_none_or(|(_, setup)| *setup != r.setup))
             .map(|(p, _)| p.clone())
             .collect();
+        // Counters carry over when a backend's pipe is replaced, so its
+        // counts (drops during the drain included) never reset.
+        let mut carried: BTreeMap<String, BTreeMap<Signal, Arc<SignalStats>>> = BTreeMap::new();
         for path in stale {
             if let Some(r) = self.running.remove(&path) {
-                info!(backend = %r.name, "stopping OTLP pipe");
-                r.shutdown();
+                info!(backend = %r.name, "replacing OTLP pipe; queued telemetry drains to the old destination");
+                carried.insert(r.name.clone(), r.stats.clone());
+                r.drain();
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -144,7 +165,8 @@ impl PipeManager {
             if self.running.contains_key(&path) {
                 continue;
             }
-            match self.start(&path, &name, setup).await {
+            let stats = carried.remove(&name).unwrap_or_default();
+            match self.start(&path, &name, setup, stats).await {
                 Ok(r) => {
                     self.running.insert(path, r);
                 }
@@ -158,17 +180,19 @@ impl PipeManager {
         path: &std::path::Path,
         name: &str,
         setup: BTreeMap<Signal, SignalSetup>,
+        carried: BTreeMap<Signal, Arc<SignalStats>>,
     ) -> Result<RunningBackend, String> {
         let mut stats = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let (abandon, abandoned) = tokio::sync::watch::channel(false);
         let mut route = |signal: Signal| -> Route {
-            let s = Arc::new(SignalStats::default());
+            let s = carried.get(&signal).cloned().unwrap_or_default();
             stats.insert(signal, s.clone());
             match setup.get(&signal) {
                 Some(SignalSetup::Export(config)) => match Exporter::new(config.clone()) {
                     Ok(exporter) => {
                         let (tx, rx) = mpsc::channel(self.queue_requests);
-                        tasks.push(tokio::spawn(export_loop(name.to_string(), exporter, rx, s.clone())));
+                        let abandoned = abandoned.clone();
+                        tokio::spawn(export_loop(name.to_string(), exporter, rx, s.clone(), abandoned));
                         Route::Queue { tx, stats: s }
                     }
                     Err(e) => {
@@ -187,11 +211,11 @@ impl PipeManager {
         });
         let (stop, stopped) = oneshot::channel();
         let server = receiver::serve(path, routes.clone(), stopped).await?;
-        tasks.push(server);
+        drop(server); // it ends when `stop` fires
         let exporting: Vec<&str> =
             setup.iter().filter(|(_, s)| matches!(s, SignalSetup::Export(_))).map(|(sig, _)| sig.as_str()).collect();
         info!(backend = %name, socket = %path.display(), exporting = ?exporting, "OTLP pipe started");
-        Ok(RunningBackend { name: name.to_string(), routes, setup, stats, stop: Some(stop), tasks })
+        Ok(RunningBackend { name: name.to_string(), routes, abandon, setup, stats, stop: Some(stop) })
     }
 
     /// The counts in the Prometheus text format, for `tern-dp --metrics-addr`.
@@ -313,12 +337,27 @@ async fn export_loop(
     exporter: Exporter,
     mut rx: mpsc::Receiver<OtlpRequest>,
     stats: Arc<SignalStats>,
+    mut abandoned: tokio::sync::watch::Receiver<bool>,
 ) {
     while let Some(request) = rx.recv().await {
         let items = request.items();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match exporter.send(&request).await {
+            if *abandoned.borrow() {
+                // Given up: this request and everything still queued.
+                let mut lost = items;
+                while let Ok(r) = rx.try_recv() {
+                    lost += r.items();
+                }
+                warn!(backend = %backend, items = lost, "pipe stopped with telemetry still queued; dropped");
+                stats.dropped(lost);
+                return;
+            }
+            let attempt = tokio::select! {
+                r = exporter.send(&request) => r,
+                _ = abandoned.wait_for(|a| *a) => continue,
+            };
+            match attempt {
                 Ok(()) => {
                     stats.exported(items);
                     break;
@@ -330,7 +369,10 @@ async fn export_loop(
                     // do not retry in lockstep; a collector's Retry-After wins
                     // when it asks for longer.
                     let wait = with_jitter(backoff).max(e.retry_after.unwrap_or_default());
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = abandoned.wait_for(|a| *a) => {}
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
