@@ -77,6 +77,9 @@ impl RunningBackend {
     }
 }
 
+/// Items one export carries at most when queued requests are batched.
+pub const MAX_BATCH_ITEMS: u64 = 2048;
+
 /// How long a replaced pipe keeps delivering what it had queued.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -339,8 +342,18 @@ async fn export_loop(
     stats: Arc<SignalStats>,
     mut abandoned: tokio::sync::watch::Receiver<bool>,
 ) {
-    while let Some(request) = rx.recv().await {
-        let items = request.items();
+    while let Some(mut request) = rx.recv().await {
+        // Batching without added delay: whatever else is already queued
+        // (up to MAX_BATCH_ITEMS) goes out in the same export.
+        let mut items = request.items();
+        while items < MAX_BATCH_ITEMS {
+            let Ok(next) = rx.try_recv() else { break };
+            let n = next.items();
+            match request.absorb(next) {
+                Ok(()) => items += n,
+                Err(_) => break, // a queue carries one signal; cannot happen
+            }
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             if *abandoned.borrow() {

@@ -50,6 +50,18 @@ impl OtlpRequest {
         n as u64
     }
 
+    /// Appends `other` (of the same signal) to this request; gives it back
+    /// when the signals differ.
+    pub fn absorb(&mut self, other: OtlpRequest) -> Result<(), OtlpRequest> {
+        match (self, other) {
+            (OtlpRequest::Traces(a), OtlpRequest::Traces(b)) => a.resource_spans.extend(b.resource_spans),
+            (OtlpRequest::Metrics(a), OtlpRequest::Metrics(b)) => a.resource_metrics.extend(b.resource_metrics),
+            (OtlpRequest::Logs(a), OtlpRequest::Logs(b)) => a.resource_logs.extend(b.resource_logs),
+            (_, other) => return Err(other),
+        }
+        Ok(())
+    }
+
     /// The protobuf encoding (OTLP/HTTP's body).
     pub fn encode(&self) -> Vec<u8> {
         match self {
