@@ -9,7 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
-pub async fn dataplane(client: &Client, mesh: &str, name: &str, format: Format) -> Result<()> {
+/// The dataplane, its insight and its runtime view, as the API has them.
+async fn fetch(client: &Client, mesh: &str, name: &str) -> Result<(Value, Value, Value)> {
     let dp = client.send(Method::GET, &format!("/meshes/{mesh}/dataplanes/{name}"), None).await?;
     if dp.status == StatusCode::NOT_FOUND {
         bail!("Dataplane {name:?} not found in mesh {mesh:?}");
@@ -21,13 +22,26 @@ pub async fn dataplane(client: &Client, mesh: &str, name: &str, format: Format) 
     let insight = if insight.status.is_success() { insight.body } else { Value::Null };
     let runtime = client.send(Method::GET, &format!("/meshes/{mesh}/dataplanes/{name}/_runtime"), None).await?;
     let runtime = if runtime.status.is_success() { runtime.body } else { Value::Null };
+    Ok((dp.body, insight, runtime))
+}
+
+/// The table view as text.
+pub async fn text(client: &Client, mesh: &str, name: &str) -> Result<String> {
+    let (dp, insight, runtime) = fetch(client, mesh, name).await?;
+    let now = chrono::Utc::now();
+    Ok(format!("{}{}", render(&dp, &insight, now), render_runtime(&runtime, now)))
+}
+
+pub async fn dataplane(client: &Client, mesh: &str, name: &str, format: Format) -> Result<()> {
     match format {
         Format::Table => {
-            let now = chrono::Utc::now();
-            print!("{}{}", render(&dp.body, &insight, now), render_runtime(&runtime, now));
+            print!("{}", text(client, mesh, name).await?);
             Ok(())
         }
-        f => output::print_value(&json!({"dataplane": dp.body, "insight": insight, "runtime": runtime}), f),
+        f => {
+            let (dp, insight, runtime) = fetch(client, mesh, name).await?;
+            output::print_value(&json!({"dataplane": dp, "insight": insight, "runtime": runtime}), f)
+        }
     }
 }
 

