@@ -26,7 +26,10 @@ fn fatal(message: String) -> ExportError {
     ExportError { retryable: false, message, retry_after: None }
 }
 
-enum Transport {
+/// A connection to a collector (gRPC channel or HTTP client); cheap to
+/// clone, shared by the signals whose final configs differ only in path.
+#[derive(Clone)]
+pub enum Transport {
     Grpc(Channel),
     Http(reqwest::Client),
 }
@@ -46,6 +49,20 @@ impl Exporter {
     /// Builds the client; fails when a TLS file cannot be read or the
     /// endpoint is not usable.
     pub fn new(config: ExporterConfig) -> Result<Exporter, String> {
+        let transport = Self::transport(&config)?;
+        Ok(Exporter { config, transport })
+    }
+
+    /// An exporter on a transport another signal already opened.
+    pub fn with_transport(config: ExporterConfig, transport: Transport) -> Exporter {
+        Exporter { config, transport }
+    }
+
+    pub fn transport_handle(&self) -> Transport {
+        self.transport.clone()
+    }
+
+    fn transport(config: &ExporterConfig) -> Result<Transport, String> {
         let ca = config.certificate.as_ref().map(|c| read(&c.value, "certificate")).transpose()?;
         let identity = match &config.client_pair {
             Some(pair) => Some((read(&pair.value.0, "client certificate")?, read(&pair.value.1, "client key")?)),
@@ -86,7 +103,7 @@ impl Exporter {
                 Transport::Http(builder.build().map_err(|e| format!("HTTP client setup failed: {e}"))?)
             }
         };
-        Ok(Exporter { config, transport })
+        Ok(transport)
     }
 
     pub fn config(&self) -> &ExporterConfig {

@@ -17,7 +17,7 @@ mod receiver;
 mod request;
 mod stats;
 
-pub use export::{ExportError, Exporter};
+pub use export::{ExportError, Exporter, Transport};
 pub use request::OtlpRequest;
 pub use stats::{SignalStats, StatsSnapshot};
 
@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tern_otlp_config::exporter::ClientKey;
 use tern_otlp_config::{build_exporter, resolve_signal, ExporterConfig, Inventory, OtelPlan, ParsedEnv, Signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -187,11 +188,14 @@ impl PipeManager {
     ) -> Result<RunningBackend, String> {
         let mut stats = BTreeMap::new();
         let (abandon, abandoned) = tokio::sync::watch::channel(false);
+        // One client per distinct connection-level config: signals that
+        // differ only in URL path share it.
+        let mut clients: Vec<(ClientKey, Transport)> = Vec::new();
         let mut route = |signal: Signal| -> Route {
             let s = carried.get(&signal).cloned().unwrap_or_default();
             stats.insert(signal, s.clone());
             match setup.get(&signal) {
-                Some(SignalSetup::Export(config)) => match Exporter::new(config.clone()) {
+                Some(SignalSetup::Export(config)) => match shared_exporter(&mut clients, config) {
                     Ok(exporter) => {
                         let (tx, rx) = mpsc::channel(self.queue_requests);
                         let abandoned = abandoned.clone();
@@ -323,6 +327,18 @@ impl Drop for PipeManager {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// An exporter for `config`, reusing a transport opened for the same
+/// connection-level settings.
+fn shared_exporter(clients: &mut Vec<(ClientKey, Transport)>, config: &ExporterConfig) -> Result<Exporter, String> {
+    let key = config.client_key();
+    if let Some((_, transport)) = clients.iter().find(|(k, _)| *k == key) {
+        return Ok(Exporter::with_transport(config.clone(), transport.clone()));
+    }
+    let exporter = Exporter::new(config.clone())?;
+    clients.push((key, exporter.transport_handle()));
+    Ok(exporter)
 }
 
 /// `d` plus a random 0-50% of it.
