@@ -136,10 +136,13 @@ async fn per_signal_override_and_counted_drops() {
     let channel = client::connect(socket_of(&dp)).await;
     client::spans(&channel, &["to B"]).await.expect("spans");
     client::logs(&channel, &["to A"]).await.expect("logs");
-    eventually(WAIT, "traces at B, logs at A", || {
-        let b = traces_collector.with(|r| r.spans.clone());
-        let a = logs_collector.with(|r| (r.spans.clone(), r.log_bodies.clone()));
-        (b == ["to B"] && a.0.is_empty() && a.1 == ["to A"]).then_some(()).ok_or(format!("B {b:?}, A {a:?}"))
+    client::gauge(&channel, 2).await.expect("metrics");
+    eventually(WAIT, "traces at B, logs and metrics at A", || {
+        let b = traces_collector.with(|r| (r.spans.clone(), r.metric_points));
+        let a = logs_collector.with(|r| (r.spans.clone(), r.log_bodies.clone(), r.metric_points));
+        (b == (vec!["to B".to_string()], 0) && a.0.is_empty() && a.1 == ["to A"] && a.2 == 2)
+            .then_some(())
+            .ok_or(format!("B {b:?}, A {a:?}"))
     });
     let inspect = cp.ternctl(&["inspect", "dataplane", "web-2", "-m", "split"]).ok().stdout;
     assert!(inspect.contains("overrides endpoint"), "inspect agrees: {inspect}");
