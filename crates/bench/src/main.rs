@@ -1,0 +1,237 @@
+//! `tern-bench`: the tools behind BENCHMARKS.md's relay benchmark.
+//!
+//! - `sink`: an OTLP/gRPC blackhole that counts what it receives;
+//! - `load`: an OTLP/gRPC load generator sending Envoy-shaped spans to a TCP
+//!   address or a Unix socket, flat out or at a fixed rate, reporting
+//!   accepted spans/s and latency percentiles as JSON;
+//! - `copy`: copies bytes from a Unix socket to a TCP address with no parsing
+//!   at all (the physical reference a relay is compared with).
+
+use clap::{Parser, Subcommand};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(name = "tern-bench", about = "OTLP benchmark tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Count spans received over OTLP/gRPC; print the total every second.
+    Sink {
+        #[arg(long)]
+        listen: String,
+    },
+    /// Send spans and report spans/s and latency.
+    Load {
+        /// `unix:/path` or `host:port`.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        spans_per_request: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests per second across all connections; flat out when absent.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// Copy bytes from a Unix socket to a TCP address.
+    Copy {
+        #[arg(long)]
+        listen_unix: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+struct Sink(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = r.get_ref().resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+        ..Default::default()
+    }
+}
+
+/// One request of spans shaped like Envoy's (HCM attributes, ids, times).
+fn envoy_request(spans: usize, seq: u64) -> ExportTraceServiceRequest {
+    let spans = (0..spans)
+        .map(|i| {
+            let id = seq.wrapping_mul(1_000_003).wrapping_add(i as u64);
+            Span {
+                trace_id: [id.to_be_bytes(), (!id).to_be_bytes()].concat(),
+                span_id: id.to_be_bytes().to_vec(),
+                parent_span_id: (id ^ 0x5a5a).to_be_bytes().to_vec(),
+                name: "ingress".into(),
+                kind: span::SpanKind::Server as i32,
+                start_time_unix_nano: 1_700_000_000_000_000_000 + id,
+                end_time_unix_nano: 1_700_000_000_004_000_000 + id,
+                attributes: vec![
+                    kv("node_id", "default/web-1"),
+                    kv("zone", ""),
+                    kv("guid:x-request-id", "5b6e1e2c-8a55-4b0c-9f1e-3c2d1a0b9e7f"),
+                    kv("http.url", "http://web.default.svc/orders/1234?debug=false"),
+                    kv("http.method", "GET"),
+                    kv("downstream_cluster", "-"),
+                    kv("user_agent", "curl/8.5.0"),
+                    kv("http.protocol", "HTTP/1.1"),
+                    kv("peer.address", "127.0.0.1"),
+                    kv("request_size", "0"),
+                    kv("response_size", "6"),
+                    kv("component", "proxy"),
+                    kv("upstream_cluster", "localhost:8080"),
+                    kv("upstream_cluster.name", "localhost:8080"),
+                    kv("http.status_code", "200"),
+                    kv("response_flags", "-"),
+                ],
+                status: Some(Status::default()),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", "web")], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn connect(target: &str) -> Channel {
+    if let Some(path) = target.strip_prefix("unix:") {
+        let path = path.to_string();
+        Endpoint::try_from("http://[::]:50051")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .expect("unix socket connects")
+    } else {
+        Endpoint::from_shared(format!("http://{target}")).expect("endpoint").connect().await.expect("connects")
+    }
+}
+
+async fn load(target: String, spans: usize, connections: usize, seconds: u64, rate: Option<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let per_conn_interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1) as f64));
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let channel = connect(&target).await;
+        tasks.push(tokio::spawn(async move {
+            let mut client = TraceServiceClient::new(channel);
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut seq = c as u64 * 1_000_000_007;
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(i) = per_conn_interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
+                seq += 1;
+                let req = envoy_request(spans, seq);
+                let t = Instant::now();
+                match client.export(req).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("load task");
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(seconds as f64 * 0.9);
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let ok = latencies.len() as u64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": ok, "errors": errors, "spans": ok * spans as u64, "seconds": elapsed,
+            "spans_per_sec": (ok * spans as u64) as f64 / elapsed,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99)
+        })
+    );
+}
+
+async fn copy(listen: String, to: String) {
+    let _ = std::fs::remove_file(&listen);
+    let listener = tokio::net::UnixListener::bind(&listen).expect("bind unix");
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else { return };
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().command {
+        Cmd::Sink { listen } => {
+            let count = Arc::new(AtomicU64::new(0));
+            let c = count.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    println!("{}", c.load(Ordering::Relaxed));
+                }
+            });
+            let addr = listen.parse().expect("listen address host:port");
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Sink(count)).max_decoding_message_size(64 << 20))
+                .serve(addr)
+                .await
+                .expect("sink serves");
+        }
+        Cmd::Load { target, spans_per_request, connections, seconds, rate } => {
+            load(target, spans_per_request, connections, seconds, rate).await
+        }
+        Cmd::Copy { listen_unix, to } => copy(listen_unix, to).await,
+    }
+}
