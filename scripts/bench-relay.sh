@@ -6,7 +6,7 @@
 # into one blackhole sink, on the same cores, same batch size. Prints, per
 # relay: spans/s accepted by the relay, spans/s that reached the sink, CPU
 # seconds of the relay per million spans, the relay's peak RSS, and ratios.
-# Usage: scripts/bench-relay.sh   (BENCH_SECONDS, BENCH_SPANS, BENCH_CONNECTIONS, BENCH_RUNS to change)
+# Usage: scripts/bench-relay.sh   (BENCH_SECONDS, BENCH_SPANS, BENCH_CONNECTIONS, BENCH_RUNS, BENCH_QUEUE to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-10}
@@ -87,7 +87,7 @@ networking:
       tags: {kuma.io/service: bench}
 YAML
 env -u OTEL_EXPORTER_OTLP_ENDPOINT $bin/tern-dp run --cp-address "http://127.0.0.1:$dp" --dataplane-file "$work/dp.yaml" \
-  --work-dir "$work/dp" --otel-queue-requests 4096 2> "$work/dp.log" & tern_dp=$!; pids+=($tern_dp)
+  --work-dir "$work/dp" --otel-queue-requests "${BENCH_QUEUE:-1024}" 2> "$work/dp.log" & tern_dp=$!; pids+=($tern_dp)
 wait_for "test -S $work/dp/otel-sink.sock"
 
 # (b) rotel.

@@ -204,6 +204,8 @@ async fn copy(listen: String, to: String) {
         let to = to.clone();
         tokio::spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                // Without this, Nagle and delayed ACKs stall small gRPC frames ~40 ms.
+                let _ = outbound.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             }
         });
@@ -224,7 +226,11 @@ async fn main() {
             });
             let addr = listen.parse().expect("listen address host:port");
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Sink(count)).max_decoding_message_size(64 << 20))
+                .add_service(
+                    TraceServiceServer::new(Sink(count))
+                        .max_decoding_message_size(64 << 20)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .serve(addr)
                 .await
                 .expect("sink serves");
