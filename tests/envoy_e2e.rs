@@ -12,7 +12,6 @@ mod support;
 use collector::Collector;
 use std::time::Duration;
 use support::{eventually, ControlPlane, DataPlane};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -28,45 +27,28 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-/// A tiny HTTP/1.1 app. With `call`, it calls that URL first, forwarding
-/// the W3C `traceparent` header (what any traced app does).
-async fn app(port: u16, body: &'static str, call: Option<String>) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("app bind");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
-                let traceparent = head.lines().find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
-                        .map(|(_, v)| v.trim().to_string())
-                });
-                let mut status = "200 OK";
-                if let Some(url) = call {
-                    let mut req = reqwest::Client::new().get(url);
-                    if let Some(tp) = traceparent {
-                        req = req.header("traceparent", tp);
-                    }
-                    if !req.send().await.is_ok_and(|r| r.status().is_success()) {
-                        status = "502 Bad Gateway";
-                    }
-                }
-                let reply =
-                    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
-        }
+/// The quickstart's demo service as its own process (`ternctl demo-app`),
+/// stopped when dropped.
+struct App(std::process::Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn app(port: u16, body: &str, call: Option<String>) -> App {
+    let mut cmd = std::process::Command::new(support::TERNCTL);
+    cmd.args(["demo-app", "--listen", &format!("127.0.0.1:{port}"), "--body", body]);
+    if let Some(url) = call {
+        cmd.args(["--call", &url]);
+    }
+    let child = cmd.spawn().expect("demo app starts");
+    eventually(WAIT, "the demo app listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
     });
+    App(child)
 }
 
 fn dataplane(name: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u16, &str)>) -> String {
@@ -96,8 +78,8 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
 
     let (web_in, web_app, web_admin, web_out) = (free_port(), free_port(), free_port(), free_port());
     let (api_in, api_app, api_admin) = (free_port(), free_port(), free_port());
-    app(api_app, "api ok", None).await;
-    app(web_app, "web ok", Some(format!("http://127.0.0.1:{web_out}/items"))).await;
+    let _api_app = app(api_app, "api ok", None);
+    let _web_app = app(web_app, "web ok", Some(format!("http://127.0.0.1:{web_out}/items")));
     let root = dir.path().join("dps");
     let extra = ["--envoy-binary", envoy.as_str()];
     let _api = DataPlane::start(&cp, &root, "api", &dataplane("api", api_in, api_app, api_admin, None), &[], &extra);

@@ -106,10 +106,6 @@ impl Exporter {
         Ok(transport)
     }
 
-    pub fn config(&self) -> &ExporterConfig {
-        &self.config
-    }
-
     /// Sends one request once.
     pub async fn send(&self, request: &OtlpRequest) -> Result<(), ExportError> {
         match &self.transport {

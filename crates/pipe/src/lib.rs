@@ -18,7 +18,7 @@ mod request;
 mod stats;
 
 pub use export::{ExportError, Exporter, Transport};
-pub use request::OtlpRequest;
+pub use request::{data_points, OtlpRequest};
 pub use stats::{SignalStats, StatsSnapshot};
 
 use receiver::{Route, Routes};

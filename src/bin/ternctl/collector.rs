@@ -11,7 +11,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceReq
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -125,14 +124,7 @@ impl MetricsService for Receiver {
             let mut metrics = 0;
             for m in rm.scope_metrics.into_iter().flat_map(|s| s.metrics) {
                 metrics += 1;
-                points += match &m.data {
-                    Some(Data::Gauge(g)) => g.data_points.len(),
-                    Some(Data::Sum(s)) => s.data_points.len(),
-                    Some(Data::Histogram(h)) => h.data_points.len(),
-                    Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                    Some(Data::Summary(s)) => s.data_points.len(),
-                    None => 0,
-                } as u64;
+                points += tern_pipe::data_points(&m) as u64;
             }
             self.0.metric_points.fetch_add(points, Ordering::Relaxed);
             self.0.line("metrics", format!("{svc:<10} {metrics} metrics, {points} points"));

@@ -2,6 +2,7 @@
 
 mod client;
 mod collector;
+mod demo;
 mod inspect;
 mod output;
 mod quickstart;
@@ -83,6 +84,17 @@ enum Command {
         /// Where the quickstart keeps its state and lock.
         #[arg(long, default_value = ".tern/quickstart")]
         dir: PathBuf,
+    },
+    /// The quickstart's demo HTTP service, on its own (used by the tests).
+    #[command(hide = true)]
+    DemoApp {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "ok")]
+        body: String,
+        /// Call this URL first, forwarding `traceparent`.
+        #[arg(long)]
+        call: Option<String>,
     },
     /// Tools for what Tern's collectors receive.
     #[command(subcommand)]
@@ -275,6 +287,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Otel(OtelCommand::Tail { collector, signal }) => {
             return quickstart::tail(collector, signal.as_deref()).await
         }
+        Command::DemoApp { listen, body, call } => {
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            demo::serve(listener, body.clone(), call.clone());
+            std::future::pending::<()>().await;
+        }
         _ => {}
     }
     let config = load_config(cli.config)?;
@@ -285,7 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get { kind, name, mesh, all_meshes, output } => {
             get(&client, parse_kind(&kind)?, name, &mesh, all_meshes, output).await
         }
-        Command::Quickstart { .. } | Command::Otel(_) => unreachable!("handled above"),
+        Command::Quickstart { .. } | Command::Otel(_) | Command::DemoApp { .. } => unreachable!("handled above"),
         Command::Inspect { what, name, mesh, output } => match Kind::from_cli_arg(&what) {
             Some(Kind::Dataplane) => inspect::dataplane(&client, &mesh, &name, output).await,
             _ => bail!("ternctl inspect supports `dataplane NAME`, not {what:?}"),

@@ -11,7 +11,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 pub struct Options {
@@ -111,45 +110,6 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
     Ok(Proc(Some(child)))
 }
 
-/// A demo HTTP service; with `call`, it calls that URL forwarding `traceparent`.
-async fn demo_app(listener: tokio::net::TcpListener, body: &'static str, call: Option<String>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
-                let traceparent = head.lines().find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
-                        .map(|(_, v)| v.trim().to_string())
-                });
-                let mut status = "200 OK";
-                if let Some(url) = call {
-                    let mut req = reqwest::Client::new().get(url);
-                    if let Some(tp) = traceparent {
-                        req = req.header("traceparent", tp);
-                    }
-                    if !req.send().await.is_ok_and(|r| r.status().is_success()) {
-                        status = "502 Bad Gateway";
-                    }
-                }
-                let reply =
-                    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-}
-
 fn dataplane(name: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u16, &str)>) -> String {
     let outbound = outbound
         .map(|(port, service)| {
@@ -237,8 +197,8 @@ async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
     let web_app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (web_app_port, api_app_port) = (web_app.local_addr()?.port(), api_app.local_addr()?.port());
-    demo_app(api_app, "api ok", None).await;
-    demo_app(web_app, "web ok", Some(format!("http://127.0.0.1:{web_out}/items"))).await;
+    crate::demo::serve(api_app, "api ok".into(), None);
+    crate::demo::serve(web_app, "web ok".into(), Some(format!("http://127.0.0.1:{web_out}/items")));
     let mut sidecars = Vec::new();
     for (name, yaml) in [
         ("api", dataplane("api", api_in, api_app_port, api_admin, None)),
