@@ -9,10 +9,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::sync::{Arc, Mutex};
 use tonic::codec::CompressionEncoding;
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
 /// One span as received.
@@ -36,6 +36,8 @@ pub struct Received {
     pub metric_names: Vec<String>,
     /// Request metadata (headers) of every export, flattened to `key=value`.
     pub headers: Vec<String>,
+    /// The bytes of every trace export, as they arrived (after gzip).
+    pub trace_bodies: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Default)]
@@ -52,16 +54,11 @@ impl Recorder {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Recorder {
-    async fn export(
-        &self,
-        r: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.headers(&r);
+impl Recorder {
+    fn record_traces(&self, request: ExportTraceServiceRequest) {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
         let mut rec = self.0.lock().expect("lock");
-        for rs in r.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let service = rs
                 .resource
                 .iter()
@@ -83,7 +80,57 @@ impl TraceService for Recorder {
                 });
             }
         }
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// The trace service, taking requests as bytes so the collector can keep
+/// them exactly as they arrived (the relay must not re-encode them).
+#[derive(Clone)]
+struct RawTraces(Recorder);
+
+impl tonic::server::NamedService for RawTraces {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::UnaryService<bytes::Bytes> for RawTraces {
+    type Response = Vec<bytes::Bytes>;
+    type Future = std::future::Ready<Result<Response<Vec<bytes::Bytes>>, Status>>;
+
+    fn call(&mut self, r: Request<bytes::Bytes>) -> Self::Future {
+        use prost::Message;
+        self.0.headers(&r);
+        let body = r.into_inner();
+        self.0 .0.lock().expect("lock").trace_bodies.push(body.to_vec());
+        std::future::ready(match ExportTraceServiceRequest::decode(body) {
+            Ok(request) => {
+                self.0.record_traces(request);
+                Ok(Response::new(Vec::new()))
+            }
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for RawTraces
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let svc = self.clone();
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(tern_pipe::wire::RawCodec).accept_compressed(CompressionEncoding::Gzip);
+            Ok(grpc.unary(svc, request).await)
+        })
     }
 }
 
@@ -173,7 +220,7 @@ impl Collector {
         }
         self.task = Some(tokio::spawn(async move {
             let _ = builder
-                .add_service(TraceServiceServer::new(r.clone()).accept_compressed(CompressionEncoding::Gzip))
+                .add_service(RawTraces(r.clone()))
                 .add_service(LogsServiceServer::new(r.clone()).accept_compressed(CompressionEncoding::Gzip))
                 .add_service(MetricsServiceServer::new(r).accept_compressed(CompressionEncoding::Gzip))
                 .serve_with_incoming_shutdown(incoming, async {
@@ -241,6 +288,19 @@ pub mod client {
             }))
             .await
             .expect("unix socket connects")
+    }
+
+    /// Sends an already-encoded ExportTraceServiceRequest as it is.
+    pub async fn raw_traces(ch: &Channel, body: Vec<u8>) -> Result<(), tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(ch.clone());
+        grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(tern_pipe::wire::grpc_path(
+            tern_otlp_config::Signal::Traces,
+        ));
+        let request = tonic::Request::new(vec![bytes::Bytes::from(body)]);
+        let response: tonic::Response<bytes::Bytes> = grpc.unary(request, path, tern_pipe::wire::RawCodec).await?;
+        drop(response);
+        Ok(())
     }
 
     pub async fn spans(ch: &Channel, names: &[&str]) -> Result<(), tonic::Status> {

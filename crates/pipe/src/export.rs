@@ -2,14 +2,14 @@
 //! OTLP engine produced, speaking OTLP/gRPC or OTLP/HTTP (protobuf) to the
 //! collector, with TLS, mTLS, headers, compression and a per-export timeout.
 
-use crate::request::OtlpRequest;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use crate::wire::{grpc_path, RawCodec};
+use bytes::Bytes;
 use std::io::Write;
 use tern_otlp_config::parse::{Compression, OtlpProtocol};
 use tern_otlp_config::ExporterConfig;
+use tern_otlp_config::Signal;
 use tonic::codec::CompressionEncoding;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -106,11 +106,12 @@ impl Exporter {
         Ok(transport)
     }
 
-    /// Sends one request once.
-    pub async fn send(&self, request: &OtlpRequest) -> Result<(), ExportError> {
+    /// Sends one batch once: `parts` are encoded requests of `signal`, sent
+    /// back to back as one request (see `wire.rs`).
+    pub async fn send(&self, signal: Signal, parts: &[Bytes]) -> Result<(), ExportError> {
         match &self.transport {
-            Transport::Grpc(channel) => self.send_grpc(channel.clone(), request).await,
-            Transport::Http(client) => self.send_http(client, request).await,
+            Transport::Grpc(channel) => self.send_grpc(channel.clone(), signal, parts).await,
+            Transport::Http(client) => self.send_http(client, parts).await,
         }
     }
 
@@ -129,32 +130,17 @@ impl Exporter {
         Ok(req)
     }
 
-    async fn send_grpc(&self, channel: Channel, request: &OtlpRequest) -> Result<(), ExportError> {
-        let gzip = self.config.compression.value == Compression::Gzip;
-        let result = match request {
-            OtlpRequest::Traces(r) => {
-                let mut c = TraceServiceClient::new(channel);
-                if gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                c.export(self.grpc_request(r.clone())?).await.map(|_| ())
-            }
-            OtlpRequest::Metrics(r) => {
-                let mut c = MetricsServiceClient::new(channel);
-                if gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                c.export(self.grpc_request(r.clone())?).await.map(|_| ())
-            }
-            OtlpRequest::Logs(r) => {
-                let mut c = LogsServiceClient::new(channel);
-                if gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                c.export(self.grpc_request(r.clone())?).await.map(|_| ())
-            }
-        };
-        result.map_err(|status| {
+    async fn send_grpc(&self, channel: Channel, signal: Signal, parts: &[Bytes]) -> Result<(), ExportError> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if self.config.compression.value == Compression::Gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        let unavailable = |message: String| ExportError { retryable: true, message, retry_after: None };
+        grpc.ready().await.map_err(|e| unavailable(format!("collector unreachable: {}", root_cause(&e))))?;
+        let request = self.grpc_request(parts.to_vec())?;
+        let path = PathAndQuery::from_static(grpc_path(signal));
+        let result: Result<tonic::Response<Bytes>, tonic::Status> = grpc.unary(request, path, RawCodec).await;
+        result.map(|_| ()).map_err(|status| {
             use tonic::Code::*;
             // The OTLP specification's retryable codes.
             let retryable = matches!(
@@ -169,8 +155,8 @@ impl Exporter {
         })
     }
 
-    async fn send_http(&self, client: &reqwest::Client, request: &OtlpRequest) -> Result<(), ExportError> {
-        let mut body = request.encode();
+    async fn send_http(&self, client: &reqwest::Client, parts: &[Bytes]) -> Result<(), ExportError> {
+        let mut body = parts.concat();
         let mut req = client.post(&self.config.endpoint.value).header("Content-Type", "application/x-protobuf");
         if self.config.compression.value == Compression::Gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -5,23 +5,27 @@
 //! ```
 //!
 //! What each signal exports to is decided by `tern-otlp-config` (the same
-//! merge the control plane used for status). The queue is bounded per
-//! signal: when the collector is down, requests wait and are retried with
-//! backoff; when the queue is full, new requests are refused with
-//! `RESOURCE_EXHAUSTED` and counted as dropped. Nothing is lost silently:
-//! [`PipeManager::stats`] reports every count.
+//! merge the control plane used for status). Requests travel as the bytes
+//! they arrived as (`wire.rs`): nothing in the final config rewrites a
+//! payload, so nothing is decoded or re-encoded. The queue is bounded per
+//! signal, in requests and in bytes: when the collector is down, requests
+//! wait and are retried with backoff; when the queue is full, new requests
+//! are refused with `RESOURCE_EXHAUSTED` and counted as dropped. Nothing is
+//! lost silently: [`PipeManager::stats`] reports every count.
 
 pub mod envoy_metrics;
 mod export;
 mod receiver;
 mod request;
 mod stats;
+pub mod wire;
 
 pub use export::{ExportError, Exporter, Transport};
 pub use request::{data_points, OtlpRequest};
 pub use stats::{SignalStats, StatsSnapshot};
 
-use receiver::{Route, Routes};
+use bytes::Bytes;
+use receiver::{Queued, Route, Routes};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +38,22 @@ use tracing::{info, warn};
 
 /// Requests a signal's queue holds while the collector is unreachable.
 pub const DEFAULT_QUEUE_REQUESTS: usize = 1024;
+/// Bytes of requests a signal's queue holds (encoded, as received).
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+
+/// How much one signal's queue holds; a request is refused when it would
+/// pass either bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub requests: usize,
+    pub bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits { requests: DEFAULT_QUEUE_REQUESTS, bytes: DEFAULT_QUEUE_BYTES }
+    }
+}
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What one signal of a running backend does.
@@ -80,6 +100,9 @@ impl RunningBackend {
 
 /// Items one export carries at most when queued requests are batched.
 pub const MAX_BATCH_ITEMS: u64 = 2048;
+/// Bytes one batched export carries at most: under the 4 MiB a gRPC
+/// collector accepts by default. A single larger request still goes alone.
+pub const MAX_BATCH_BYTES: usize = 3 << 20;
 
 /// How long a replaced pipe keeps delivering what it had queued.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,13 +136,13 @@ pub struct LocalEnv {
 /// Runs one pipe per backend of the current plan.
 pub struct PipeManager {
     env: LocalEnv,
-    queue_requests: usize,
+    queue: QueueLimits,
     running: BTreeMap<PathBuf, RunningBackend>,
 }
 
 impl PipeManager {
-    pub fn new(env: LocalEnv, queue_requests: usize) -> Self {
-        PipeManager { env, queue_requests, running: BTreeMap::new() }
+    pub fn new(env: LocalEnv, queue: QueueLimits) -> Self {
+        PipeManager { env, queue, running: BTreeMap::new() }
     }
 
     /// Brings the running pipes in line with `plan`: backends that are gone
@@ -197,10 +220,11 @@ impl PipeManager {
             match setup.get(&signal) {
                 Some(SignalSetup::Export(config)) => match shared_exporter(&mut clients, config) {
                     Ok(exporter) => {
-                        let (tx, rx) = mpsc::channel(self.queue_requests);
+                        let (tx, rx) = mpsc::channel(self.queue.requests);
                         let abandoned = abandoned.clone();
-                        tokio::spawn(export_loop(name.to_string(), exporter, rx, s.clone(), abandoned));
-                        Route::Queue { tx, stats: s }
+                        tokio::spawn(export_loop(name.to_string(), exporter, signal, rx, s.clone(), abandoned));
+                        let budget = Arc::new(tokio::sync::Semaphore::new(self.queue.bytes));
+                        Route::Queue { tx, budget, budget_bytes: self.queue.bytes, stats: s }
                     }
                     Err(e) => {
                         s.error(e.clone());
@@ -281,7 +305,9 @@ impl PipeManager {
             .values()
             .find(|r| r.name == backend)
             .ok_or_else(|| format!("no pipe for backend {backend:?}"))?;
-        r.routes.accept(request).map_err(|s| s.message().to_string())
+        let payload =
+            wire::Payload { signal: request.signal(), items: request.items(), bytes: request.encode().into() };
+        r.routes.accept(payload).map_err(|s| s.message().to_string())
     }
 
     /// Counts per backend and signal.
@@ -348,42 +374,58 @@ fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
-/// Drains one signal's queue: each request is sent, and retried with
-/// backoff while the collector is unreachable; the bounded queue keeps
-/// memory bounded meanwhile.
+/// Drains one signal's queue: each batch is sent, and retried with backoff
+/// while the collector is unreachable; the bounded queue keeps memory
+/// bounded meanwhile.
 async fn export_loop(
     backend: String,
     exporter: Exporter,
-    mut rx: mpsc::Receiver<OtlpRequest>,
+    signal: Signal,
+    mut rx: mpsc::Receiver<Queued>,
     stats: Arc<SignalStats>,
     mut abandoned: tokio::sync::watch::Receiver<bool>,
 ) {
-    while let Some(mut request) = rx.recv().await {
+    // A request taken from the queue that did not fit the previous batch.
+    let mut next: Option<Queued> = None;
+    loop {
+        let first = match next.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
         // Batching without added delay: whatever else is already queued
-        // (up to MAX_BATCH_ITEMS) goes out in the same export.
-        let mut items = request.items();
+        // goes out in the same export, up to MAX_BATCH_ITEMS and
+        // MAX_BATCH_BYTES. The queued requests keep their share of the byte
+        // budget until the batch is done.
+        let (mut items, mut size) = (first.payload.items, first.payload.bytes.len());
+        let mut batch = vec![first];
         while items < MAX_BATCH_ITEMS {
-            let Ok(next) = rx.try_recv() else { break };
-            let n = next.items();
-            match request.absorb(next) {
-                Ok(()) => items += n,
-                Err(_) => break, // a queue carries one signal; cannot happen
+            let Ok(q) = rx.try_recv() else { break };
+            if size + q.payload.bytes.len() > MAX_BATCH_BYTES {
+                next = Some(q);
+                break;
             }
+            items += q.payload.items;
+            size += q.payload.bytes.len();
+            batch.push(q);
         }
+        let parts: Vec<Bytes> = batch.iter().map(|q| q.payload.bytes.clone()).collect();
         let mut backoff = Duration::from_millis(100);
         loop {
             if *abandoned.borrow() {
-                // Given up: this request and everything still queued.
-                let mut lost = items;
-                while let Ok(r) = rx.try_recv() {
-                    lost += r.items();
+                // Given up: this batch and everything still queued.
+                let mut lost = items + next.take().map_or(0, |q| q.payload.items);
+                while let Ok(q) = rx.try_recv() {
+                    lost += q.payload.items;
                 }
                 warn!(backend = %backend, items = lost, "pipe stopped with telemetry still queued; dropped");
                 stats.dropped(lost);
                 return;
             }
             let attempt = tokio::select! {
-                r = exporter.send(&request) => r,
+                r = exporter.send(signal, &parts) => r,
                 _ = abandoned.wait_for(|a| *a) => continue,
             };
             match attempt {
@@ -405,7 +447,7 @@ async fn export_loop(
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
-                    warn!(backend = %backend, signal = %request.signal(), error = %e.message, items, "export failed; dropped");
+                    warn!(backend = %backend, signal = %signal, error = %e.message, items, "export failed; dropped");
                     stats.dropped(items);
                     stats.error(e.message);
                     break;

@@ -1,26 +1,34 @@
 //! The receiver for one backend: an OTLP/gRPC server on the Unix socket the
-//! plan names, taking traces, metrics and logs into bounded queues.
+//! plan names, taking traces, metrics and logs into bounded queues. Requests
+//! stay bytes (see `wire.rs`): the framing is checked and the items counted,
+//! nothing is decoded.
 
-use crate::request::OtlpRequest;
 use crate::stats::SignalStats;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use crate::wire::{grpc_path, Payload, RawCodec};
+use bytes::Bytes;
+use std::future::{ready, Ready};
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tern_otlp_config::Signal;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::{http, BoxFuture, Service, StdError};
+use tonic::server::NamedService;
+use tonic::{Response, Status};
+
+/// A request waiting in a signal's queue, holding its share of the queue's
+/// byte budget until it is delivered or dropped.
+pub struct Queued {
+    pub payload: Payload,
+    pub _budget: OwnedSemaphorePermit,
+}
 
 /// Where one signal's requests go, or why they cannot.
 pub enum Route {
-    Queue { tx: mpsc::Sender<OtlpRequest>, stats: Arc<SignalStats> },
+    Queue { tx: mpsc::Sender<Queued>, budget: Arc<Semaphore>, budget_bytes: usize, stats: Arc<SignalStats> },
     Unavailable { reason: String, stats: Arc<SignalStats> },
 }
 
@@ -32,30 +40,43 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn accept(&self, request: OtlpRequest) -> Result<(), Status> {
-        let signal = request.signal();
+    pub(crate) fn accept(&self, payload: Payload) -> Result<(), Status> {
+        let signal = payload.signal;
         let route = match signal {
             Signal::Traces => &self.traces,
             Signal::Metrics => &self.metrics,
             Signal::Logs => &self.logs,
         };
-        let items = request.items();
+        let items = payload.items;
         match route {
             Route::Unavailable { reason, stats } => {
                 stats.received(items);
                 stats.dropped(items);
                 Err(Status::failed_precondition(format!("OTEL {signal} exporter is unavailable: {reason}")))
             }
-            Route::Queue { tx, stats } => {
+            Route::Queue { tx, budget, budget_bytes, stats } => {
                 stats.received(items);
-                match tx.try_send(request) {
+                if items == 0 {
+                    return Ok(()); // nothing to deliver
+                }
+                let full = || {
+                    stats.dropped(items);
+                    Status::resource_exhausted(format!(
+                        "OTEL {signal} queue is full: the collector is not keeping up or is unreachable"
+                    ))
+                };
+                let len = payload.bytes.len();
+                if len > *budget_bytes {
+                    stats.dropped(items);
+                    return Err(Status::resource_exhausted(format!(
+                        "OTEL {signal} request of {len} bytes is larger than the whole queue ({budget_bytes} bytes)"
+                    )));
+                }
+                let permits = u32::try_from(len).map_err(|_| full())?;
+                let permit = budget.clone().try_acquire_many_owned(permits).map_err(|_| full())?;
+                match tx.try_send(Queued { payload, _budget: permit }) {
                     Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) => {
-                        stats.dropped(items);
-                        Err(Status::resource_exhausted(format!(
-                            "OTEL {signal} queue is full: the collector is not keeping up or is unreachable"
-                        )))
-                    }
+                    Err(TrySendError::Full(_)) => Err(full()),
                     Err(TrySendError::Closed(_)) => {
                         stats.dropped(items);
                         Err(Status::unavailable(format!("OTEL {signal} exporter is restarting")))
@@ -66,38 +87,95 @@ impl Routes {
     }
 }
 
-struct Svc(Arc<Routes>);
+/// Which OTLP service a [`Receiver`] serves.
+pub trait OtlpService: Send + Sync + 'static {
+    const SIGNAL: Signal;
+    const NAME: &'static str;
+}
 
-#[tonic::async_trait]
-impl TraceService for Svc {
-    async fn export(
-        &self,
-        r: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.0.accept(OtlpRequest::Traces(r.into_inner()))?;
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+pub struct TraceService;
+pub struct MetricsService;
+pub struct LogsService;
+
+impl OtlpService for TraceService {
+    const SIGNAL: Signal = Signal::Traces;
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl OtlpService for MetricsService {
+    const SIGNAL: Signal = Signal::Metrics;
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+
+impl OtlpService for LogsService {
+    const SIGNAL: Signal = Signal::Logs;
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+/// One OTLP/gRPC service (`Export` only) taking requests as bytes.
+pub struct Receiver<S> {
+    routes: Arc<Routes>,
+    service: PhantomData<S>,
+}
+
+impl<S> Receiver<S> {
+    fn new(routes: Arc<Routes>) -> Self {
+        Receiver { routes, service: PhantomData }
     }
 }
 
-#[tonic::async_trait]
-impl MetricsService for Svc {
-    async fn export(
-        &self,
-        r: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.0.accept(OtlpRequest::Metrics(r.into_inner()))?;
-        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+impl<S> Clone for Receiver<S> {
+    fn clone(&self) -> Self {
+        Receiver::new(self.routes.clone())
     }
 }
 
-#[tonic::async_trait]
-impl LogsService for Svc {
-    async fn export(
-        &self,
-        r: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.accept(OtlpRequest::Logs(r.into_inner()))?;
-        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+impl<S: OtlpService> NamedService for Receiver<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The unary `Export` call: parse the framing, count, queue.
+struct Export {
+    routes: Arc<Routes>,
+    signal: Signal,
+}
+
+impl tonic::server::UnaryService<Bytes> for Export {
+    type Response = Vec<Bytes>;
+    type Future = Ready<Result<Response<Vec<Bytes>>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let accepted = Payload::parse(self.signal, request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+            .and_then(|payload| self.routes.accept(payload));
+        // An empty Export*ServiceResponse: no partial success to report.
+        ready(accepted.map(|()| Response::new(Vec::new())))
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for Receiver<S>
+where
+    S: OtlpService,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let export = Export { routes: self.routes.clone(), signal: S::SIGNAL };
+        if request.uri().path() != grpc_path(S::SIGNAL) {
+            return Box::pin(async { Ok(Status::unimplemented("only Export is served").into_http()) });
+        }
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawCodec).accept_compressed(CompressionEncoding::Gzip);
+            Ok(grpc.unary(export, request).await)
+        })
     }
 }
 
@@ -125,13 +203,9 @@ pub async fn serve(
     }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let router = tonic::transport::Server::builder()
-        .add_service(
-            TraceServiceServer::new(Svc(routes.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-        )
-        .add_service(
-            MetricsServiceServer::new(Svc(routes.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-        )
-        .add_service(LogsServiceServer::new(Svc(routes)).accept_compressed(tonic::codec::CompressionEncoding::Gzip));
+        .add_service(Receiver::<TraceService>::new(routes.clone()))
+        .add_service(Receiver::<MetricsService>::new(routes.clone()))
+        .add_service(Receiver::<LogsService>::new(routes));
     Ok(tokio::spawn(async move {
         let _ = router
             .serve_with_incoming_shutdown(incoming, async {

@@ -68,6 +68,15 @@ impl OtlpRequest {
         Ok(())
     }
 
+    /// Decodes an encoded request of `signal`.
+    pub fn decode(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest, prost::DecodeError> {
+        Ok(match signal {
+            Signal::Traces => OtlpRequest::Traces(ExportTraceServiceRequest::decode(bytes)?),
+            Signal::Metrics => OtlpRequest::Metrics(ExportMetricsServiceRequest::decode(bytes)?),
+            Signal::Logs => OtlpRequest::Logs(ExportLogsServiceRequest::decode(bytes)?),
+        })
+    }
+
     /// The protobuf encoding (OTLP/HTTP's body).
     pub fn encode(&self) -> Vec<u8> {
         match self {

@@ -46,6 +46,10 @@ enum Command {
         /// beyond it new requests are refused and counted as dropped.
         #[arg(long, default_value_t = tern_pipe::DEFAULT_QUEUE_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..))]
         otel_queue_requests: u32,
+        /// Bytes of export requests each signal's queue holds (as received, encoded); the other bound
+        /// on the queue. Accepts a plain number or a K/M/G suffix (powers of 1024), e.g. 16M.
+        #[arg(long, default_value = "16M", value_parser = parse_size)]
+        otel_queue_bytes: usize,
         /// Serve tern-dp's own delivery counts for Prometheus at http://ADDR/metrics.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -137,6 +141,7 @@ fn main() {
             work_dir,
             otel_pipe,
             otel_queue_requests,
+            otel_queue_bytes,
             metrics_addr,
         } => {
             let args = |dataplane| run::RunArgs {
@@ -146,7 +151,7 @@ fn main() {
                 dataplane,
                 work_dir,
                 otel_pipe,
-                queue_requests: otel_queue_requests as usize,
+                queue: tern_pipe::QueueLimits { requests: otel_queue_requests as usize, bytes: otel_queue_bytes },
             };
             read_dataplane(&dataplane_file).and_then(|dp| run_agent(args(dp)))
         }
@@ -160,4 +165,25 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// A byte size: digits with an optional K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.trim().char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.trim().split_at(i),
+        None => (s.trim(), ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{s:?} is not a size: use a number of bytes with an optional K, M or G suffix")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size: it must start with a whole number"))?;
+    let bytes = n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < 1024 {
+        return Err(format!("{s:?} is too small: a queue needs at least 1K"));
+    }
+    Ok(bytes)
 }

@@ -20,7 +20,7 @@ pub struct RunArgs {
     pub dataplane: Resource,
     pub work_dir: Option<PathBuf>,
     pub otel_pipe: bool,
-    pub queue_requests: usize,
+    pub queue: tern_pipe::QueueLimits,
 }
 
 /// The file the current plan is written to, inside the work directory.
@@ -105,7 +105,7 @@ async fn agent(args: RunArgs, envoy_admin: Option<u16>) -> Result<(), String> {
     let (values, parsed, inventory) = Inventory::discover(&ProcessEnv);
     let pipe = Arc::new(Mutex::new(PipeManager::new(
         LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
-        args.queue_requests,
+        args.queue,
     )));
     if let Some(addr) = args.metrics_addr {
         let listener =

@@ -1,0 +1,342 @@
+//! OTLP requests as bytes. The pipe forwards what it receives without
+//! decoding it: nothing in a final exporter config changes the payload, and
+//! OTLP/gRPC and OTLP/HTTP carry the same protobuf message. What the pipe
+//! needs from the bytes is the item count (for delivery counts and batch
+//! sizes), which [`count_items`] reads by walking the protobuf framing,
+//! skipping over each span, log record or data point without looking inside.
+//!
+//! Batching is concatenation: an `Export*ServiceRequest` has one field, a
+//! repeated message, and protobuf parses concatenated encodings of a message
+//! as the merge of them, which for a repeated field is the appended list.
+
+use bytes::{Buf, BufMut, Bytes};
+use tern_otlp_config::Signal;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Status;
+
+/// One OTLP export request as received, with its item count.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub signal: Signal,
+    pub bytes: Bytes,
+    pub items: u64,
+}
+
+impl Payload {
+    /// Checks the framing of an encoded `Export*ServiceRequest` of `signal`
+    /// and counts its items.
+    pub fn parse(signal: Signal, bytes: Bytes) -> Result<Payload, WireError> {
+        let items = count_items(signal, &bytes)?;
+        Ok(Payload { signal, bytes, items })
+    }
+}
+
+/// The encoded request is not a well-formed OTLP message of its signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub &'static str);
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed OTLP request: {}", self.0)
+    }
+}
+
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const LEN: u64 = 2;
+const FIXED32: u64 = 5;
+
+fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&b, rest)) = buf.split_first() else { return Err(WireError("truncated varint")) };
+        *buf = rest;
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(WireError("varint longer than 10 bytes"))
+}
+
+/// Calls `f(field, value)` for every length-delimited field of the message
+/// in `buf`, skipping the others; fails on broken framing.
+fn fields<'a>(mut buf: &'a [u8], mut f: impl FnMut(u64, &'a [u8]) -> Result<(), WireError>) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let field = key >> 3;
+        if field == 0 {
+            return Err(WireError("field number 0"));
+        }
+        match key & 7 {
+            VARINT => {
+                varint(&mut buf)?;
+            }
+            FIXED64 if buf.len() >= 8 => buf = &buf[8..],
+            FIXED32 if buf.len() >= 4 => buf = &buf[4..],
+            LEN => {
+                let len = usize::try_from(varint(&mut buf)?).map_err(|_| WireError("length out of range"))?;
+                if len > buf.len() {
+                    return Err(WireError("length past the end of the message"));
+                }
+                let (value, rest) = buf.split_at(len);
+                buf = rest;
+                f(field, value)?;
+            }
+            FIXED64 | FIXED32 => return Err(WireError("truncated fixed-width field")),
+            _ => return Err(WireError("unsupported wire type")),
+        }
+    }
+    Ok(())
+}
+
+/// How many times field `n` occurs in the message.
+fn occurrences(buf: &[u8], n: u64) -> Result<u64, WireError> {
+    let mut count = 0;
+    fields(buf, |field, _| {
+        count += u64::from(field == n);
+        Ok(())
+    })?;
+    Ok(count)
+}
+
+/// Sums `inner` over every occurrence of field `n`.
+fn sum_over(buf: &[u8], n: u64, inner: impl Fn(&[u8]) -> Result<u64, WireError>) -> Result<u64, WireError> {
+    let mut total = 0;
+    fields(buf, |field, value| {
+        if field == n {
+            total += inner(value)?;
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Data points of one `Metric`: its data (gauge 5, sum 7, histogram 9,
+/// exponential histogram 10, summary 11) holds them in field 1.
+fn metric_points(metric: &[u8]) -> Result<u64, WireError> {
+    let mut total = 0;
+    fields(metric, |field, value| {
+        if matches!(field, 5 | 7 | 9 | 10 | 11) {
+            total += occurrences(value, 1)?;
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Spans, log records or metric data points in an encoded
+/// `Export{Trace,Logs,Metrics}ServiceRequest`. All three nest the same way:
+/// request.1 (resource_*) -> .2 (scope_*) -> .2 (spans, log records, metrics).
+pub fn count_items(signal: Signal, request: &[u8]) -> Result<u64, WireError> {
+    sum_over(request, 1, |resource| {
+        sum_over(resource, 2, |scope| match signal {
+            Signal::Traces | Signal::Logs => occurrences(scope, 2),
+            Signal::Metrics => sum_over(scope, 2, metric_points),
+        })
+    })
+}
+
+/// The gRPC method path of a signal's OTLP export.
+pub fn grpc_path(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    }
+}
+
+/// A gRPC codec that moves messages as bytes: it decodes to the message's
+/// bytes and encodes a list of already-encoded parts back to back (a batch).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawCodec;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawEncoder;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<Bytes>;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Vec<Bytes>;
+    type Error = Status;
+
+    fn encode(&mut self, parts: Vec<Bytes>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        for part in parts {
+            dst.put(part);
+        }
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::OtlpRequest;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn attr(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+            ..Default::default()
+        }
+    }
+
+    fn resource() -> Option<Resource> {
+        Some(Resource { attributes: vec![attr("service.name", "web")], ..Default::default() })
+    }
+
+    /// Requests of every signal with uneven shapes: several resources and
+    /// scopes, empty ones, every metric kind.
+    fn samples(seed: usize) -> Vec<OtlpRequest> {
+        let span = |i: usize| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: format!("span-{i}"),
+            attributes: vec![attr("http.method", "GET"), attr("upstream_cluster", "backend")],
+            start_time_unix_nano: 17 + i as u64,
+            ..Default::default()
+        };
+        let traces = ExportTraceServiceRequest {
+            resource_spans: (0..seed % 3 + 1)
+                .map(|r| ResourceSpans {
+                    resource: resource(),
+                    scope_spans: (0..r + 1)
+                        .map(|s| ScopeSpans { spans: (0..(seed + s) % 4).map(span).collect(), ..Default::default() })
+                        .collect(),
+                    schema_url: "https://opentelemetry.io/schemas/1.9.0".into(),
+                })
+                .collect(),
+        };
+        let logs = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: resource(),
+                scope_logs: vec![ScopeLogs {
+                    log_records: (0..seed % 5)
+                        .map(|i| LogRecord {
+                            time_unix_nano: i as u64,
+                            severity_number: 9,
+                            body: Some(AnyValue { value: Some(any_value::Value::StringValue("GET /".into())) }),
+                            attributes: vec![attr("k", "v")],
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let point = |v: f64| NumberDataPoint {
+            value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let n = seed % 3 + 1;
+        let metrics = [
+            metric::Data::Gauge(Gauge { data_points: (0..n).map(|i| point(i as f64)).collect() }),
+            metric::Data::Sum(Sum { data_points: vec![point(1.0)], aggregation_temporality: 2, is_monotonic: true }),
+            metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint { count: 3, bucket_counts: vec![1, 2], ..Default::default() }; n],
+                aggregation_temporality: 2,
+            }),
+            metric::Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint::default(); 2],
+                aggregation_temporality: 1,
+            }),
+            metric::Data::Summary(Summary { data_points: vec![SummaryDataPoint::default(); n] }),
+        ];
+        let metrics = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: resource(),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: metrics
+                        .into_iter()
+                        .map(|d| Metric {
+                            name: "envoy_x".into(),
+                            unit: "1".into(),
+                            data: Some(d),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        vec![OtlpRequest::Traces(traces), OtlpRequest::Logs(logs), OtlpRequest::Metrics(metrics)]
+    }
+
+    #[test]
+    fn counts_match_the_decoded_counts() {
+        for seed in 0..12 {
+            for request in samples(seed) {
+                let counted = count_items(request.signal(), &request.encode()).unwrap();
+                assert_eq!(counted, request.items(), "{:?} seed {seed}", request.signal());
+            }
+        }
+    }
+
+    #[test]
+    fn concatenation_is_the_batch() {
+        for request in samples(2) {
+            let signal = request.signal();
+            let (a, b) = (request.encode(), samples(5).into_iter().find(|r| r.signal() == signal).unwrap());
+            let mut joined = a.clone();
+            joined.extend(b.encode());
+            assert_eq!(count_items(signal, &joined).unwrap(), request.items() + b.items());
+            let decoded = OtlpRequest::decode(signal, &joined).unwrap();
+            let mut expected = request.clone();
+            expected.absorb(b).unwrap();
+            assert_eq!(decoded, expected);
+        }
+    }
+
+    #[test]
+    fn broken_framing_is_an_error() {
+        let good = samples(3).remove(0).encode();
+        assert!(count_items(Signal::Traces, &good[..good.len() - 1]).is_err(), "truncated");
+        assert_eq!(
+            count_items(Signal::Traces, &[0x0a, 0x05, 0x01]),
+            Err(WireError("length past the end of the message"))
+        );
+        assert_eq!(count_items(Signal::Traces, &[0x0b]), Err(WireError("unsupported wire type")));
+        assert_eq!(count_items(Signal::Traces, &[0x00]), Err(WireError("field number 0")));
+        assert_eq!(count_items(Signal::Traces, &[]), Ok(0));
+        // Unknown fields are skipped, not counted.
+        assert_eq!(count_items(Signal::Traces, &[0x78, 0x01, 0x11, 1, 2, 3, 4, 5, 6, 7, 8]), Ok(0));
+    }
+}
