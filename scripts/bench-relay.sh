@@ -4,29 +4,16 @@
 #   (b) rotel            (TCP receiver -> OTLP exporter -> the same sink)
 #   (c) a raw byte copy  (Unix socket -> sink over TCP, no parsing: the physical reference)
 # into one blackhole sink, on the same cores, same batch size. Prints, per
-# relay: spans/s accepted by the relay, spans/s that reached the sink, CPU
-# seconds of the relay per million spans, the relay's peak RSS, and ratios.
+# relay and run: spans/s accepted by the relay, spans/s that reached the sink,
+# CPU seconds of the relay per million spans, the relay's peak RSS; then the
+# medians and the ratios the goals are stated in.
 # Usage: scripts/bench-relay.sh   (BENCH_SECONDS, BENCH_SPANS, BENCH_CONNECTIONS, BENCH_RUNS, BENCH_QUEUE to change)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/bench-common.sh"
 secs=${BENCH_SECONDS:-10}
 spans=${BENCH_SPANS:-100}
 conns=${BENCH_CONNECTIONS:-4}
 runs=${BENCH_RUNS:-3}
-
-cargo build --release --locked --bins -p tern -p tern-bench >&2
-eval "$(scripts/install-tools.sh)"
-bin=target/release
-work=$(mktemp -d /tmp/tern-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-tck=$(getconf CLK_TCK)
-cpu() { awk -v t="$tck" '{print ($14+$15)/t}' "/proc/$1/stat"; }
-rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-sunk() { tail -n 1 "$work/sink.out" 2>/dev/null || echo 0; }
-wait_for() { for _ in $(seq 1 200); do eval "$1" && return 0; sleep 0.1; done; echo "timed out: $1" >&2; return 1; }
+sunk() { tail -n 1 "$work/sink.out" 2>/dev/null | awk '{print $1}' | grep . || echo 0; }
 
 sink_port=$(port)
 $bin/tern-bench sink --listen "127.0.0.1:$sink_port" > "$work/sink.out" & pids+=($!)
@@ -38,7 +25,7 @@ measure() {
   local c0 s0 out c1 s1
   sleep 1.5
   c0=$(cpu "$pid"); s0=$(sunk)
-  out=$($bin/tern-bench load --target "$target" --spans-per-request "$spans" --connections "$conns" --seconds "$secs")
+  out=$($bin/tern-bench load --target "$target" --items-per-request "$spans" --connections "$conns" --seconds "$secs")
   sleep 2 # let the relay drain to the sink
   c1=$(cpu "$pid"); s1=$(sunk)
   python3 - "$name" "$out" "$c0" "$c1" "$s0" "$s1" "$(rss "$pid")" "$secs" <<'PY'
@@ -47,45 +34,16 @@ name, out, c0, c1, s0, s1, rss, secs = sys.argv[1:]
 r = json.loads(out)
 delivered = int(s1) - int(s0)
 cpu = float(c1) - float(c0)
-print(json.dumps({"relay": name, "accepted_spans_per_sec": round(r["spans_per_sec"]), "delivered_spans": delivered,
+print(json.dumps({"relay": name, "accepted_spans_per_sec": round(r["items_per_sec"]), "delivered_spans": delivered,
   "delivered_spans_per_sec": round(delivered / float(secs)), "cpu_s_per_million_spans": round(cpu / max(delivered, 1) * 1e6, 2),
-  "peak_rss_kib": int(rss), "p50_ms": round(r["p50_ms"], 2), "p99_ms": round(r["p99_ms"], 2), "errors": r["errors"]}))
+  "peak_rss_kib": int(rss), "p50_ms": round(r["p50_ms"], 2), "p99_ms": round(r["p99_ms"], 2), "refused_requests": r["errors"]}), flush=True)
 PY
 }
 
 # (a) tern-dp's pipe, configured by a real control plane.
-api=$(port); dp=$(port)
-$bin/tern-cp run --data-dir "$work/cp" --api-addr "127.0.0.1:$api" --dp-addr "127.0.0.1:$dp" 2> "$work/cp.log" & pids+=($!)
-wait_for "curl -sf http://127.0.0.1:$api/ >/dev/null"
-cat > "$work/backend.yaml" <<YAML
-type: MeshOpenTelemetryBackend
-name: sink
-mesh: default
-spec:
-  endpoint: {address: 127.0.0.1, port: $sink_port}
----
-type: MeshTrace
-name: traces
-mesh: default
-spec:
-  targetRef: {kind: Mesh}
-  default:
-    backends:
-      - type: OpenTelemetry
-        openTelemetry:
-          backendRef: {kind: MeshOpenTelemetryBackend, name: sink}
-YAML
-$bin/ternctl --api "http://127.0.0.1:$api" apply -f "$work/backend.yaml" >&2
-cat > "$work/dp.yaml" <<YAML
-type: Dataplane
-name: bench
-mesh: default
-networking:
-  address: 127.0.0.1
-  inbound:
-    - port: 18080
-      tags: {kuma.io/service: bench}
-YAML
+start_cp
+{ backend_yaml sink "$sink_port"; printf -- '---\ntype: MeshTrace\nname: traces\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: sink}\n'; } | ternctl apply -f - >&2
+printf 'type: Dataplane\nname: bench\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 18080\n      tags: {kuma.io/service: bench}\n' > "$work/dp.yaml"
 env -u OTEL_EXPORTER_OTLP_ENDPOINT $bin/tern-dp run --cp-address "http://127.0.0.1:$dp" --dataplane-file "$work/dp.yaml" \
   --work-dir "$work/dp" --otel-queue-requests "${BENCH_QUEUE:-1024}" 2> "$work/dp.log" & tern_dp=$!; pids+=($tern_dp)
 wait_for "test -S $work/dp/otel-sink.sock"
@@ -99,9 +57,23 @@ rotel_port=$(port); rotel_http=$(port)
 $bin/tern-bench copy --listen-unix "$work/copy.sock" --to "127.0.0.1:$sink_port" & copy=$!; pids+=($copy)
 wait_for "test -S $work/copy.sock"
 
-echo "machine: $(nproc) cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 1024)) GiB; $secs s runs, $spans spans/request, $conns connections" >&2
+echo "$(machine); $secs s runs, $spans spans/request, $conns connections" >&2
+results=$work/results.jsonl
 for i in $(seq 1 "$runs"); do
-  measure tern-dp "$tern_dp" "unix:$work/dp/otel-sink.sock"
-  measure rotel "$rotel" "127.0.0.1:$rotel_port"
-  measure raw-copy "$copy" "unix:$work/copy.sock"
+  measure tern-dp "$tern_dp" "unix:$work/dp/otel-sink.sock" | tee -a "$results"
+  measure rotel "$rotel" "127.0.0.1:$rotel_port" | tee -a "$results"
+  measure raw-copy "$copy" "unix:$work/copy.sock" | tee -a "$results"
 done
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+keys = ("delivered_spans_per_sec", "cpu_s_per_million_spans", "peak_rss_kib", "p50_ms", "p99_ms", "refused_requests")
+med = {n: {k: statistics.median(r[k] for r in rows if r["relay"] == n) for k in keys} for n in ("tern-dp", "rotel", "raw-copy")}
+for n, m in med.items():
+    print(json.dumps({"relay": n, "median": m}))
+t, r, c = med["tern-dp"], med["rotel"], med["raw-copy"]
+print(json.dumps({"spans_per_cpu_second_vs_rotel": round(r["cpu_s_per_million_spans"] / t["cpu_s_per_million_spans"], 2),
+                  "peak_rss_vs_rotel": round(t["peak_rss_kib"] / r["peak_rss_kib"], 2),
+                  "throughput_vs_rotel": round(t["delivered_spans_per_sec"] / r["delivered_spans_per_sec"], 2),
+                  "throughput_vs_raw_copy": round(t["delivered_spans_per_sec"] / c["delivered_spans_per_sec"], 2)}))
+PY

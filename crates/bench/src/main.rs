@@ -1,18 +1,32 @@
 //! `tern-bench`: the tools behind BENCHMARKS.md's relay benchmark.
 //!
-//! - `sink`: an OTLP/gRPC blackhole that counts what it receives;
-//! - `load`: an OTLP/gRPC load generator sending Envoy-shaped spans to a TCP
-//!   address or a Unix socket, flat out or at a fixed rate, reporting
-//!   accepted spans/s and latency percentiles as JSON;
+//! - `sink`: an OTLP/gRPC blackhole that counts the spans, log records and
+//!   metric data points it receives;
+//! - `load`: an OTLP/gRPC load generator sending Envoy-shaped spans, access
+//!   log records or metric points to a TCP address or a Unix socket, flat out
+//!   or at a fixed rate, reporting accepted items/s and latency percentiles
+//!   as JSON;
 //! - `copy`: copies bytes from a Unix socket to a TCP address with no parsing
 //!   at all (the physical reference a relay is compared with).
 
 use clap::{Parser, Subcommand};
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,18 +43,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Count spans received over OTLP/gRPC; print the total every second.
+    /// Count what arrives over OTLP/gRPC; every second, print the totals:
+    /// `SPANS LOG_RECORDS METRIC_POINTS`.
     Sink {
         #[arg(long)]
         listen: String,
     },
-    /// Send spans and report spans/s and latency.
+    /// Send telemetry and report items/s and latency.
     Load {
         /// `unix:/path` or `host:port`.
         #[arg(long)]
         target: String,
-        #[arg(long, default_value_t = 100)]
-        spans_per_request: usize,
+        #[arg(long, value_enum, default_value_t = LoadSignal::Traces)]
+        signal: LoadSignal,
+        /// Spans, log records or metric points per export request (the batch size).
+        #[arg(long, alias = "spans-per-request", default_value_t = 100)]
+        items_per_request: usize,
         #[arg(long, default_value_t = 4)]
         connections: usize,
         #[arg(long, default_value_t = 10)]
@@ -58,7 +76,16 @@ enum Cmd {
     },
 }
 
-struct Sink(Arc<AtomicU64>);
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LoadSignal {
+    Traces,
+    Logs,
+    Metrics,
+}
+
+/// Spans, log records and metric points received.
+#[derive(Clone, Default)]
+struct Sink(Arc<[AtomicU64; 3]>);
 
 #[tonic::async_trait]
 impl TraceService for Sink {
@@ -67,8 +94,34 @@ impl TraceService for Sink {
         r: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let n: usize = r.get_ref().resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        self.0[0].fetch_add(n as u64, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Sink {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let n: usize =
+            r.get_ref().resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum();
+        self.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let metrics = r.get_ref().resource_metrics.iter().flat_map(|rm| &rm.scope_metrics).flat_map(|sm| &sm.metrics);
+        let n: usize = metrics.map(tern_pipe::data_points).sum();
+        self.0[2].fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }
 
@@ -118,10 +171,83 @@ fn envoy_request(spans: usize, seq: u64) -> ExportTraceServiceRequest {
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", "web")], ..Default::default() }),
+            resource: resource(),
             scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
             ..Default::default()
         }],
+    }
+}
+
+fn resource() -> Option<Resource> {
+    Some(Resource { attributes: vec![kv("service.name", "web")], ..Default::default() })
+}
+
+/// One request of access log records shaped like Envoy's OTel access logger's.
+fn envoy_logs(records: usize, seq: u64) -> ExportLogsServiceRequest {
+    let log_records = (0..records)
+        .map(|i| {
+            let id = seq.wrapping_mul(1_000_003).wrapping_add(i as u64);
+            LogRecord {
+                time_unix_nano: 1_700_000_000_000_000_000 + id,
+                body: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(format!(
+                        "[2026-11-22T05:00:00.{:03}Z] \"GET /orders/{id} HTTP/1.1\" 200 - 0 6 4 3 \"-\" \"curl/8.5.0\" \"5b6e1e2c-8a55-4b0c-9f1e-3c2d1a0b9e7f\" \"web.default.svc\" \"127.0.0.1:8080\"",
+                        id % 1000
+                    ))),
+                }),
+                attributes: vec![kv("log_name", "default/web-1"), kv("zone_name", ""), kv("node_name", "default/web-1")],
+                trace_id: [id.to_be_bytes(), (!id).to_be_bytes()].concat(),
+                span_id: id.to_be_bytes().to_vec(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: resource(),
+            scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// One request of counter points shaped like Envoy's stats (one metric per
+/// point, cluster and response-code labels).
+fn envoy_metrics(points: usize, seq: u64) -> ExportMetricsServiceRequest {
+    let metrics = (0..points)
+        .map(|i| Metric {
+            name: format!("envoy_cluster_upstream_rq_{}", i % 40),
+            unit: "1".into(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    attributes: vec![kv("envoy_cluster_name", "api"), kv("envoy_response_code", "200")],
+                    start_time_unix_nano: 1_700_000_000_000_000_000,
+                    time_unix_nano: 1_700_000_000_000_000_000 + seq,
+                    value: Some(number_data_point::Value::AsDouble((seq + i as u64) as f64)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource(),
+            scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Sends one request of `items` items of `signal`.
+async fn send(channel: &Channel, signal: LoadSignal, items: usize, seq: u64) -> Result<(), tonic::Status> {
+    let channel = channel.clone();
+    match signal {
+        LoadSignal::Traces => TraceServiceClient::new(channel).export(envoy_request(items, seq)).await.map(drop),
+        LoadSignal::Logs => LogsServiceClient::new(channel).export(envoy_logs(items, seq)).await.map(drop),
+        LoadSignal::Metrics => MetricsServiceClient::new(channel).export(envoy_metrics(items, seq)).await.map(drop),
     }
 }
 
@@ -141,14 +267,13 @@ async fn connect(target: &str) -> Channel {
     }
 }
 
-async fn load(target: String, spans: usize, connections: usize, seconds: u64, rate: Option<u64>) {
+async fn load(target: String, signal: LoadSignal, items: usize, connections: usize, seconds: u64, rate: Option<u64>) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let per_conn_interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1) as f64));
     let mut tasks = Vec::new();
     for c in 0..connections {
         let channel = connect(&target).await;
         tasks.push(tokio::spawn(async move {
-            let mut client = TraceServiceClient::new(channel);
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut seq = c as u64 * 1_000_000_007;
@@ -159,9 +284,8 @@ async fn load(target: String, spans: usize, connections: usize, seconds: u64, ra
                     next += i;
                 }
                 seq += 1;
-                let req = envoy_request(spans, seq);
                 let t = Instant::now();
-                match client.export(req).await {
+                match send(&channel, signal, items, seq).await {
                     Ok(_) => latencies.push(t.elapsed()),
                     Err(_) => errors += 1,
                 }
@@ -189,8 +313,8 @@ async fn load(target: String, spans: usize, connections: usize, seconds: u64, ra
     println!(
         "{}",
         serde_json::json!({
-            "requests": ok, "errors": errors, "spans": ok * spans as u64, "seconds": elapsed,
-            "spans_per_sec": (ok * spans as u64) as f64 / elapsed,
+            "requests": ok, "errors": errors, "items": ok * items as u64, "seconds": elapsed,
+            "items_per_sec": (ok * items as u64) as f64 / elapsed,
             "p50_ms": pct(0.50), "p99_ms": pct(0.99)
         })
     );
@@ -216,27 +340,33 @@ async fn copy(listen: String, to: String) {
 async fn main() {
     match Cli::parse().command {
         Cmd::Sink { listen } => {
-            let count = Arc::new(AtomicU64::new(0));
-            let c = count.clone();
+            let sink = Sink::default();
+            let counts = sink.0.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    println!("{}", c.load(Ordering::Relaxed));
+                    let [spans, logs, points] = counts.as_ref().each_ref().map(|c| c.load(Ordering::Relaxed));
+                    println!("{spans} {logs} {points}");
                 }
             });
             let addr = listen.parse().expect("listen address host:port");
+            let gzip = tonic::codec::CompressionEncoding::Gzip;
             tonic::transport::Server::builder()
                 .add_service(
-                    TraceServiceServer::new(Sink(count))
-                        .max_decoding_message_size(64 << 20)
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    TraceServiceServer::new(sink.clone()).max_decoding_message_size(64 << 20).accept_compressed(gzip),
+                )
+                .add_service(
+                    LogsServiceServer::new(sink.clone()).max_decoding_message_size(64 << 20).accept_compressed(gzip),
+                )
+                .add_service(
+                    MetricsServiceServer::new(sink).max_decoding_message_size(64 << 20).accept_compressed(gzip),
                 )
                 .serve(addr)
                 .await
                 .expect("sink serves");
         }
-        Cmd::Load { target, spans_per_request, connections, seconds, rate } => {
-            load(target, spans_per_request, connections, seconds, rate).await
+        Cmd::Load { target, signal, items_per_request, connections, seconds, rate } => {
+            load(target, signal, items_per_request, connections, seconds, rate).await
         }
         Cmd::Copy { listen_unix, to } => copy(listen_unix, to).await,
     }

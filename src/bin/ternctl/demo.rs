@@ -5,41 +5,66 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Serves on `listener` in the background.
+/// Serves on `listener` in the background. Connections are kept alive
+/// (HTTP/1.1), so a load tool through Envoy measures the proxies, not
+/// connection setup.
 pub fn serve(listener: tokio::net::TcpListener, body: String, call: Option<String>) {
+    let client = reqwest::Client::new();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
-            let (call, body) = (call.clone(), body.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
-                let traceparent = head.lines().find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
-                        .map(|(_, v)| v.trim().to_string())
-                });
-                let mut status = "200 OK";
-                if let Some(url) = call {
-                    let mut req = reqwest::Client::new().get(url);
-                    if let Some(tp) = traceparent {
-                        req = req.header("traceparent", tp);
-                    }
-                    if !req.send().await.is_ok_and(|r| r.status().is_success()) {
-                        status = "502 Bad Gateway";
-                    }
-                }
-                let reply =
-                    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
+            let Ok((conn, _)) = listener.accept().await else { return };
+            tokio::spawn(connection(conn, client.clone(), call.clone(), body.clone()));
         }
     });
+}
+
+/// The value of header `name` in a request head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .skip(1)
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+async fn connection(mut conn: tokio::net::TcpStream, client: reqwest::Client, call: Option<String>, body: String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // One request head, then its body (if it announces one), which is ignored.
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        buf.drain(..end);
+        let length: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        while buf.len() < length {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..length);
+        let close = header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            || head.lines().next().is_some_and(|l| l.ends_with("HTTP/1.0"));
+        let mut status = "200 OK";
+        if let Some(url) = &call {
+            let mut req = client.get(url);
+            if let Some(tp) = header(&head, "traceparent") {
+                req = req.header("traceparent", tp);
+            }
+            if !req.send().await.is_ok_and(|r| r.status().is_success()) {
+                status = "502 Bad Gateway";
+            }
+        }
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let reply = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{connection}\r\n{body}", body.len());
+        if conn.write_all(reply.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
 }

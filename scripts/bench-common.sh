@@ -1,0 +1,50 @@
+# Shared by the scripts/bench-*.sh benchmarks: build, tools, processes,
+# free ports, /proc readings. Source it; it sets `bin`, `work` and cleans up.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo build --release --locked --bins -p tern -p tern-bench >&2
+eval "$(scripts/install-tools.sh)"
+bin=$PWD/target/release
+work=$(mktemp -d /tmp/tern-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+tck=$(getconf CLK_TCK)
+# CPU seconds (user+system) a process has used so far.
+cpu() { awk -v t="$tck" '{print ($14+$15)/t}' "/proc/$1/stat"; }
+# Peak and current resident set size of a process, KiB.
+rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+rss_now() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_for() { for _ in $(seq 1 300); do eval "$1" && return 0; sleep 0.1; done; echo "timed out: $1" >&2; return 1; }
+machine() {
+  echo "machine: $(nproc) cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 1024)) GiB"
+}
+
+# start_cp: a control plane with its API at $api and data-plane server at $dp.
+start_cp() {
+  api=$(port); dp=$(port)
+  $bin/tern-cp run --data-dir "$work/cp" --api-addr "127.0.0.1:$api" --dp-addr "127.0.0.1:$dp" 2> "$work/cp.log" & tern_cp=$!
+  pids+=($tern_cp)
+  wait_for "curl -sf http://127.0.0.1:$api/ >/dev/null"
+}
+ternctl() { $bin/ternctl --api "http://127.0.0.1:$api" "$@"; }
+
+# backend_yaml NAME PORT: a MeshOpenTelemetryBackend at 127.0.0.1:PORT.
+backend_yaml() {
+  printf 'type: MeshOpenTelemetryBackend\nname: %s\nmesh: default\nspec:\n  endpoint: {address: 127.0.0.1, port: %s}\n' "$1" "$2"
+}
+# telemetry_yaml BACKEND SAMPLING REFRESH: MeshTrace (overall sampling SAMPLING %),
+# MeshAccessLog and MeshMetric (every REFRESH) for the whole mesh, all to BACKEND.
+telemetry_yaml() {
+  local otel="    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: $1}\n"
+  printf -- "---\ntype: MeshTrace\nname: bench-traces\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sampling: {overall: %s}\n$otel" "$2"
+  printf -- "---\ntype: MeshAccessLog\nname: bench-logs\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n$otel"
+  printf -- "---\ntype: MeshMetric\nname: bench-metrics\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n$otel          refreshInterval: %s\n" "$3"
+}
