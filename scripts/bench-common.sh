@@ -48,3 +48,34 @@ telemetry_yaml() {
   printf -- "---\ntype: MeshAccessLog\nname: bench-logs\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n$otel"
   printf -- "---\ntype: MeshMetric\nname: bench-metrics\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n$otel          refreshInterval: %s\n" "$3"
 }
+
+# start_pair: a blackhole sink, a control plane with backend `sink`, the api
+# service behind its sidecar and the web sidecar whose outbound listener
+# ($url) leads to it. Sets url, web_admin, api_admin and the pids dp_web,
+# dp_api, envoy_web, envoy_api, sink_pid, app_pid, tern_cp.
+start_pair() {
+  sink_port=$(port)
+  $bin/tern-bench sink --listen "127.0.0.1:$sink_port" > "$work/sink.out" & sink_pid=$!; pids+=($sink_pid)
+  start_cp
+  backend_yaml sink "$sink_port" | ternctl apply -f - >&2
+
+  app=$(port); api_in=$(port); api_admin=$(port); web_in=$(port); web_admin=$(port); web_out=$(port)
+  $bin/ternctl demo-app --listen "127.0.0.1:$app" --body "$(head -c 256 /dev/zero | tr '\0' x)" & app_pid=$!; pids+=($app_pid)
+  dataplane() { # NAME INBOUND SERVICE_PORT ADMIN [OUTBOUND]
+    printf 'type: Dataplane\nname: %s\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  admin: {port: %s}\n  inbound:\n    - port: %s\n      servicePort: %s\n      tags: {kuma.io/service: %s, kuma.io/protocol: http}\n' "$1" "$4" "$2" "$3" "$1"
+    [ -n "${5:-}" ] && printf '  outbound:\n    - port: %s\n      tags: {kuma.io/service: api}\n' "$5"
+    return 0
+  }
+  dataplane api "$api_in" "$app" "$api_admin" > "$work/api.yaml"
+  dataplane web "$web_in" "$(port)" "$web_admin" "$web_out" > "$work/web.yaml"
+  for name in api web; do
+    env -u OTEL_EXPORTER_OTLP_ENDPOINT $bin/tern-dp run --cp-address "http://127.0.0.1:$dp" --dataplane-file "$work/$name.yaml" \
+      --work-dir "$work/$name" --envoy-binary "$TERN_TEST_ENVOY" 2> "$work/$name.log" & pids+=($!)
+    eval "dp_$name=\$!"
+  done
+  url="http://127.0.0.1:$web_out/"
+  wait_for "curl -sf $url >/dev/null"
+  envoy_web=$(pgrep -P "$dp_web" envoy); envoy_api=$(pgrep -P "$dp_api" envoy)
+}
+# cpu_sum PID...: CPU seconds the processes have used so far, together.
+cpu_sum() { local p files=(); for p in "$@"; do files+=("/proc/$p/stat"); done; awk -v t="$tck" '{s += ($14+$15)/t} END {print s}' "${files[@]}"; }

@@ -15,26 +15,29 @@ runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNECTIONS:-16}
 command -v wrk >/dev/null || { apt-get install -y wrk >&2 || sudo apt-get install -y wrk >&2; }
 
-sink_port=$(port)
-$bin/tern-bench sink --listen "127.0.0.1:$sink_port" > "$work/sink.out" & pids+=($!)
-start_cp
-backend_yaml sink "$sink_port" | ternctl apply -f - >&2
+start_pair
 
-app=$(port); api_in=$(port); api_admin=$(port); web_in=$(port); web_admin=$(port); web_out=$(port)
-$bin/ternctl demo-app --listen "127.0.0.1:$app" --body "$(head -c 256 /dev/zero | tr '\0' x)" & pids+=($!)
-dataplane() { # NAME INBOUND SERVICE_PORT ADMIN [OUTBOUND]
-  printf 'type: Dataplane\nname: %s\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  admin: {port: %s}\n  inbound:\n    - port: %s\n      servicePort: %s\n      tags: {kuma.io/service: %s, kuma.io/protocol: http}\n' "$1" "$4" "$2" "$3" "$1"
-  [ -n "${5:-}" ] && printf '  outbound:\n    - port: %s\n      tags: {kuma.io/service: api}\n' "$5"
-  return 0
-}
-dataplane api "$api_in" "$app" "$api_admin" > "$work/api.yaml"
-dataplane web "$web_in" "$(port)" "$web_admin" "$web_out" > "$work/web.yaml"
-for name in api web; do
-  env -u OTEL_EXPORTER_OTLP_ENDPOINT $bin/tern-dp run --cp-address "http://127.0.0.1:$dp" --dataplane-file "$work/$name.yaml" \
-    --work-dir "$work/$name" --envoy-binary "$TERN_TEST_ENVOY" 2> "$work/$name.log" & pids+=($!)
-done
-url="http://127.0.0.1:$web_out/"
-wait_for "curl -sf $url >/dev/null"
+# tracing.py WANT < config_dump: exit 0 when Envoy's config has no OTel
+# tracer (WANT=absent) or one with overall sampling WANT percent.
+cat > "$work/tracing.py" <<'PY'
+import json, sys
+want = sys.argv[1]
+found = []
+def walk(v):
+    if isinstance(v, dict):
+        if v.get("name") == "envoy.tracers.opentelemetry" and "typed_config" in v:
+            found.append(None)
+        if "overall_sampling" in v:
+            found.append(float(v["overall_sampling"].get("value", 0)))
+        for x in v.values():
+            walk(x)
+    elif isinstance(v, list):
+        for x in v:
+            walk(x)
+walk(json.load(sys.stdin))
+ok = not found if want == "absent" else (None in found and float(want) in found)
+sys.exit(0 if ok else 1)
+PY
 
 # set_telemetry none|all-100|all-10: applies the policies and waits until
 # both Envoys run the matching tracer configuration.
@@ -48,32 +51,34 @@ set_telemetry() {
     all-*) telemetry_yaml sink "${1#all-}" 10s | ternctl apply -f - >/dev/null; want=${1#all-} ;;
   esac
   for admin in $web_admin $api_admin; do
-    wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 -c '
-import json, sys
-d = json.dumps(json.load(sys.stdin))
-want = sys.argv[1]
-tracing = \"envoy.tracers.opentelemetry\" in d
-ok = (not tracing) if want == \"absent\" else (tracing and \"\\\"overall_sampling\\\": {\\\"value\\\": %s\" % float(want) in d)
-sys.exit(0 if ok else 1)' $want"
+    wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 $work/tracing.py $want"
   done
   sleep 1
 }
 
 # run_wrk SETTING: one flat-out wrk run; one JSON line.
+# CPU seconds per 10k requests are reported per process group, so the cost
+# of telemetry can be placed: Envoy, tern-dp, and the sink (which in a real
+# deployment runs elsewhere, not on the sidecars' cores).
 run_wrk() {
-  local out
+  local out e0 d0 s0 e1 d1 s1
+  e0=$(cpu_sum "$envoy_web" "$envoy_api"); d0=$(cpu_sum "$dp_web" "$dp_api"); s0=$(cpu "$sink_pid")
   out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "$url")
-  python3 - "$1" "$out" <<'PY'
+  e1=$(cpu_sum "$envoy_web" "$envoy_api"); d1=$(cpu_sum "$dp_web" "$dp_api"); s1=$(cpu "$sink_pid")
+  python3 - "$1" "$out" "$e0" "$e1" "$d0" "$d1" "$s0" "$s1" <<'PY'
 import json, re, sys
-name, out = sys.argv[1:]
+name, out, e0, e1, d0, d1, s0, s1 = sys.argv[1:]
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 errors = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?)(\d+)", out))
+total = int(re.search(r"(\d+) requests in", out).group(1))
+per10k = lambda a, b: round((float(b) - float(a)) / total * 1e4, 3)
 print(json.dumps({"setting": name, "requests_per_sec": round(rps), "p50_ms": round(ms(lat["50"]), 3),
-                  "p99_ms": round(ms(lat["99"]), 3), "errors": errors}), flush=True)
+                  "p99_ms": round(ms(lat["99"]), 3), "errors": errors, "envoy_cpu_s_per_10k": per10k(e0, e1),
+                  "tern_dp_cpu_s_per_10k": per10k(d0, d1), "sink_cpu_s_per_10k": per10k(s0, s1)}), flush=True)
 PY
 }
 
@@ -95,7 +100,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 med = {}
 for s in ("none", "all-10", "all-100"):
     r = [x for x in rows if x["setting"] == s]
-    med[s] = {k: statistics.median(x[k] for x in r) for k in ("requests_per_sec", "p50_ms", "p99_ms")}
+    med[s] = {k: statistics.median(x[k] for x in r) for k in ("requests_per_sec", "p50_ms", "p99_ms",
+              "envoy_cpu_s_per_10k", "tern_dp_cpu_s_per_10k", "sink_cpu_s_per_10k")}
 base = med["none"]
 for s, m in med.items():
     print(json.dumps({"setting": s, "median": m,

@@ -67,6 +67,18 @@ enum Cmd {
         #[arg(long)]
         rate: Option<u64>,
     },
+    /// Send HTTP GETs at a fixed rate (keep-alive); print a JSON report.
+    Http {
+        #[arg(long)]
+        url: String,
+        /// Requests per second across all connections.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: u64,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Copy bytes from a Unix socket to a TCP address.
     Copy {
         #[arg(long)]
@@ -320,6 +332,47 @@ async fn load(target: String, signal: LoadSignal, items: usize, connections: usi
     );
 }
 
+/// Fixed-rate HTTP load: each connection sends on its own schedule; a
+/// request that is late does not make the next one wait.
+async fn http(url: String, rate: u64, connections: u64, seconds: u64) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1) as f64);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                while Instant::now() < deadline {
+                    ticks.tick().await;
+                    let done = match client.get(&url).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if done {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.expect("http task");
+        ok += o;
+        failed += f;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"requests": ok, "failed": failed, "requests_per_sec": ok as f64 / seconds as f64})
+    );
+}
+
 async fn copy(listen: String, to: String) {
     let _ = std::fs::remove_file(&listen);
     let listener = tokio::net::UnixListener::bind(&listen).expect("bind unix");
@@ -368,6 +421,7 @@ async fn main() {
         Cmd::Load { target, signal, items_per_request, connections, seconds, rate } => {
             load(target, signal, items_per_request, connections, seconds, rate).await
         }
+        Cmd::Http { url, rate, connections, seconds } => http(url, rate, connections, seconds).await,
         Cmd::Copy { listen_unix, to } => copy(listen_unix, to).await,
     }
 }
