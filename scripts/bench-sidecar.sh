@@ -6,6 +6,9 @@
 #   none      no telemetry policies
 #   all-100   MeshTrace (100% sampling), MeshAccessLog, MeshMetric, all on
 #   all-10    the same with 10% sampling
+#   all-10-envoy-batching   all-10 with Envoy's own tracer batching (5 spans
+#             or 5 s) instead of tern-dp's bootstrap (50 spans or 1 s), set
+#             through Envoy's admin runtime: what that choice is worth
 # Telemetry goes through each tern-dp's pipe to a blackhole OTLP sink.
 # Prints one JSON line per run, then medians and the ratios to `none`.
 # Usage: scripts/bench-sidecar.sh   (BENCH_SECONDS, BENCH_RUNS, BENCH_CONNECTIONS to change)
@@ -39,16 +42,23 @@ ok = not found if want == "absent" else (None in found and float(want) in found)
 sys.exit(0 if ok else 1)
 PY
 
-# set_telemetry none|all-100|all-10: applies the policies and waits until
-# both Envoys run the matching tracer configuration.
+# set_telemetry none|all-100|all-10|all-10-envoy-batching: applies the
+# policies and waits until both Envoys run the matching tracer configuration.
 set_telemetry() {
-  local want
+  local want flush=50 interval=1000
   case $1 in
+    *-envoy-batching) flush=5; interval=5000 ;;
+  esac
+  for admin in $web_admin $api_admin; do
+    curl -sf -X POST "http://127.0.0.1:$admin/runtime_modify?tracing.opentelemetry.min_flush_spans=$flush&tracing.opentelemetry.flush_interval_ms=$interval" >/dev/null
+  done
+  local base=${1%-envoy-batching}
+  case $base in
     none) ternctl delete meshtrace bench-traces >/dev/null 2>&1 || true
           ternctl delete meshaccesslog bench-logs >/dev/null 2>&1 || true
           ternctl delete meshmetric bench-metrics >/dev/null 2>&1 || true
           want=absent ;;
-    all-*) telemetry_yaml sink "${1#all-}" 10s | ternctl apply -f - >/dev/null; want=${1#all-} ;;
+    all-*) telemetry_yaml sink "${base#all-}" 10s | ternctl apply -f - >/dev/null; want=${base#all-} ;;
   esac
   for admin in $web_admin $api_admin; do
     wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 $work/tracing.py $want"
@@ -83,11 +93,11 @@ PY
 }
 
 echo "$(machine); wrk -t1 -c$conns, $secs s runs, $runs rounds" >&2
-settings=(none all-10 all-100)
+settings=(none all-10 all-100 all-10-envoy-batching)
 results=$work/results.jsonl
 for round in $(seq 1 "$runs"); do
-  for i in 0 1 2; do
-    s=${settings[$(((i + round) % 3))]}
+  for i in 0 1 2 3; do
+    s=${settings[$(((i + round) % 4))]}
     set_telemetry "$s"
     wrk -t1 -c"$conns" -d2s "$url" >/dev/null # warm-up after the change
     run_wrk "$s" | tee -a "$results"
@@ -98,7 +108,7 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = {}
-for s in ("none", "all-10", "all-100"):
+for s in ("none", "all-10", "all-100", "all-10-envoy-batching"):
     r = [x for x in rows if x["setting"] == s]
     med[s] = {k: statistics.median(x[k] for x in r) for k in ("requests_per_sec", "p50_ms", "p99_ms",
               "envoy_cpu_s_per_10k", "tern_dp_cpu_s_per_10k", "sink_cpu_s_per_10k")}

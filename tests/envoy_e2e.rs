@@ -118,6 +118,17 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
             std::fs::read_to_string(web.work_dir.join("envoy.log")).unwrap_or_default()
         ))
     });
+    // tern-dp's bootstrap batches the tracer's exports (a runtime layer).
+    let runtime: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{web_admin}/runtime"))
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("runtime JSON");
+    assert_eq!(runtime["entries"]["tracing.opentelemetry.min_flush_spans"]["final_value"], "50", "{runtime}");
+    assert_eq!(runtime["entries"]["tracing.opentelemetry.flush_interval_ms"]["final_value"], "1000", "{runtime}");
     // api's server span is a child of a web span in the same trace.
     let child = spans.iter().filter(|s| s.service == "api").find(|api| {
         spans.iter().any(|w| w.service == "web" && w.trace_id == api.trace_id && w.span_id == api.parent_span_id)
