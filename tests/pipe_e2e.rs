@@ -306,3 +306,36 @@ async fn requests_pass_through_byte_for_byte_and_the_queue_is_bounded_in_bytes()
     client::raw_traces(&channel, raw_span_request("after", 20 << 10)).await.expect("room again");
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_collector_gets_several_exports_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    cp.ternctl_stdin(&["apply", "-f", "-"], &setup("slow", &collector.address())).ok();
+    let dp = DataPlane::start(&cp, &dir.path().join("dps"), "web-5", &dataplane("slow", "web-5"), &[], &[]);
+    let channel = client::connect(socket_of(&dp)).await;
+
+    // The collector answers nothing for now: one export at a time would
+    // leave the rest queued; the pipe has four under way (MAX_IN_FLIGHT).
+    collector.hold_traces(true);
+    for i in 0..12 {
+        client::spans(&channel, &[&format!("slow {i}")]).await.expect("queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(WAIT, "four exports under way at once", || {
+        let n = collector.with(|r| r.traces_in_progress);
+        (n == 4).then_some(()).ok_or(format!("{n} in progress"))
+    });
+    collector.hold_traces(false);
+    eventually(WAIT, "everything delivered once answered", || {
+        let n = collector.with(|r| r.spans.iter().filter(|s| s.starts_with("slow")).count());
+        (n == 12).then_some(()).ok_or(format!("{n} of 12"))
+    });
+    assert_eq!(collector.with(|r| r.traces_most_in_progress), 4, "never more than four");
+    let s = eventually(WAIT, "counts", || {
+        let s = stats(&dp, "traces");
+        (s["exported"] == 12).then(|| s.clone()).ok_or(s.to_string())
+    });
+    assert_eq!(s["dropped"], 0, "{s}");
+}

@@ -38,10 +38,23 @@ pub struct Received {
     pub headers: Vec<String>,
     /// The bytes of every trace export, as they arrived (after gzip).
     pub trace_bodies: Vec<Vec<u8>>,
+    /// Trace exports being answered now, and the most there ever were.
+    pub traces_in_progress: usize,
+    pub traces_most_in_progress: usize,
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Received>>);
+struct Recorder(Arc<Mutex<Received>>, Gate);
+
+/// While closed, trace exports are held unanswered (see [`Collector::hold_traces`]).
+#[derive(Clone)]
+struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(tokio::sync::watch::channel(true).0))
+    }
+}
 
 impl Recorder {
     fn headers<T>(&self, r: &Request<T>) {
@@ -94,19 +107,29 @@ impl tonic::server::NamedService for RawTraces {
 
 impl tonic::server::UnaryService<bytes::Bytes> for RawTraces {
     type Response = Vec<bytes::Bytes>;
-    type Future = std::future::Ready<Result<Response<Vec<bytes::Bytes>>, Status>>;
+    type Future = tonic::codegen::BoxFuture<Response<Vec<bytes::Bytes>>, Status>;
 
     fn call(&mut self, r: Request<bytes::Bytes>) -> Self::Future {
         use prost::Message;
-        self.0.headers(&r);
-        let body = r.into_inner();
-        self.0 .0.lock().expect("lock").trace_bodies.push(body.to_vec());
-        std::future::ready(match ExportTraceServiceRequest::decode(body) {
-            Ok(request) => {
-                self.0.record_traces(request);
-                Ok(Response::new(Vec::new()))
+        let recorder = self.0.clone();
+        Box::pin(async move {
+            recorder.headers(&r);
+            let body = r.into_inner();
+            {
+                let mut rec = recorder.0.lock().expect("lock");
+                rec.trace_bodies.push(body.to_vec());
+                rec.traces_in_progress += 1;
+                rec.traces_most_in_progress = rec.traces_most_in_progress.max(rec.traces_in_progress);
             }
-            Err(e) => Err(Status::invalid_argument(e.to_string())),
+            let _ = recorder.1 .0.subscribe().wait_for(|open| *open).await;
+            recorder.0.lock().expect("lock").traces_in_progress -= 1;
+            match ExportTraceServiceRequest::decode(body) {
+                Ok(request) => {
+                    recorder.record_traces(request);
+                    Ok(Response::new(Vec::new()))
+                }
+                Err(e) => Err(Status::invalid_argument(e.to_string())),
+            }
         })
     }
 }
@@ -250,6 +273,12 @@ impl Collector {
     pub async fn restart(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind");
         self.serve(listener);
+    }
+
+    /// Holds trace exports unanswered (`true`) or answers them (`false`),
+    /// including those held so far.
+    pub fn hold_traces(&self, hold: bool) {
+        self.recorder.1 .0.send_replace(!hold);
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {

@@ -41,8 +41,8 @@ pub const DEFAULT_QUEUE_REQUESTS: usize = 1024;
 /// Bytes of requests a signal's queue holds (encoded, as received).
 pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 
-/// How much one signal's queue holds; a request is refused when it would
-/// pass either bound.
+/// How much one signal's queue holds, counting requests being sent; a
+/// request is refused when it would pass either bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     pub requests: usize,
@@ -223,8 +223,13 @@ impl PipeManager {
                         let (tx, rx) = mpsc::channel(self.queue.requests);
                         let abandoned = abandoned.clone();
                         tokio::spawn(export_loop(name.to_string(), exporter, signal, rx, s.clone(), abandoned));
-                        let budget = Arc::new(tokio::sync::Semaphore::new(self.queue.bytes));
-                        Route::Queue { tx, budget, budget_bytes: self.queue.bytes, stats: s }
+                        let queue = receiver::Queue {
+                            tx,
+                            places: Arc::new(tokio::sync::Semaphore::new(self.queue.requests)),
+                            budget: Arc::new(tokio::sync::Semaphore::new(self.queue.bytes)),
+                            budget_bytes: self.queue.bytes,
+                        };
+                        Route::Queue { queue, stats: s }
                     }
                     Err(e) => {
                         s.error(e.clone());
@@ -374,20 +379,31 @@ fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
-/// Drains one signal's queue: each batch is sent, and retried with backoff
-/// while the collector is unreachable; the bounded queue keeps memory
-/// bounded meanwhile.
+/// Exports one signal has under way at once. More than one keeps a distant
+/// collector's round trip from capping throughput (the OpenTelemetry
+/// Collector's exporters default to ten); OTLP does not promise order
+/// between requests, so batches may land out of order.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// Drains one signal's queue into batches, each sent by its own task (up to
+/// [`MAX_IN_FLIGHT`]) and retried with backoff while the collector is
+/// unreachable; the bounded queue keeps memory bounded meanwhile.
 async fn export_loop(
     backend: String,
     exporter: Exporter,
     signal: Signal,
     mut rx: mpsc::Receiver<Queued>,
     stats: Arc<SignalStats>,
-    mut abandoned: tokio::sync::watch::Receiver<bool>,
+    abandoned: tokio::sync::watch::Receiver<bool>,
 ) {
+    let exporter = Arc::new(exporter);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     // A request taken from the queue that did not fit the previous batch.
     let mut next: Option<Queued> = None;
     loop {
+        // A free slot first: while all are busy, requests wait in the queue
+        // and go out together in the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let first = match next.take() {
             Some(q) => q,
             None => match rx.recv().await {
@@ -411,47 +427,78 @@ async fn export_loop(
             size += q.payload.bytes.len();
             batch.push(q);
         }
-        let parts: Vec<Bytes> = batch.iter().map(|q| q.payload.bytes.clone()).collect();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if *abandoned.borrow() {
-                // Given up: this batch and everything still queued.
-                let mut lost = items + next.take().map_or(0, |q| q.payload.items);
-                while let Ok(q) = rx.try_recv() {
-                    lost += q.payload.items;
-                }
-                warn!(backend = %backend, items = lost, "pipe stopped with telemetry still queued; dropped");
-                stats.dropped(lost);
+        if *abandoned.borrow() {
+            // Given up: this batch and everything still queued.
+            let mut lost = items + next.take().map_or(0, |q| q.payload.items);
+            while let Ok(q) = rx.try_recv() {
+                lost += q.payload.items;
+            }
+            warn!(backend = %backend, items = lost, "pipe stopped with telemetry still queued; dropped");
+            stats.dropped(lost);
+            return;
+        }
+        let batch = Batch { parts: batch.iter().map(|q| q.payload.bytes.clone()).collect(), items, _queued: batch };
+        let deliver = deliver(backend.clone(), exporter.clone(), signal, batch, stats.clone(), abandoned.clone());
+        tokio::spawn(async move {
+            deliver.await;
+            drop(slot);
+        });
+    }
+}
+
+/// Requests sent together as one export.
+struct Batch {
+    parts: Vec<Bytes>,
+    items: u64,
+    /// Held until the batch is done: their share of the queue's byte budget.
+    _queued: Vec<Queued>,
+}
+
+/// Sends one batch, retrying with backoff while that can help, until it is
+/// delivered, refused for good, or the pipe is abandoned.
+async fn deliver(
+    backend: String,
+    exporter: Arc<Exporter>,
+    signal: Signal,
+    batch: Batch,
+    stats: Arc<SignalStats>,
+    mut abandoned: tokio::sync::watch::Receiver<bool>,
+) {
+    let items = batch.items;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *abandoned.borrow() {
+            warn!(backend = %backend, items, "pipe stopped with an export still retrying; dropped");
+            stats.dropped(items);
+            return;
+        }
+        let attempt = tokio::select! {
+            r = exporter.send(signal, &batch.parts) => r,
+            _ = abandoned.wait_for(|a| *a) => continue,
+        };
+        match attempt {
+            Ok(()) => {
+                stats.exported(items);
                 return;
             }
-            let attempt = tokio::select! {
-                r = exporter.send(signal, &parts) => r,
-                _ = abandoned.wait_for(|a| *a) => continue,
-            };
-            match attempt {
-                Ok(()) => {
-                    stats.exported(items);
-                    break;
+            Err(e) if e.retryable => {
+                stats.retried();
+                stats.error(e.message);
+                // Exponential backoff with up to 50% jitter, so data planes
+                // do not retry in lockstep; a collector's Retry-After wins
+                // when it asks for longer.
+                let wait = with_jitter(backoff).max(e.retry_after.unwrap_or_default());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = abandoned.wait_for(|a| *a) => {}
                 }
-                Err(e) if e.retryable => {
-                    stats.retried();
-                    stats.error(e.message);
-                    // Exponential backoff with up to 50% jitter, so data planes
-                    // do not retry in lockstep; a collector's Retry-After wins
-                    // when it asks for longer.
-                    let wait = with_jitter(backoff).max(e.retry_after.unwrap_or_default());
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = abandoned.wait_for(|a| *a) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    warn!(backend = %backend, signal = %signal, error = %e.message, items, "export failed; dropped");
-                    stats.dropped(items);
-                    stats.error(e.message);
-                    break;
-                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                warn!(backend = %backend, signal = %signal, error = %e.message, items, "export failed; dropped");
+                stats.dropped(items);
+                stats.error(e.message);
+                return;
             }
         }
     }

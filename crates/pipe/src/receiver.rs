@@ -19,16 +19,28 @@ use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Response, Status};
 
-/// A request waiting in a signal's queue, holding its share of the queue's
-/// byte budget until it is delivered or dropped.
+/// A request in a signal's queue, holding its place and its share of the
+/// queue's byte budget until it is delivered or dropped (a request being
+/// sent still counts against the bounds).
 pub struct Queued {
     pub payload: Payload,
+    pub _place: OwnedSemaphorePermit,
     pub _budget: OwnedSemaphorePermit,
+}
+
+/// A signal's queue: the channel to its export loop and the two bounds.
+pub struct Queue {
+    pub tx: mpsc::Sender<Queued>,
+    /// One permit per request the queue may hold.
+    pub places: Arc<Semaphore>,
+    /// One permit per byte the queue may hold.
+    pub budget: Arc<Semaphore>,
+    pub budget_bytes: usize,
 }
 
 /// Where one signal's requests go, or why they cannot.
 pub enum Route {
-    Queue { tx: mpsc::Sender<Queued>, budget: Arc<Semaphore>, budget_bytes: usize, stats: Arc<SignalStats> },
+    Queue { queue: Queue, stats: Arc<SignalStats> },
     Unavailable { reason: String, stats: Arc<SignalStats> },
 }
 
@@ -54,7 +66,7 @@ impl Routes {
                 stats.dropped(items);
                 Err(Status::failed_precondition(format!("OTEL {signal} exporter is unavailable: {reason}")))
             }
-            Route::Queue { tx, budget, budget_bytes, stats } => {
+            Route::Queue { queue, stats } => {
                 stats.received(items);
                 if items == 0 {
                     return Ok(()); // nothing to deliver
@@ -65,16 +77,17 @@ impl Routes {
                         "OTEL {signal} queue is full: the collector is not keeping up or is unreachable"
                     ))
                 };
-                let len = payload.bytes.len();
-                if len > *budget_bytes {
+                let (len, limit) = (payload.bytes.len(), queue.budget_bytes);
+                if len > limit {
                     stats.dropped(items);
                     return Err(Status::resource_exhausted(format!(
-                        "OTEL {signal} request of {len} bytes is larger than the whole queue ({budget_bytes} bytes)"
+                        "OTEL {signal} request of {len} bytes is larger than the whole queue ({limit} bytes)"
                     )));
                 }
-                let permits = u32::try_from(len).map_err(|_| full())?;
-                let permit = budget.clone().try_acquire_many_owned(permits).map_err(|_| full())?;
-                match tx.try_send(Queued { payload, _budget: permit }) {
+                let place = queue.places.clone().try_acquire_owned().map_err(|_| full())?;
+                let bytes = u32::try_from(len).map_err(|_| full())?;
+                let budget = queue.budget.clone().try_acquire_many_owned(bytes).map_err(|_| full())?;
+                match queue.tx.try_send(Queued { payload, _place: place, _budget: budget }) {
                     Ok(()) => Ok(()),
                     Err(TrySendError::Full(_)) => Err(full()),
                     Err(TrySendError::Closed(_)) => {

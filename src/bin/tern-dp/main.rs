@@ -42,7 +42,7 @@ enum Command {
         /// Advertise feature-otel-via-kuma-dp (the OTLP pipe). `--otel-pipe false` acts like an older data plane.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TERN_DP_OTEL_PIPE")]
         otel_pipe: bool,
-        /// Export requests each signal's queue holds while the collector is unreachable;
+        /// Export requests each signal's queue holds (those being sent included) while the collector is unreachable;
         /// beyond it new requests are refused and counted as dropped.
         #[arg(long, default_value_t = tern_pipe::DEFAULT_QUEUE_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..))]
         otel_queue_requests: u32,
