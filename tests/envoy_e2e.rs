@@ -106,10 +106,10 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
         assert_eq!(r.status(), 200);
     }
 
-    let spans = eventually(WAIT, "spans from web and api", || {
+    eventually(WAIT, "spans from web and api", || {
         let records = collector.with(|r| r.span_records.clone());
         let services: std::collections::BTreeSet<String> = records.iter().map(|s| s.service.clone()).collect();
-        (services.contains("web") && services.contains("api")).then_some(records.clone()).ok_or(format!(
+        (services.contains("web") && services.contains("api")).then_some(()).ok_or(format!(
             "{services:?} counts {:?} port {}; plan {}; web pipe: {}; web envoy log: {}",
             collector.with(|r| (r.spans.len(), r.log_bodies.len(), r.headers.len())),
             collector.port,
@@ -129,11 +129,20 @@ async fn spans_and_access_logs_from_two_envoy_sidecars_reach_the_collector() {
         .expect("runtime JSON");
     assert_eq!(runtime["entries"]["tracing.opentelemetry.min_flush_spans"]["final_value"], "50", "{runtime}");
     assert_eq!(runtime["entries"]["tracing.opentelemetry.flush_interval_ms"]["final_value"], "1000", "{runtime}");
-    // api's server span is a child of a web span in the same trace.
-    let child = spans.iter().filter(|s| s.service == "api").find(|api| {
-        spans.iter().any(|w| w.service == "web" && w.trace_id == api.trace_id && w.span_id == api.parent_span_id)
+    // ...and the access logger's (64 KiB or 1 s, in the listener config).
+    let dump =
+        client.get(format!("http://127.0.0.1:{web_admin}/config_dump")).send().await.expect("admin").text().await;
+    let dump = dump.expect("config dump").replace([' ', '\n'], "");
+    assert!(dump.contains(r#""buffer_size_bytes":65536"#) && dump.contains(r#""buffer_flush_interval":"1s""#));
+    // api's server span is a child of a web span in the same trace (the two
+    // sidecars send their spans on their own schedules).
+    let spans = eventually(WAIT, "an api span whose parent is a web span", || {
+        let spans = collector.with(|r| r.span_records.clone());
+        let child = spans.iter().filter(|s| s.service == "api").find(|api| {
+            spans.iter().any(|w| w.service == "web" && w.trace_id == api.trace_id && w.span_id == api.parent_span_id)
+        });
+        child.is_some().then_some(spans.clone()).ok_or(format!("{spans:#?}"))
     });
-    assert!(child.is_some(), "no api span has a web span as parent: {spans:#?}");
     let logs = eventually(WAIT, "access log records", || {
         let n = collector.with(|r| r.log_bodies.len());
         (n >= 5).then_some(n).ok_or(format!("{n} records"))

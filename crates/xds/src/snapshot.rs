@@ -300,6 +300,10 @@ fn hcm(
             grpc_service: Some(grpc_to(&cluster_name)),
             body: Some(otel_any_value(log.body.as_ref().unwrap_or(&Value::String(DEFAULT_LOG_BODY.into())))),
             attributes,
+            // Fewer, larger exports than Envoy's 16 KiB default; the flush
+            // interval (Envoy's default, explicit here) bounds the wait.
+            buffer_size_bytes: Some(envoy_types::pb::google::protobuf::UInt32Value { value: ACCESS_LOG_BUFFER_BYTES }),
+            buffer_flush_interval: Some(envoy_types::pb::google::protobuf::Duration { seconds: 1, nanos: 0 }),
             ..Default::default()
         };
         m.access_log.push(AccessLog {
@@ -310,6 +314,10 @@ fn hcm(
     }
     m
 }
+
+/// How many bytes of access log records Envoy collects before sending them
+/// (per worker thread), unless the one-second flush comes first.
+pub const ACCESS_LOG_BUFFER_BYTES: u32 = 64 << 10;
 
 /// The record body when a MeshAccessLog gives none: Envoy's default format.
 pub const DEFAULT_LOG_BODY: &str =
