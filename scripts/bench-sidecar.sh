@@ -2,10 +2,11 @@
 # The sidecar overhead benchmark (BENCHMARKS.md): HTTP requests through a
 # pair of Envoy sidecars run by tern-dp (wrk -> web's outbound listener ->
 # api's inbound listener -> the api service), driven flat out by wrk (Debian),
-# in one run under three settings, rotated each round:
+# in one run under these settings, rotated each round:
 #   none      no telemetry policies
 #   all-100   MeshTrace (100% sampling), MeshAccessLog, MeshMetric, all on
 #   all-10    the same with 10% sampling
+#   traces-10 MeshTrace alone at 10%; logs  MeshAccessLog alone (what each costs)
 #   all-10-envoy-batching   all-10 with Envoy's own tracer batching (5 spans
 #             or 5 s) instead of tern-dp's bootstrap (50 spans or 1 s), set
 #             through Envoy's admin runtime: what that choice is worth
@@ -59,6 +60,11 @@ set_telemetry() {
           ternctl delete meshmetric bench-metrics >/dev/null 2>&1 || true
           want=absent ;;
     all-*) telemetry_yaml sink "${base#all-}" 10s | ternctl apply -f - >/dev/null; want=${base#all-} ;;
+    traces-10 | logs)
+      telemetry_yaml sink 10 10s | ternctl apply -f - >/dev/null
+      ternctl delete meshmetric bench-metrics >/dev/null
+      if [ "$base" = logs ]; then ternctl delete meshtrace bench-traces >/dev/null; want=absent
+      else ternctl delete meshaccesslog bench-logs >/dev/null; want=10; fi ;;
   esac
   for admin in $web_admin $api_admin; do
     wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 $work/tracing.py $want"
@@ -93,11 +99,11 @@ PY
 }
 
 echo "$(machine); wrk -t1 -c$conns, $secs s runs, $runs rounds" >&2
-settings=(none all-10 all-100 all-10-envoy-batching)
+settings=(none all-10 all-100 all-10-envoy-batching traces-10 logs)
 results=$work/results.jsonl
 for round in $(seq 1 "$runs"); do
-  for i in 0 1 2 3; do
-    s=${settings[$(((i + round) % 4))]}
+  for i in "${!settings[@]}"; do
+    s=${settings[$(((i + round) % ${#settings[@]}))]}
     set_telemetry "$s"
     wrk -t1 -c"$conns" -d2s "$url" >/dev/null # warm-up after the change
     run_wrk "$s" | tee -a "$results"
@@ -108,7 +114,7 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = {}
-for s in ("none", "all-10", "all-100", "all-10-envoy-batching"):
+for s in ("none", "all-10", "all-100", "traces-10", "logs", "all-10-envoy-batching"):
     r = [x for x in rows if x["setting"] == s]
     med[s] = {k: statistics.median(x[k] for x in r) for k in ("requests_per_sec", "p50_ms", "p99_ms",
               "envoy_cpu_s_per_10k", "tern_dp_cpu_s_per_10k", "sink_cpu_s_per_10k")}
