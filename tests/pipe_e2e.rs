@@ -114,6 +114,8 @@ async fn telemetry_flows_through_the_pipe_to_a_real_collector() {
     assert!(text.contains(&exported), "{text}");
     assert!(text.contains("tern_dp_otel_dropped_items_total{backend=\"collector\",signal=\"traces\"} 0"), "{text}");
     assert!(text.contains("# TYPE tern_dp_otel_export_retries_total counter"), "{text}");
+    assert!(text.contains("tern_dp_otel_queued_requests{backend=\"collector\",signal=\"traces\"} 0"), "{text}");
+    assert!(text.contains("# TYPE tern_dp_otel_queued_bytes gauge"), "{text}");
     collector.stop().await;
 }
 
@@ -288,6 +290,17 @@ async fn requests_pass_through_byte_for_byte_and_the_queue_is_bounded_in_bytes()
     assert!(refused
         .iter()
         .all(|s| s.code() == tonic::Code::ResourceExhausted && s.message().contains("queue is full")));
+    // The queue's fill is visible: in otel-stats.json and in inspect.
+    let s = eventually(WAIT, "the queue's fill in the stats", || {
+        let s = stats(&dp, "traces");
+        (s["queuedRequests"] == 3).then(|| s.clone()).ok_or(s.to_string())
+    });
+    let queued = s["queuedBytes"].as_u64().unwrap_or(0);
+    assert!((3 * (20 << 10)..=64 << 10).contains(&queued), "{s}");
+    eventually(WAIT, "inspect shows the queue", || {
+        let t = cp.ternctl(&["inspect", "dataplane", "web-4", "-m", "raw"]).ok().stdout;
+        (t.contains("QUEUED") && t.contains(&format!("3 ({:.1} KiB)", queued as f64 / 1024.0))).then_some(()).ok_or(t)
+    });
     // A request larger than the whole queue can never fit, and says so.
     let status = client::raw_traces(&channel, raw_span_request("huge", 100 << 10)).await.expect_err("refused");
     assert!(status.message().contains("larger than the whole queue (65536 bytes)"), "{status:?}");
@@ -299,9 +312,10 @@ async fn requests_pass_through_byte_for_byte_and_the_queue_is_bounded_in_bytes()
     });
     let s = eventually(WAIT, "counts", || {
         let s = stats(&dp, "traces");
-        (s["exported"] == 4 && s["dropped"] == 4).then(|| s.clone()).ok_or(s.to_string())
+        (s["exported"] == 4 && s["dropped"] == 4 && s["queuedRequests"] == 0).then(|| s.clone()).ok_or(s.to_string())
     });
     assert_eq!(s["received"], 8, "{s}");
+    assert_eq!((s["queuedRequests"].as_u64(), s["queuedBytes"].as_u64()), (Some(0), Some(0)), "{s}");
     // Once delivered, the budget is free again.
     client::raw_traces(&channel, raw_span_request("after", 20 << 10)).await.expect("room again");
     collector.stop().await;

@@ -116,6 +116,9 @@ pub struct SignalReport {
     pub unavailable: Option<String>,
     #[serde(flatten)]
     pub counts: StatsSnapshot,
+    /// Requests waiting or being sent now, and their bytes.
+    pub queued_requests: u64,
+    pub queued_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -227,7 +230,7 @@ impl PipeManager {
                             tx,
                             places: Arc::new(tokio::sync::Semaphore::new(self.queue.requests)),
                             budget: Arc::new(tokio::sync::Semaphore::new(self.queue.bytes)),
-                            budget_bytes: self.queue.bytes,
+                            limits: self.queue,
                         };
                         Route::Queue { queue, stats: s }
                     }
@@ -288,6 +291,22 @@ impl PipeManager {
                 }
             }
         }
+        let gauges: [Gauge; 2] = [
+            ("tern_dp_otel_queued_requests", "Export requests queued or being sent.", |r| r.queued_requests),
+            ("tern_dp_otel_queued_bytes", "Bytes of export requests queued or being sent.", |r| r.queued_bytes),
+        ];
+        for (name, help, value) in gauges {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for b in &reports {
+                for (signal, r) in &b.signals {
+                    out.push_str(&format!(
+                        "{name}{{backend=\"{}\",signal=\"{signal}\"}} {}\n",
+                        escape(&b.name),
+                        value(r)
+                    ));
+                }
+            }
+        }
         out.push_str("# HELP tern_dp_otel_signal_exporting Whether the signal has an exporter (1) or is unavailable (0).\n# TYPE tern_dp_otel_signal_exporting gauge\n");
         for b in &reports {
             for (signal, r) in &b.signals {
@@ -331,7 +350,9 @@ impl PipeManager {
                             Some(SignalSetup::Unavailable(why)) => (false, Some(why.clone())),
                             None => (false, None),
                         };
-                        (*signal, SignalReport { exporting, unavailable, counts: s.snapshot() })
+                        let (queued_requests, queued_bytes) = r.routes.fill(*signal);
+                        let counts = s.snapshot();
+                        (*signal, SignalReport { exporting, unavailable, counts, queued_requests, queued_bytes })
                     })
                     .collect(),
             })
@@ -349,6 +370,8 @@ impl PipeManager {
 
 /// A counter family: name, help text, and how to read it from a report.
 type CounterFamily = (&'static str, &'static str, fn(&SignalReport) -> u64);
+/// A gauge family, the same way.
+type Gauge = CounterFamily;
 
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

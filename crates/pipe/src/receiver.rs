@@ -35,7 +35,7 @@ pub struct Queue {
     pub places: Arc<Semaphore>,
     /// One permit per byte the queue may hold.
     pub budget: Arc<Semaphore>,
-    pub budget_bytes: usize,
+    pub limits: crate::QueueLimits,
 }
 
 /// Where one signal's requests go, or why they cannot.
@@ -52,13 +52,28 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn accept(&self, payload: Payload) -> Result<(), Status> {
-        let signal = payload.signal;
-        let route = match signal {
+    /// Requests and bytes in a signal's queue now (being sent included).
+    pub(crate) fn fill(&self, signal: Signal) -> (u64, u64) {
+        match self.route(signal) {
+            Route::Queue { queue, .. } => (
+                queue.limits.requests.saturating_sub(queue.places.available_permits()) as u64,
+                queue.limits.bytes.saturating_sub(queue.budget.available_permits()) as u64,
+            ),
+            Route::Unavailable { .. } => (0, 0),
+        }
+    }
+
+    fn route(&self, signal: Signal) -> &Route {
+        match signal {
             Signal::Traces => &self.traces,
             Signal::Metrics => &self.metrics,
             Signal::Logs => &self.logs,
-        };
+        }
+    }
+
+    pub(crate) fn accept(&self, payload: Payload) -> Result<(), Status> {
+        let signal = payload.signal;
+        let route = self.route(signal);
         let items = payload.items;
         match route {
             Route::Unavailable { reason, stats } => {
@@ -77,7 +92,7 @@ impl Routes {
                         "OTEL {signal} queue is full: the collector is not keeping up or is unreachable"
                     ))
                 };
-                let (len, limit) = (payload.bytes.len(), queue.budget_bytes);
+                let (len, limit) = (payload.bytes.len(), queue.limits.bytes);
                 if len > limit {
                     stats.dropped(items);
                     return Err(Status::resource_exhausted(format!(

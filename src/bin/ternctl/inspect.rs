@@ -204,12 +204,16 @@ pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> St
                     n("exported"),
                     n("retries"),
                     n("dropped"),
+                    match (s["queuedRequests"].as_u64(), s["queuedBytes"].as_u64()) {
+                        (Some(r), Some(b)) => format!("{r} ({})", human_bytes(b)),
+                        _ => "-".into(),
+                    },
                     error,
                 ]);
             }
         }
         out.push_str(&output::table(
-            &["BACKEND", "SIGNAL", "RECEIVED", "EXPORTED", "RETRIES", "DROPPED", "LAST ERROR"],
+            &["BACKEND", "SIGNAL", "RECEIVED", "EXPORTED", "RETRIES", "DROPPED", "QUEUED", "LAST ERROR"],
             &rows,
         ));
     }
@@ -251,5 +255,14 @@ mod tests {
         assert!(text.contains("MultipleBackendsForSignal"), "{text}");
         assert!(text.contains("backend-a/traces is ambiguous: set mode: Disabled on every backend"), "{text}");
         assert!(text.contains("metrics   not enabled"), "{text}");
+    }
+}
+
+/// A byte count for people: B, KiB, MiB.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
