@@ -239,6 +239,15 @@ pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> St
     out
 }
 
+/// A byte count for people: B, KiB, MiB.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,14 +264,5 @@ mod tests {
         assert!(text.contains("MultipleBackendsForSignal"), "{text}");
         assert!(text.contains("backend-a/traces is ambiguous: set mode: Disabled on every backend"), "{text}");
         assert!(text.contains("metrics   not enabled"), "{text}");
-    }
-}
-
-/// A byte count for people: B, KiB, MiB.
-fn human_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
