@@ -15,7 +15,7 @@
 # Usage: scripts/bench-sidecar.sh   (BENCH_SECONDS, BENCH_RUNS, BENCH_CONNECTIONS to change)
 source "$(dirname "$0")/bench-common.sh"
 secs=${BENCH_SECONDS:-10}
-runs=${BENCH_RUNS:-3}
+runs=${BENCH_RUNS:-5}
 conns=${BENCH_CONNECTIONS:-16}
 command -v wrk >/dev/null || { apt-get install -y wrk >&2 || sudo apt-get install -y wrk >&2; }
 
