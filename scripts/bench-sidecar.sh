@@ -6,13 +6,13 @@
 #   none      no telemetry policies
 #   all-100   MeshTrace (100% sampling), MeshAccessLog, MeshMetric, all on
 #   all-10    the same with 10% sampling
-#   traces-10 MeshTrace alone at 10%; logs  MeshAccessLog alone (what each costs)
+#   traces-10 MeshTrace alone at 10% (traces-N: at N%); logs  MeshAccessLog alone
 #   all-10-envoy-batching   all-10 with Envoy's own tracer batching (5 spans
 #             or 5 s) instead of tern-dp's bootstrap (50 spans or 1 s), set
 #             through Envoy's admin runtime: what that choice is worth
 # Telemetry goes through each tern-dp's pipe to a blackhole OTLP sink.
 # Prints one JSON line per run, then medians and the ratios to `none`.
-# Usage: scripts/bench-sidecar.sh   (BENCH_SECONDS, BENCH_RUNS, BENCH_CONNECTIONS to change)
+# Usage: scripts/bench-sidecar.sh   (BENCH_SECONDS, BENCH_RUNS, BENCH_CONNECTIONS, BENCH_SETTINGS to change)
 source "$(dirname "$0")/bench-common.sh"
 secs=${BENCH_SECONDS:-10}
 runs=${BENCH_RUNS:-5}
@@ -60,11 +60,12 @@ set_telemetry() {
           ternctl delete meshmetric bench-metrics >/dev/null 2>&1 || true
           want=absent ;;
     all-*) telemetry_yaml sink "${base#all-}" 10s | ternctl apply -f - >/dev/null; want=${base#all-} ;;
-    traces-10 | logs)
-      telemetry_yaml sink 10 10s | ternctl apply -f - >/dev/null
+    traces-* | logs)
+      local pct=${base#traces-}; [ "$base" = logs ] && pct=10
+      telemetry_yaml sink "$pct" 10s | ternctl apply -f - >/dev/null
       ternctl delete meshmetric bench-metrics >/dev/null
       if [ "$base" = logs ]; then ternctl delete meshtrace bench-traces >/dev/null; want=absent
-      else ternctl delete meshaccesslog bench-logs >/dev/null; want=10; fi ;;
+      else ternctl delete meshaccesslog bench-logs >/dev/null; want=$pct; fi ;;
   esac
   for admin in $web_admin $api_admin; do
     wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 $work/tracing.py $want"
@@ -99,7 +100,7 @@ PY
 }
 
 echo "$(machine); wrk -t1 -c$conns, $secs s runs, $runs rounds" >&2
-settings=(none all-10 all-100 all-10-envoy-batching traces-10 logs)
+read -r -a settings <<< "${BENCH_SETTINGS:-none all-10 all-100 all-10-envoy-batching traces-10 logs}"
 results=$work/results.jsonl
 for round in $(seq 1 "$runs"); do
   for i in "${!settings[@]}"; do
@@ -114,7 +115,7 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = {}
-for s in ("none", "all-10", "all-100", "traces-10", "logs", "all-10-envoy-batching"):
+for s in dict.fromkeys(x["setting"] for x in rows):
     r = [x for x in rows if x["setting"] == s]
     med[s] = {k: statistics.median(x[k] for x in r) for k in ("requests_per_sec", "p50_ms", "p99_ms",
               "envoy_cpu_s_per_10k", "tern_dp_cpu_s_per_10k", "sink_cpu_s_per_10k")}
