@@ -258,29 +258,44 @@ impl PipeManager {
     }
 
     /// The counts in the Prometheus text format, for `tern-dp --metrics-addr`.
-    /// Written by hand: five counter families read from atomics need no
-    /// registry.
+    /// Written by hand: seven families read from atomics and semaphores need
+    /// no registry.
     pub fn prometheus(&self) -> String {
         let reports = self.stats();
         let mut out = String::new();
-        let families: [CounterFamily; 4] = [
+        let families: [Family; 7] = [
             (
                 "tern_dp_otel_received_items_total",
+                "counter",
                 "Spans, metric points or log records received on the backend's socket.",
                 |r| r.counts.received,
             ),
-            ("tern_dp_otel_exported_items_total", "Items the collector accepted.", |r| r.counts.exported),
+            ("tern_dp_otel_exported_items_total", "counter", "Items the collector accepted.", |r| r.counts.exported),
             (
                 "tern_dp_otel_dropped_items_total",
+                "counter",
                 "Items dropped: queue full, signal unavailable, or refused by the collector.",
                 |r| r.counts.dropped,
             ),
-            ("tern_dp_otel_export_retries_total", "Export attempts retried after a retryable failure.", |r| {
-                r.counts.retries
+            (
+                "tern_dp_otel_export_retries_total",
+                "counter",
+                "Export attempts retried after a retryable failure.",
+                |r| r.counts.retries,
+            ),
+            ("tern_dp_otel_queued_requests", "gauge", "Export requests queued or being sent.", |r| r.queued_requests),
+            ("tern_dp_otel_queued_bytes", "gauge", "Bytes of export requests queued or being sent.", |r| {
+                r.queued_bytes
             }),
+            (
+                "tern_dp_otel_signal_exporting",
+                "gauge",
+                "Whether the signal has an exporter (1) or is unavailable (0).",
+                |r| u64::from(r.exporting),
+            ),
         ];
-        for (name, help, value) in families {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (name, kind, help, value) in families {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for b in &reports {
                 for (signal, r) in &b.signals {
                     out.push_str(&format!(
@@ -289,48 +304,20 @@ impl PipeManager {
                         value(r)
                     ));
                 }
-            }
-        }
-        let gauges: [Gauge; 2] = [
-            ("tern_dp_otel_queued_requests", "Export requests queued or being sent.", |r| r.queued_requests),
-            ("tern_dp_otel_queued_bytes", "Bytes of export requests queued or being sent.", |r| r.queued_bytes),
-        ];
-        for (name, help, value) in gauges {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-            for b in &reports {
-                for (signal, r) in &b.signals {
-                    out.push_str(&format!(
-                        "{name}{{backend=\"{}\",signal=\"{signal}\"}} {}\n",
-                        escape(&b.name),
-                        value(r)
-                    ));
-                }
-            }
-        }
-        out.push_str("# HELP tern_dp_otel_signal_exporting Whether the signal has an exporter (1) or is unavailable (0).\n# TYPE tern_dp_otel_signal_exporting gauge\n");
-        for b in &reports {
-            for (signal, r) in &b.signals {
-                out.push_str(&format!(
-                    "tern_dp_otel_signal_exporting{{backend=\"{}\",signal=\"{signal}\"}} {}\n",
-                    escape(&b.name),
-                    u8::from(r.exporting)
-                ));
             }
         }
         out
     }
 
-    /// Hands a request produced inside the data plane (e.g. Envoy's metrics)
-    /// to a backend's pipe, with the same queueing and counting as requests
+    /// Hands a request produced inside the data plane (e.g. Envoy's metrics,
+    /// see [`OtlpRequest::to_payload`]) to a backend's pipe, with the same queueing and counting as requests
     /// arriving on its socket.
-    pub fn submit(&self, backend: &str, request: OtlpRequest) -> Result<(), String> {
+    pub fn submit(&self, backend: &str, payload: wire::Payload) -> Result<(), String> {
         let r = self
             .running
             .values()
             .find(|r| r.name == backend)
             .ok_or_else(|| format!("no pipe for backend {backend:?}"))?;
-        let payload =
-            wire::Payload { signal: request.signal(), items: request.items(), bytes: request.encode().into() };
         r.routes.accept(payload).map_err(|s| s.message().to_string())
     }
 
@@ -368,10 +355,9 @@ impl PipeManager {
     }
 }
 
-/// A counter family: name, help text, and how to read it from a report.
-type CounterFamily = (&'static str, &'static str, fn(&SignalReport) -> u64);
-/// A gauge family, the same way.
-type Gauge = CounterFamily;
+/// A metric family: name, Prometheus type, help text, and how to read it
+/// from a report.
+type Family = (&'static str, &'static str, &'static str, fn(&SignalReport) -> u64);
 
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

@@ -57,7 +57,9 @@ impl OtlpRequest {
     }
 
     /// Appends `other` (of the same signal) to this request; gives it back
-    /// when the signals differ.
+    /// when the signals differ. (The pipe batches bytes; tests check that
+    /// this is what the concatenation means.)
+    #[cfg(test)]
     pub fn absorb(&mut self, other: OtlpRequest) -> Result<(), OtlpRequest> {
         match (self, other) {
             (OtlpRequest::Traces(a), OtlpRequest::Traces(b)) => a.resource_spans.extend(b.resource_spans),
@@ -69,12 +71,18 @@ impl OtlpRequest {
     }
 
     /// Decodes an encoded request of `signal`.
+    #[cfg(test)]
     pub fn decode(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest, prost::DecodeError> {
         Ok(match signal {
             Signal::Traces => OtlpRequest::Traces(ExportTraceServiceRequest::decode(bytes)?),
             Signal::Metrics => OtlpRequest::Metrics(ExportMetricsServiceRequest::decode(bytes)?),
             Signal::Logs => OtlpRequest::Logs(ExportLogsServiceRequest::decode(bytes)?),
         })
+    }
+
+    /// The request as the pipe carries it: encoded once, with its item count.
+    pub fn to_payload(&self) -> crate::wire::Payload {
+        crate::wire::Payload { signal: self.signal(), items: self.items(), bytes: self.encode().into() }
     }
 
     /// The protobuf encoding (OTLP/HTTP's body).

@@ -318,10 +318,11 @@ async fn envoy_metrics(
                 "Envoy metrics over the per-metric series cap were left out"
             );
         }
-        let request = converted.request;
+        // Encoded once, shared by every backend that is due.
+        let payload = tern_pipe::OtlpRequest::Metrics(converted.request).to_payload();
         for backend in due {
             last.insert(backend.clone(), tokio::time::Instant::now());
-            let submitted = pipe.lock().await.submit(&backend, tern_pipe::OtlpRequest::Metrics(request.clone()));
+            let submitted = pipe.lock().await.submit(&backend, payload.clone());
             if let Err(e) = submitted {
                 tracing::debug!(backend = %backend, error = %e, "Envoy metrics not queued");
             }
