@@ -185,5 +185,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
     if bytes < 1024 {
         return Err(format!("{s:?} is too small: a queue needs at least 1K"));
     }
+    if bytes > 4 << 30 {
+        return Err(format!("{s:?} is too large: a queue holds at most 4G"));
+    }
     Ok(bytes)
 }
