@@ -13,6 +13,9 @@ pub enum Kind {
     MeshTrace,
     MeshMetric,
     MeshAccessLog,
+    /// Control-plane secrets (data-plane token signing keys, the revocation
+    /// list). Internal: no REST path, no CLI name, never accepted in a document.
+    GlobalSecret,
 }
 
 /// Static facts about one kind.
@@ -21,25 +24,28 @@ struct KindInfo {
     name: &'static str,
     plural: &'static str,
     short: Option<&'static str>,
+    internal: bool,
 }
 
 const KINDS: &[KindInfo] = &[
-    KindInfo { kind: Kind::Mesh, name: "Mesh", plural: "meshes", short: None },
-    KindInfo { kind: Kind::Dataplane, name: "Dataplane", plural: "dataplanes", short: Some("dp") },
-    KindInfo { kind: Kind::DataplaneInsight, name: "DataplaneInsight", plural: "dataplane-insights", short: None },
+    KindInfo { kind: Kind::Mesh, name: "Mesh", plural: "meshes", short: None, internal: false },
+    KindInfo { kind: Kind::Dataplane, name: "Dataplane", plural: "dataplanes", short: Some("dp"), internal: false },
+    KindInfo { kind: Kind::DataplaneInsight, name: "DataplaneInsight", plural: "dataplane-insights", short: None, internal: false },
     KindInfo {
         kind: Kind::MeshOpenTelemetryBackend,
         name: "MeshOpenTelemetryBackend",
         plural: "meshopentelemetrybackends",
         short: Some("motb"),
+        internal: false,
     },
-    KindInfo { kind: Kind::MeshTrace, name: "MeshTrace", plural: "meshtraces", short: Some("mtr") },
-    KindInfo { kind: Kind::MeshMetric, name: "MeshMetric", plural: "meshmetrics", short: Some("mm") },
-    KindInfo { kind: Kind::MeshAccessLog, name: "MeshAccessLog", plural: "meshaccesslogs", short: Some("mal") },
+    KindInfo { kind: Kind::MeshTrace, name: "MeshTrace", plural: "meshtraces", short: Some("mtr"), internal: false },
+    KindInfo { kind: Kind::MeshMetric, name: "MeshMetric", plural: "meshmetrics", short: Some("mm"), internal: false },
+    KindInfo { kind: Kind::MeshAccessLog, name: "MeshAccessLog", plural: "meshaccesslogs", short: Some("mal"), internal: false },
+    KindInfo { kind: Kind::GlobalSecret, name: "GlobalSecret", plural: "global-secrets", short: None, internal: true },
 ];
 
 impl Kind {
-    /// Every kind, in a stable order.
+    /// Every kind users read and write, in a stable order (internal kinds left out).
     pub const ALL: [Kind; 7] = [
         Kind::Mesh,
         Kind::Dataplane,
@@ -74,9 +80,9 @@ impl Kind {
         KINDS.iter().find(|i| i.name == name).map(|i| i.kind)
     }
 
-    /// Resolves a kind from its REST path segment.
+    /// Resolves a kind from its REST path segment (never an internal kind).
     pub fn from_plural(plural: &str) -> Option<Kind> {
-        KINDS.iter().find(|i| i.plural == plural).map(|i| i.kind)
+        KINDS.iter().find(|i| !i.internal && i.plural == plural).map(|i| i.kind)
     }
 
     /// Resolves what a user typed on the command line: plural, singular, short
@@ -86,6 +92,7 @@ impl Kind {
         let arg = arg.to_ascii_lowercase();
         KINDS
             .iter()
+            .filter(|i| !i.internal)
             .find(|i| {
                 let name = i.name.to_ascii_lowercase();
                 arg == name
@@ -97,9 +104,16 @@ impl Kind {
             .map(|i| i.kind)
     }
 
-    /// Whether resources of this kind live inside a mesh. Only `Mesh` does not.
+    /// Whether resources of this kind live inside a mesh. `Mesh` and
+    /// `GlobalSecret` do not.
     pub fn is_mesh_scoped(self) -> bool {
-        self != Kind::Mesh
+        !matches!(self, Kind::Mesh | Kind::GlobalSecret)
+    }
+
+    /// Whether only the control plane itself reads and writes this kind: not
+    /// served by the API, not accepted in documents.
+    pub fn is_internal(self) -> bool {
+        self.info().internal
     }
 
     /// Kuma's older kinds (Mesh, Dataplane, DataplaneInsight) put their spec
@@ -166,5 +180,8 @@ mod tests {
         assert_eq!(Kind::from_cli_arg("MeshTrace"), Some(Kind::MeshTrace));
         assert_eq!(Kind::from_cli_arg("mal"), Some(Kind::MeshAccessLog));
         assert_eq!(Kind::from_cli_arg("meshservice"), None);
+        assert_eq!(Kind::from_cli_arg("globalsecret"), None);
+        assert_eq!(Kind::from_plural("global-secrets"), None);
+        assert!(!Kind::GlobalSecret.is_mesh_scoped());
     }
 }

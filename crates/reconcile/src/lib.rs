@@ -277,7 +277,7 @@ fn service_map(dataplanes: &[Resource]) -> ServiceMap {
 }
 
 fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Change) {
-    if change.op == ChangeOp::StatusUpdated {
+    if change.op == ChangeOp::StatusUpdated || change.key.kind == Kind::GlobalSecret {
         return;
     }
     let key = &change.key;
@@ -291,5 +291,6 @@ fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Chang
             pending.backends.insert(key.name.clone());
         }
         Kind::Mesh | Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => pending.everything = true,
+        Kind::GlobalSecret => {}
     }
 }

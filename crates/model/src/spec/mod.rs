@@ -37,7 +37,9 @@ pub fn check_spec(kind: Kind, spec: &Value) -> Result<CheckedSpec, Violations> {
     let root = if kind.spec_is_inlined() { "" } else { "spec" };
     let mut warnings = Vec::new();
     let canonical = match kind {
-        Kind::Mesh | Kind::DataplaneInsight => {
+        // GlobalSecret never comes from a document (`read_kind` refuses it);
+        // the control plane writes it directly.
+        Kind::Mesh | Kind::DataplaneInsight | Kind::GlobalSecret => {
             let map: serde_json::Map<String, Value> = decode(spec, root)?;
             Value::Object(map)
         }
