@@ -106,17 +106,19 @@ impl DeliveryReport {
             return Err(("backends".into(), format!("must list at most {MAX_REPORTED_BACKENDS} backends")));
         }
         for (i, b) in self.backends.iter().enumerate() {
-            let texts = std::iter::once(("name".to_string(), Some(&b.name))).chain(b.signals.iter().flat_map(
-                |(signal, s)| {
+            let texts =
+                std::iter::once(("name".to_string(), Some(&b.name))).chain(b.signals.iter().flat_map(|(signal, s)| {
                     [
                         (format!("signals.{signal}.unavailable"), s.unavailable.as_ref()),
                         (format!("signals.{signal}.lastError"), s.last_error.as_ref()),
                     ]
-                },
-            ));
+                }));
             for (field, text) in texts {
                 if text.is_some_and(|t| t.chars().count() > MAX_REPORTED_TEXT) {
-                    return Err((format!("backends[{i}].{field}"), format!("must be at most {MAX_REPORTED_TEXT} characters")));
+                    return Err((
+                        format!("backends[{i}].{field}"),
+                        format!("must be at most {MAX_REPORTED_TEXT} characters"),
+                    ));
                 }
             }
         }

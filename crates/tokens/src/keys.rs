@@ -102,7 +102,10 @@ impl<S: ResourceStore> TokenKeys<S> {
             return Err(KeyError::NotFound(format!("signing key {serial} not found")));
         }
         if keys.len() == 1 {
-            return Err(invalid("serial", "is the only signing key; rotate first (a new key), then remove the old one"));
+            return Err(invalid(
+                "serial",
+                "is the only signing key; rotate first (a new key), then remove the old one",
+            ));
         }
         let key = ResourceKey::new(Kind::GlobalSecret, "", &format!("{KEY_PREFIX}{serial}"));
         Ok(self.store.delete(&key, Precondition::None).await?)
@@ -164,7 +167,10 @@ impl<S: ResourceStore> TokenKeys<S> {
         let key = SigningKey::generate(serial)?;
         let data = base64::engine::general_purpose::STANDARD.encode(&key.secret);
         let spec = serde_json::to_value(KeySecret { data }).map_err(|e| TokenError::Store(e.to_string()))?;
-        let write = Write { resource: secret(&format!("{KEY_PREFIX}{serial}"), spec), precondition: Precondition::MustNotExist };
+        let write = Write {
+            resource: secret(&format!("{KEY_PREFIX}{serial}"), spec),
+            precondition: Precondition::MustNotExist,
+        };
         self.store.apply(vec![write]).await?;
         Ok(())
     }
@@ -240,7 +246,9 @@ mod tests {
     async fn bad_requests_name_the_field() {
         let (_dir, keys) = keys().await;
         keys.ensure_key().await.unwrap();
-        for (valid_for, field) in [("0s", "validFor"), ("-1h", "validFor"), ("90000h", "validFor"), ("soon", "validFor")] {
+        for (valid_for, field) in
+            [("0s", "validFor"), ("-1h", "validFor"), ("90000h", "validFor"), ("soon", "validFor")]
+        {
             match keys.issue(&request(Some(valid_for))).await {
                 Err(KeyError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{valid_for}: {other:?}"),

@@ -137,11 +137,12 @@ impl KeySet {
         // Expiry is checked below against `now`, so tests can move the clock.
         validation.validate_exp = false;
         validation.required_spec_claims = ["exp".to_string()].into();
-        let data = jsonwebtoken::decode::<Claims>(token, &jsonwebtoken::DecodingKey::from_secret(&key.secret), &validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-                _ => TokenError::Malformed,
-            })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &jsonwebtoken::DecodingKey::from_secret(&key.secret), &validation)
+                .map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    _ => TokenError::Malformed,
+                })?;
         let claims = data.claims;
         if claims.exp <= now {
             return Err(TokenError::Expired);
@@ -188,7 +189,10 @@ mod tests {
     }
 
     fn keys(serials: &[u32]) -> KeySet {
-        KeySet { keys: serials.iter().map(|s| SigningKey::generate(*s).unwrap()).collect(), revoked: Default::default() }
+        KeySet {
+            keys: serials.iter().map(|s| SigningKey::generate(*s).unwrap()).collect(),
+            revoked: Default::default(),
+        }
     }
 
     #[test]
