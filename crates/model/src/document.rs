@@ -3,6 +3,7 @@
 //! `name`, `mesh`, `labels`, `spec`). Both become one [`Resource`].
 
 use crate::kind::Kind;
+use crate::label;
 use crate::resource::{
     Meta, Resource, DEFAULT_MESH, DISPLAY_NAME_LABEL, MESH_LABEL, NAMESPACE_LABEL, SYSTEM_NAMESPACE,
 };
@@ -215,7 +216,7 @@ fn read_kind(value: Option<&Value>, field: &str) -> Result<Kind, Violations> {
     if text.is_empty() {
         return Err(one(field, "must be defined"));
     }
-    Kind::from_name(text).ok_or_else(|| {
+    Kind::from_name(text).filter(|k| !k.is_internal()).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
         one(field, &format!("unknown kind {text:?}; known kinds: {}", known.join(", ")))
     })
@@ -237,6 +238,7 @@ fn read_labels(value: Option<&Value>, at: &FieldPath, v: &mut Violations) -> BTr
         }
         Some(_) => v.add(at, "must be a mapping of strings"),
     }
+    label::validate_labels(v, at, &labels);
     labels
 }
 
@@ -312,12 +314,24 @@ fn kubernetes_header(fields: &Map<String, Value>) -> Result<Header, Violations> 
             format!("resource type {kind} can be created only in the system namespace:{SYSTEM_NAMESPACE}"),
         );
     }
+    if namespace.is_some_and(|ns| !is_namespace(ns)) {
+        v.add(
+            &meta_at.field("namespace"),
+            "must be a Kubernetes namespace name: at most 63 lowercase letters, digits and '-', starting and ending \
+             with a letter or digit",
+        );
+    }
     if let (Some(ns), true) = (namespace, kind.is_mesh_scoped()) {
         labels.insert(NAMESPACE_LABEL.into(), ns.to_string());
     }
     validate_identity(kind, &name, &mesh, "metadata.name", &format!("metadata.labels[{MESH_LABEL:?}]"), &mut v);
     let spec = fields.get("spec").cloned().unwrap_or(Value::Null);
     Ok(Header { kind, mesh, name, labels, spec, violations: v })
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label (no dots, at most 63).
+fn is_namespace(ns: &str) -> bool {
+    ns.len() <= label::MAX_LABEL_LENGTH && !ns.contains('.') && identifier_problem(ns, false).is_none()
 }
 
 /// Kuma's `ValidateMeta`: names are lowercase RFC 1123 subdomains; mesh names

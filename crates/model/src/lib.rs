@@ -7,6 +7,7 @@
 
 pub mod document;
 pub mod kind;
+pub mod label;
 pub mod resource;
 pub mod spec;
 pub mod violation;

@@ -102,6 +102,10 @@ fn policy(kind: &str, body: &str) -> String {
     format!("type: {kind}\nname: p\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n{}", indent(body, 2))
 }
 
+const RFC_1123: &str = "invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
+const LABEL_VALUE: &str =
+    "label value must be empty or letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+
 const REF: &str = "backendRef:\n  kind: MeshOpenTelemetryBackend\n  name: main";
 
 fn otel_backend(block: &str) -> String {
@@ -142,6 +146,16 @@ fn backend_ref_rules_apply_to_every_signal() {
             &[("", "openTelemetry must have only one type defined: endpoint, backendRef")],
         ),
         ("{}", &[("", "openTelemetry must have exactly one defined: endpoint, backendRef")]),
+        // A name or selector that could forge a log line or reach a terminal.
+        (
+            "backendRef:\n  kind: MeshOpenTelemetryBackend\n  name: \"main\\n2026-01-01T00:00:00Z ERROR forged\"",
+            &[(".backendRef.name", RFC_1123)],
+        ),
+        ("backendRef:\n  kind: MeshOpenTelemetryBackend\n  name: \"x\\e[2J\"", &[(".backendRef.name", RFC_1123)]),
+        (
+            "backendRef:\n  kind: MeshOpenTelemetryBackend\n  labels:\n    team: \"a\\nERROR\"",
+            &[(".backendRef.labels[\"team\"]", LABEL_VALUE)],
+        ),
         ("endpoint: http://collector:4317/x", &[(".endpoint", "must be in host:port format, not a URL")]),
     ];
     for (kind, prefix) in [
@@ -322,4 +336,33 @@ fn identity_rules() {
         pairs(&[("apiVersion", "must be kuma.io/v1alpha1")])
     );
     assert_eq!(violations("type: Mesh\nname: other\nmtls:\n  enabledBackend: ca-1\n"), vec![]);
+}
+
+#[test]
+fn labels_follow_kubernetes_rules_in_both_forms() {
+    let universal = |labels: &str| {
+        violations(&format!("type: MeshOpenTelemetryBackend\nname: b\nmesh: default\nlabels:\n{}", indent(labels, 2)))
+    };
+    assert_eq!(universal("team: core\nexample.com/tier: Gold_1\nempty: \"\""), vec![]);
+    assert_eq!(
+        universal(&format!("team: {}", "a".repeat(64))),
+        pairs(&[(r#"labels["team"]"#, "label value must be at most 63 characters")])
+    );
+    assert_eq!(universal("team: \"x\\e[2J\""), pairs(&[(r#"labels["team"]"#, LABEL_VALUE)]));
+    let bad_key = universal("\"bad key\\n\": x");
+    assert_eq!(bad_key.len(), 1);
+    assert_eq!(bad_key[0].0, r#"labels["bad key\n"]"#, "the key is escaped in the field path");
+    assert!(bad_key[0].1.starts_with("label key name must be"), "{}", bad_key[0].1);
+    let kubernetes = format!("apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: t\n  namespace: \"apps\\n\"\n  labels:\n    kuma.io/mesh: default\n    Team/x: y\nspec:\n  targetRef:\n    kind: Mesh\n{}", indent(&otel_backend(REF), 2));
+    let found = violations(&kubernetes);
+    let fields: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(fields, [r#"metadata.labels["Team/x"]"#, "metadata.namespace"], "{found:?}");
+    // The labels Tern sets itself pass: a Kubernetes document with a
+    // namespace gets kuma.io/mesh, kuma.io/display-name and k8s.kuma.io/namespace.
+    let fine = format!("apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: t\n  namespace: apps\n  labels:\n    kuma.io/mesh: default\nspec:\n  targetRef:\n    kind: Mesh\n{}", indent(&otel_backend(REF), 2));
+    let docs = parse_documents(&fine).expect("yaml");
+    let parsed = resource_from_document(&docs[0].value).expect("valid");
+    let mut check = tern_model::Violations::default();
+    tern_model::label::validate_labels(&mut check, &tern_model::FieldPath::root("labels"), &parsed.resource.labels);
+    assert!(check.is_empty(), "{check}");
 }

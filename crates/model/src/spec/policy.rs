@@ -3,6 +3,8 @@
 //! its validation, which Kuma applies identically to all three.
 
 use super::validate_tags;
+use crate::document::identifier_problem;
+use crate::label::validate_selector;
 use crate::violation::{must_be_one_of, FieldPath, Violations};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -155,6 +157,16 @@ fn validate_backend_ref(v: &mut Violations, at: &FieldPath, r: &BackendRef) {
         (true, true) => v.add(at, "backendRef must have only one type defined: name, labels"),
         (false, false) => v.add(at, "backendRef must have exactly one defined: name, labels"),
         _ => {}
+    }
+    // The name and the selector end up in status messages and log lines, so
+    // they follow the rules of what they match: resource names and labels.
+    if let Some(name) = r.name.as_deref().filter(|n| !n.is_empty()) {
+        if let Some(problem) = identifier_problem(name, false) {
+            v.add(&at.field("name"), problem);
+        }
+    }
+    if let Some(labels) = &r.labels {
+        validate_selector(v, &at.field("labels"), labels);
     }
 }
 
