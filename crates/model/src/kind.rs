@@ -30,7 +30,13 @@ struct KindInfo {
 const KINDS: &[KindInfo] = &[
     KindInfo { kind: Kind::Mesh, name: "Mesh", plural: "meshes", short: None, internal: false },
     KindInfo { kind: Kind::Dataplane, name: "Dataplane", plural: "dataplanes", short: Some("dp"), internal: false },
-    KindInfo { kind: Kind::DataplaneInsight, name: "DataplaneInsight", plural: "dataplane-insights", short: None, internal: false },
+    KindInfo {
+        kind: Kind::DataplaneInsight,
+        name: "DataplaneInsight",
+        plural: "dataplane-insights",
+        short: None,
+        internal: false,
+    },
     KindInfo {
         kind: Kind::MeshOpenTelemetryBackend,
         name: "MeshOpenTelemetryBackend",
@@ -40,7 +46,13 @@ const KINDS: &[KindInfo] = &[
     },
     KindInfo { kind: Kind::MeshTrace, name: "MeshTrace", plural: "meshtraces", short: Some("mtr"), internal: false },
     KindInfo { kind: Kind::MeshMetric, name: "MeshMetric", plural: "meshmetrics", short: Some("mm"), internal: false },
-    KindInfo { kind: Kind::MeshAccessLog, name: "MeshAccessLog", plural: "meshaccesslogs", short: Some("mal"), internal: false },
+    KindInfo {
+        kind: Kind::MeshAccessLog,
+        name: "MeshAccessLog",
+        plural: "meshaccesslogs",
+        short: Some("mal"),
+        internal: false,
+    },
     KindInfo { kind: Kind::GlobalSecret, name: "GlobalSecret", plural: "global-secrets", short: None, internal: true },
 ];
 
