@@ -199,7 +199,10 @@ pub struct EnvValues {
     pub values: BTreeMap<(Layer, Field), String>,
     /// The sidecar runs on Kubernetes.
     pub on_kubernetes: bool,
-    /// The node IP for the node-local collector, if the Downward API gave one.
+    /// The node IP for the node-local collector, if the Downward API gave
+    /// one. Anything but an IP address counts as absent, so the exporter
+    /// never dials text it could not have been given by Kubernetes (and, on
+    /// Kubernetes, the status says the endpoint is missing).
     pub host_ip: Option<String>,
 }
 
@@ -230,10 +233,30 @@ impl EnvValues {
             }
         }
         let present = |k: &str| source.var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        EnvValues { values, on_kubernetes: present(KUBERNETES_MARKER).is_some(), host_ip: present(HOST_IP) }
+        let host_ip = present(HOST_IP).filter(|v| v.parse::<std::net::IpAddr>().is_ok());
+        EnvValues { values, on_kubernetes: present(KUBERNETES_MARKER).is_some(), host_ip }
     }
 
     pub fn get(&self, layer: Layer, field: Field) -> Option<&str> {
         self.values.get(&(layer, field)).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discover(pairs: &[(&str, &str)]) -> EnvValues {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        EnvValues::discover(&map)
+    }
+
+    #[test]
+    fn host_ip_must_be_an_ip_address() {
+        assert_eq!(discover(&[(HOST_IP, " 10.0.0.12 ")]).host_ip.as_deref(), Some("10.0.0.12"));
+        assert_eq!(discover(&[(HOST_IP, "fd00::12")]).host_ip.as_deref(), Some("fd00::12"));
+        for bad in ["node-1", "10.0.0.12:4317", "[fd00::12]", "h\u{e9}", " "] {
+            assert_eq!(discover(&[(HOST_IP, bad)]).host_ip, None, "{bad:?}");
+        }
     }
 }

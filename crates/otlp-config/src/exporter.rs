@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use tern_model::spec::motb::{Protocol, DEFAULT_OTLP_PORT};
+use url::Url;
 
 /// The OTLP exporter timeout when nothing sets one (the OpenTelemetry default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,12 +66,12 @@ pub struct ClientKey {
 impl ExporterConfig {
     /// The connection-level settings: everything but the URL path.
     pub fn client_key(&self) -> ClientKey {
-        let url = &self.endpoint.value;
-        let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
-        let origin = match url[after_scheme..].find('/') {
-            Some(i) => url[..after_scheme + i].to_string(),
-            None => url.clone(),
-        };
+        // The endpoint was built from a parsed URL or a validated address,
+        // so it parses; if it ever did not, the whole URL keeps the client
+        // apart from the others, which is safe.
+        let origin = Url::parse(&self.endpoint.value)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| self.endpoint.value.clone());
         ClientKey {
             protocol: self.protocol.value,
             origin,
@@ -207,4 +208,40 @@ pub fn group_clients(configs: &[ExporterConfig]) -> Vec<Vec<Signal>> {
         }
     }
     groups.into_iter().map(|(_, s)| s).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(signal: Signal, endpoint: &str) -> ExporterConfig {
+        let s = Source::SharedEnv;
+        ExporterConfig {
+            signal,
+            protocol: sourced(OtlpProtocol::HttpProtobuf, s),
+            endpoint: sourced(endpoint.to_string(), s),
+            tls: sourced(endpoint.starts_with("https"), s),
+            headers: None,
+            certificate: None,
+            client_pair: None,
+            compression: sourced(Compression::None, s),
+            timeout: sourced(DEFAULT_TIMEOUT, s),
+        }
+    }
+
+    #[test]
+    fn clients_are_shared_by_origin_not_path() {
+        let traces = config(Signal::Traces, "https://c.example:4318/v1/traces");
+        let logs = config(Signal::Logs, "https://c.example:4318/base/v1/logs");
+        let metrics = config(Signal::Metrics, "https://c.example:4319/v1/metrics");
+        assert_eq!(traces.client_key(), logs.client_key());
+        assert_ne!(traces.client_key(), metrics.client_key());
+        let v6 = config(Signal::Traces, "http://[::1]:4318/v1/traces");
+        assert_eq!(v6.client_key(), config(Signal::Logs, "http://[::1]:4318").client_key());
+        assert_ne!(v6.client_key(), config(Signal::Logs, "http://[::2]:4318").client_key());
+        assert_eq!(
+            group_clients(&[traces, metrics, logs]),
+            vec![vec![Signal::Traces, Signal::Logs], vec![Signal::Metrics]]
+        );
+    }
 }

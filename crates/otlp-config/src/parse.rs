@@ -3,10 +3,12 @@
 //! secret): only the variable's layer and field are named.
 
 use crate::env::{EnvValues, Field, Layer};
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+use url::Url;
 
 /// Every message a [`Problem`] can carry. A received inventory whose problems
 /// say anything else is refused, so free text cannot smuggle a value out.
@@ -19,6 +21,7 @@ pub const KNOWN_MESSAGES: &[&str] = &[
     "must be grpc or http/protobuf",
     "must be a comma-separated list of key=value pairs",
     "has an entry with an empty key",
+    HEADER_KEY_NOT_TOKEN,
     "has a value that is not valid percent-encoded UTF-8",
     "must hold at least one key=value pair",
     "must be true or false",
@@ -29,6 +32,7 @@ pub const KNOWN_MESSAGES: &[&str] = &[
 ];
 
 const ENDPOINT_NOT_URL: &str = "must be a URL with scheme http or https, such as http://collector:4317";
+const HEADER_KEY_NOT_TOKEN: &str = "has an entry whose key is not an HTTP header name";
 const CERT_WITHOUT_KEY: &str = "a client certificate is set without a client key; mTLS needs both";
 const KEY_WITHOUT_CERT: &str = "a client key is set without a client certificate; mTLS needs both";
 
@@ -191,55 +195,46 @@ fn parse_layer(env: &EnvValues, layer: Layer, problems: &mut Vec<Problem>) -> La
 }
 
 /// `http://host:port/path` or `https://...`; the scheme decides TLS.
+///
+/// Parsed by the WHATWG URL rules (the `url` crate), so the host comes out
+/// normalised (lower case, IDNA for non-ASCII names) and the path
+/// percent-encoded, as a client would send them. Stricter than WHATWG where
+/// leniency would hide a mistake: the scheme must be followed by `//` and a
+/// host, and whitespace or control characters (which WHATWG drops or
+/// encodes) make the value invalid.
 pub fn parse_endpoint(v: &str) -> Result<EndpointUrl, &'static str> {
     const NOT_URL: &str = ENDPOINT_NOT_URL;
-    let (tls, rest) = if let Some(r) = strip_prefix_ci(v, "https://") {
-        (true, r)
-    } else if let Some(r) = strip_prefix_ci(v, "http://") {
-        (false, r)
+    if v.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(NOT_URL);
+    }
+    let (scheme, rest) = v.split_once("://").ok_or(NOT_URL)?;
+    let tls = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
     } else {
         return Err(NOT_URL);
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if path.contains(['?', '#']) || authority.contains(['?', '#']) {
+    // WHATWG skips extra slashes (`http:///c` is `http://c/`); an empty
+    // authority is a mistake here.
+    if rest.starts_with(['/', '\\']) {
+        return Err(NOT_URL);
+    }
+    let url = Url::parse(v).map_err(|e| match e {
+        url::ParseError::InvalidPort => "has an invalid port",
+        _ => NOT_URL,
+    })?;
+    if url.query().is_some() || url.fragment().is_some() {
         return Err("must not contain a query or fragment");
     }
-    if authority.contains('@') {
+    // `http://:@c` has an empty user and password; still credentials.
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
+    if !url.username().is_empty() || url.password().is_some() || authority.contains('@') {
         return Err("must not carry credentials; use OTEL_EXPORTER_OTLP_HEADERS");
     }
-    let (host, port) = split_host_port(authority).ok_or(NOT_URL)?;
-    let port = match port {
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or("has an invalid port")?,
-        None if tls => 443,
-        None => 80,
-    };
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(NOT_URL);
-    }
-    Ok(EndpointUrl { tls, host: host.to_string(), port, path: path.trim_end_matches('/').to_string() })
-}
-
-fn strip_prefix_ci<'a>(v: &'a str, prefix: &str) -> Option<&'a str> {
-    (v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)).then(|| &v[prefix.len()..])
-}
-
-fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
-    if authority.starts_with('[') {
-        let end = authority.find(']')?;
-        let host = &authority[..=end];
-        match &authority[end + 1..] {
-            "" => Some((host, None)),
-            rest => Some((host, Some(rest.strip_prefix(':')?))),
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => Some((h, Some(p))),
-            None => Some((authority, None)),
-        }
-    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or(NOT_URL)?;
+    let port = url.port_or_known_default().filter(|p| *p > 0).ok_or("has an invalid port")?;
+    Ok(EndpointUrl { tls, host: host.to_string(), port, path: url.path().trim_end_matches('/').to_string() })
 }
 
 pub fn parse_protocol(v: &str) -> Result<OtlpProtocol, &'static str> {
@@ -263,6 +258,13 @@ pub fn parse_headers(v: &str) -> Result<BTreeMap<String, String>, &'static str> 
         if key.is_empty() {
             return Err("has an entry with an empty key");
         }
+        // W3C Baggage keys (what the specification names) are HTTP tokens.
+        // Checking it here also keeps a misplaced secret out of what is
+        // shown: keys appear in the redacted exporter view, and
+        // `Authorization: Bearer abc=` would otherwise make one.
+        if !key.bytes().all(is_token_byte) {
+            return Err(HEADER_KEY_NOT_TOKEN);
+        }
         let decoded = percent_decode(value.trim()).ok_or("has a value that is not valid percent-encoded UTF-8")?;
         out.insert(key.to_string(), decoded);
     }
@@ -272,21 +274,24 @@ pub fn parse_headers(v: &str) -> Result<BTreeMap<String, String>, &'static str> 
     Ok(out)
 }
 
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Percent-decodes a header value to UTF-8. `percent_encoding` passes a `%`
+/// without two hex digits through unchanged; the W3C Baggage values the
+/// specification names cannot hold one, so such a value is refused rather
+/// than sent half-decoded.
 fn percent_decode(v: &str) -> Option<String> {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let escapes_well_formed = v.split('%').skip(1).all(|after| {
+        let mut hex = after.chars().take(2);
+        after.chars().take(2).count() == 2 && hex.all(|c| c.is_ascii_hexdigit())
+    });
+    if !escapes_well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_decode_str(v).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 pub fn parse_bool(v: &str) -> Result<bool, &'static str> {
@@ -331,6 +336,40 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_endpoints_are_problems_not_panics() {
+        // Once a panic whose message held the whole value, password included.
+        assert_eq!(
+            parse_endpoint("http://\u{e9}:s3cr3t@collector:4317"),
+            Err("must not carry credentials; use OTEL_EXPORTER_OTLP_HEADERS")
+        );
+        assert_eq!(parse_endpoint("http\u{e9}://c"), Err(ENDPOINT_NOT_URL));
+        assert_eq!(parse_endpoint("htt\u{e9}"), Err(ENDPOINT_NOT_URL));
+        assert_eq!(parse_endpoint("http://[\u{e9}]:1"), Err(ENDPOINT_NOT_URL));
+        assert_eq!(parse_endpoint("http://c:4\u{e9}"), Err("has an invalid port"));
+        // International names become their ASCII form, as a client sends them.
+        let e = parse_endpoint("https://K\u{f6}ln.example:4318/\u{e9}t\u{e9}").expect("valid");
+        assert_eq!((e.host.as_str(), e.path.as_str()), ("xn--kln-sna.example", "/%C3%A9t%C3%A9"));
+    }
+
+    #[test]
+    fn endpoint_edge_cases() {
+        assert_eq!(parse_endpoint("http://c:80").expect("valid").port, 80);
+        assert_eq!(parse_endpoint("http://C.Example").expect("valid").host, "c.example");
+        assert_eq!(parse_endpoint("http://10.0.0.1:4317").expect("valid").host, "10.0.0.1");
+        assert_eq!(parse_endpoint("http://c:4317//").expect("valid").path, "");
+        for v in ["http://", "http:///c", "http://:4317", "http:c:4317", "http://c\t:4317", "http://c d", "http://c\n"]
+        {
+            assert_eq!(parse_endpoint(v), Err(ENDPOINT_NOT_URL), "{v:?}");
+        }
+        for v in ["http://@c", "http://:@c", "http://u@c/p"] {
+            assert_eq!(parse_endpoint(v), Err("must not carry credentials; use OTEL_EXPORTER_OTLP_HEADERS"), "{v:?}");
+        }
+        assert!(parse_endpoint("http://c/a@b").is_ok(), "@ in the path is not a credential");
+        assert_eq!(parse_endpoint("http://c#f"), Err("must not contain a query or fragment"));
+        assert_eq!(parse_endpoint("http://c:-1"), Err("has an invalid port"));
+    }
+
+    #[test]
     fn protocols() {
         assert_eq!(parse_protocol("grpc"), Ok(OtlpProtocol::Grpc));
         assert_eq!(parse_protocol("http/protobuf"), Ok(OtlpProtocol::HttpProtobuf));
@@ -347,6 +386,28 @@ mod tests {
         assert!(parse_headers("novalue").is_err());
         assert!(parse_headers("=v").is_err());
         assert!(parse_headers("k=%zz").is_err());
+    }
+
+    #[test]
+    fn header_escapes() {
+        const BAD: Result<BTreeMap<String, String>, &str> = Err("has a value that is not valid percent-encoded UTF-8");
+        for v in ["k=%", "k=%4", "k=a%", "k=%%41", "k=%\u{e9}", "k=%4\u{e9}", "k=%ff", "k=%c3"] {
+            assert_eq!(parse_headers(v), BAD, "{v:?}");
+        }
+        let h = parse_headers("k=%C3%A9%41,k1=\u{e9},k2=%2c").expect("valid");
+        assert_eq!(h.get("k").map(String::as_str), Some("\u{e9}A"));
+        assert_eq!(h.get("k1").map(String::as_str), Some("\u{e9}"));
+        assert_eq!(h.get("k2").map(String::as_str), Some(","));
+        assert_eq!(parse_headers(" , "), Err("must hold at least one key=value pair"));
+    }
+
+    #[test]
+    fn header_keys_are_tokens() {
+        for v in ["Authorization: Bearer abc=", "a b=1", "\u{e9}=1", "k\u{0}=1", "k/v=1", "\"k\"=1"] {
+            assert_eq!(parse_headers(v), Err(HEADER_KEY_NOT_TOKEN), "{v:?}");
+        }
+        let h = parse_headers("X-Scope-OrgID=t,a.b_c~!#$%&'*+^`|=1").expect("valid");
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

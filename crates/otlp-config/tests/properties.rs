@@ -182,3 +182,160 @@ proptest! {
         }
     }
 }
+
+/// Arbitrary text of the kinds that break hand-written parsers: any Unicode
+/// (multi-byte characters where byte offsets land mid-character), controls,
+/// and near misses of real values (schemes, userinfo, brackets, escapes).
+fn unicode() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "\\PC*",
+        "[\\PC\\x00-\\x1f\\x7f\\u{85}\\u{2028}\\u{feff}]{0,40}",
+        "(?i:https?)(://)?[\\PC\\t\\n%@:\\[\\]/\\\\?#]{0,30}",
+        "([\\PC%=,]{0,8}=[\\PC%]{0,12},?){1,4}",
+    ]
+}
+
+/// Every variable discovery reads: the 36 OTLP ones and the two Kubernetes ones.
+fn every_var_name() -> Vec<String> {
+    let mut names = all_var_names();
+    names.push(tern_otlp_config::env::KUBERNETES_MARKER.into());
+    names
+}
+
+/// A value around `token` in one of the shapes that reach each parser.
+fn unicode_value_with(token: String) -> impl Strategy<Value = String> {
+    (unicode(), unicode(), 0..5usize).prop_map(move |(a, b, shape)| match shape {
+        0 => format!("{a}{token}{b}"),
+        1 => format!("http://{a}:{token}@{b}:4317"),
+        2 => format!("https://{a}{token}{b}"),
+        3 => format!("{a}={token}{b}"),
+        _ => token.clone(),
+    })
+}
+
+/// Header-shaped values whose token is in a header *value*, which the
+/// exporter's redacted view must hide (its keys are shown by design).
+fn header_value_with(token: String) -> impl Strategy<Value = String> {
+    let key = prop_oneof!["[A-Za-z0-9-]{1,8}", "[^=,]{0,8}"];
+    let rest = prop_oneof!["[A-Za-z0-9%]{0,8}", unicode()];
+    (key, rest).prop_map(move |(key, rest)| format!("{key}={token}{rest}"))
+}
+
+fn leaks(out: &str, token: &str) -> bool {
+    out.contains(token) || out.to_lowercase().contains(&token.to_lowercase())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Each parser, on any text: no panic, and a refusal is one of the fixed
+    /// messages (which the control plane checks), never the value.
+    #[test]
+    fn parsers_take_any_text(v in unicode()) {
+        use tern_otlp_config::parse::*;
+        let results = [
+            parse_endpoint(&v).map(|_| ()),
+            parse_protocol(&v).map(|_| ()),
+            parse_headers(&v).map(|_| ()),
+            parse_bool(&v).map(|_| ()),
+            parse_timeout(&v).map(|_| ()),
+            parse_compression(&v).map(|_| ()),
+        ];
+        for r in results {
+            if let Err(message) = r {
+                prop_assert!(KNOWN_MESSAGES.contains(&message), "{message}");
+            }
+        }
+    }
+
+    /// A usable endpoint is what a client can dial: an ASCII host without
+    /// spaces, a port, and a URL that parses back to itself once rebuilt the
+    /// way the exporter rebuilds it.
+    #[test]
+    fn usable_endpoints_rebuild_to_themselves(v in unicode()) {
+        use tern_otlp_config::parse::parse_endpoint;
+        if let Ok(e) = parse_endpoint(&v) {
+            prop_assert!(!e.host.is_empty() && e.host.is_ascii() && !e.host.contains(char::is_whitespace));
+            prop_assert!(e.port > 0 && !e.path.ends_with('/'));
+            let scheme = if e.tls { "https" } else { "http" };
+            let rebuilt = format!("{scheme}://{}:{}{}", e.host, e.port, e.path);
+            prop_assert_eq!(parse_endpoint(&rebuilt), Ok(e));
+        }
+    }
+
+    /// Every variable discovery reads, filled with arbitrary Unicode around
+    /// a secret token: nothing panics, and the token appears in no output
+    /// the data plane prints or sends.
+    #[test]
+    fn no_value_leaks_on_any_unicode(
+        values in proptest::collection::vec(secret().prop_flat_map(|s| (Just(s.clone()), unicode_value_with(s))), 38),
+        headers in secret().prop_flat_map(|s| (Just(s.clone()), header_value_with(s))),
+        mask in proptest::collection::vec(any::<bool>(), 38),
+    ) {
+        let names = every_var_name();
+        prop_assert_eq!(names.len(), 38);
+        let mut vars = BTreeMap::new();
+        let mut tokens = Vec::new();
+        // An exporter shows its endpoint and header keys (not secrets), where
+        // a token in an endpoint or a headers value of any shape may land;
+        // file paths and header values must stay hidden there too.
+        let mut hidden_by_exporters = vec![headers.0.clone()];
+        for ((name, (token, value)), on) in names.iter().zip(&values).zip(&mask) {
+            if *on {
+                vars.insert(name.clone(), value.clone());
+                tokens.push(token.clone());
+                if name.ends_with("CERTIFICATE") || name.ends_with("CLIENT_KEY") {
+                    hidden_by_exporters.push(token.clone());
+                }
+            }
+        }
+        vars.insert("OTEL_EXPORTER_OTLP_HEADERS".into(), headers.1.clone());
+        tokens.push(headers.0.clone());
+
+        let (values, parsed, inventory) = Inventory::discover(&vars);
+        let mut outputs = vec![
+            serde_json::to_string(&inventory).expect("json"),
+            format!("{inventory:?}"),
+            format!("{values:?}"),
+            format!("{parsed:?}"),
+        ];
+        for p in &parsed.problems {
+            outputs.push(format!("{p:?} {} {}", p.scope(), p.message));
+        }
+        if let Err(e) = inventory.check_received() {
+            outputs.push(e);
+        }
+        for out in &outputs {
+            for token in &tokens {
+                prop_assert!(!leaks(out, token), "{token} leaked into {out}");
+            }
+        }
+        prop_assert!(inventory.check_received().is_ok(), "what the data plane sends, the control plane accepts");
+
+        // The exporters built from the same environment show endpoints, but
+        // never header values or file paths.
+        let backend = BackendSettings {
+            address: None,
+            port: None,
+            path: None,
+            protocol: None,
+            env_policy: EffectiveEnvPolicy {
+                mode: EnvMode::Optional,
+                precedence: Precedence::EnvFirst,
+                allow_signal_overrides: true,
+            },
+        };
+        for signal in Signal::ALL {
+            let resolution = resolve_signal(&backend, signal, &inventory, false);
+            if let Some(config) = build_exporter(&backend, &resolution, &parsed, values.host_ip.as_deref()) {
+                let shown = [format!("{config:?}"), config.redacted().to_string()];
+                for out in &shown {
+                    for token in &hidden_by_exporters {
+                        prop_assert!(!leaks(out, token), "{token} leaked into {out}");
+                    }
+                }
+            }
+        }
+    }
+}
