@@ -29,6 +29,8 @@ pub enum Precondition {
     MustNotExist,
     /// Only replace this exact version.
     Version(i64),
+    /// Only replace, whatever the version (`If-Match: *`): the resource must exist.
+    MustExist,
 }
 
 /// One resource to write in a batch.
@@ -92,6 +94,9 @@ pub enum StoreError {
     Conflict { key: ResourceKey, expected: i64, actual: i64 },
     #[error("mesh of name {mesh} is not found")]
     MeshNotFound { mesh: String, key: ResourceKey },
+    /// Kuma's rule: a mesh with data planes in it stays until they are gone.
+    #[error("unable to delete mesh, there are still some dataplanes attached")]
+    MeshHasDataplanes { mesh: String },
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -123,7 +128,9 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// never taken from the input: it is kept as stored (see [`Self::set_status`]).
     fn apply(&self, writes: Vec<Write>) -> impl Future<Output = Result<Vec<WriteOutcome>, StoreError>> + Send;
 
-    /// Deletes one resource. Deleting a Mesh deletes everything inside it.
+    /// Deletes one resource. Deleting a Mesh deletes everything inside it,
+    /// and is refused with [`StoreError::MeshHasDataplanes`] while any
+    /// Dataplane is still in it.
     fn delete(
         &self,
         key: &ResourceKey,

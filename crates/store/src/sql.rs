@@ -145,7 +145,7 @@ fn to_text<T: serde::Serialize>(value: &T) -> String {
 fn check_precondition(key: &ResourceKey, pre: Precondition, stored: Option<i64>) -> Result<(), StoreError> {
     match (pre, stored) {
         (Precondition::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists { key: key.clone() }),
-        (Precondition::Version(_), None) => Err(StoreError::NotFound(key.clone())),
+        (Precondition::Version(_) | Precondition::MustExist, None) => Err(StoreError::NotFound(key.clone())),
         (Precondition::Version(expected), Some(actual)) if expected != actual => {
             Err(StoreError::Conflict { key: key.clone(), expected, actual })
         }
@@ -287,6 +287,17 @@ impl ResourceStore for SqlStore {
         check_precondition(key, precondition, Some(stored.meta.version))?;
         let mut deleted = vec![Change { key: key.clone(), op: ChangeOp::Deleted, version: stored.meta.version }];
         if key.kind == Kind::Mesh {
+            // Kuma refuses to orphan running proxies. Writers of this store
+            // hold the write lock, so no Dataplane lands between the check
+            // and the delete.
+            let dataplanes = sqlx::query("SELECT name FROM tern_resources WHERE kind = $1 AND mesh = $2 LIMIT 1")
+                .bind(Kind::Dataplane.name())
+                .bind(&key.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if dataplanes.is_some() {
+                return Err(StoreError::MeshHasDataplanes { mesh: key.name.clone() });
+            }
             let rows = sqlx::query("SELECT kind, mesh, name, version FROM tern_resources WHERE mesh = $1")
                 .bind(&key.name)
                 .fetch_all(&mut *tx)

@@ -86,6 +86,7 @@ contract!(
     list_by_mesh_and_labels,
     change_feed_reports_commits,
     deleting_a_mesh_deletes_its_resources,
+    deleting_a_mesh_with_dataplanes_is_refused,
     status_writes_are_versioned,
 );
 
@@ -204,6 +205,29 @@ async fn deleting_a_mesh_deletes_its_resources(s: &SqlStore) {
     s.delete(&key(Kind::Mesh, "", "gone"), Precondition::None).await.expect("delete mesh");
     let left = s.list(Kind::MeshOpenTelemetryBackend, &ListFilter::default()).await.expect("list");
     assert_eq!(left.iter().map(|r| r.mesh.as_str()).collect::<Vec<_>>(), ["default"]);
+}
+
+async fn deleting_a_mesh_with_dataplanes_is_refused(s: &SqlStore) {
+    let dataplane = "type: Dataplane\nname: web-1\nmesh: busy\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n";
+    s.apply(vec![put(resource("type: Mesh\nname: busy\n")), put(backend("busy", "b", 1)), put(resource(dataplane))])
+        .await
+        .expect("seed");
+    let mut feed = s.subscribe();
+    match s.delete(&key(Kind::Mesh, "", "busy"), Precondition::None).await {
+        Err(e @ StoreError::MeshHasDataplanes { .. }) => {
+            assert_eq!(e.to_string(), "unable to delete mesh, there are still some dataplanes attached")
+        }
+        other => panic!("expected MeshHasDataplanes, got {other:?}"),
+    }
+    assert!(feed.try_recv().is_err(), "a refused delete announces nothing");
+    assert!(s.get(&key(Kind::Mesh, "", "busy")).await.expect("get").is_some(), "the mesh stays");
+    assert!(
+        s.get(&key(Kind::MeshOpenTelemetryBackend, "busy", "b")).await.expect("get").is_some(),
+        "so does its content"
+    );
+    s.delete(&key(Kind::Dataplane, "busy", "web-1"), Precondition::None).await.expect("delete dataplane");
+    s.delete(&key(Kind::Mesh, "", "busy"), Precondition::None).await.expect("an empty mesh goes");
+    assert!(s.get(&key(Kind::MeshOpenTelemetryBackend, "busy", "b")).await.expect("get").is_none());
 }
 
 async fn status_writes_are_versioned(s: &SqlStore) {
