@@ -4,6 +4,7 @@
 
 use crate::error::{parameters, ApiError, InvalidParameter};
 use crate::ApiState;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -45,8 +46,9 @@ pub struct ApplyResult {
 
 pub async fn apply<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
-    Json(req): Json<ApplyRequest>,
+    req: Result<Json<ApplyRequest>, JsonRejection>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
+    let Json(req) = req?;
     let mut parsed = Vec::with_capacity(req.documents.len());
     let mut invalid: Vec<InvalidParameter> = Vec::new();
     let mut broken = Vec::new();

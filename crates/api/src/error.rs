@@ -1,7 +1,8 @@
 //! API errors, rendered in Kuma's error body shape:
 //! `{type, status, title, detail, invalid_parameters[], details, causes[]}`.
 
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,12 @@ impl ApiError {
         match e {
             StoreError::NotFound(key) => Self::not_found(format!("{key} not found")),
             StoreError::MeshNotFound { mesh, .. } => Self::mesh_not_found(&mesh, document),
+            // Kuma's answer: a validation error on the field `mesh`.
+            e @ StoreError::MeshHasDataplanes { .. } => Self::bad_request(
+                "Could not delete a resource",
+                "Resource is not valid",
+                vec![InvalidParameter { field: "mesh".into(), reason: e.to_string(), document }],
+            ),
             e @ (StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
                 Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
@@ -93,6 +100,64 @@ impl ApiError {
             }
         }
     }
+}
+
+/// The title for an answer of `status` that no handler wrote (axum's body
+/// rejections, unknown paths, wrong methods): Kuma's wording where it has one.
+fn title_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST
+        | StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::UNPROCESSABLE_ENTITY => "Could not process a resource",
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+        s => s.canonical_reason().unwrap_or("Error"),
+    }
+}
+
+/// A request body that could not be read (too large, for instance).
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        ApiError::new(r.status(), title_for(r.status()), r.body_text())
+    }
+}
+
+/// A JSON body that could not be read: wrong content type (415), not JSON
+/// (400), JSON of the wrong shape (422), too large (413).
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(r.status(), title_for(r.status()), r.body_text())
+    }
+}
+
+/// The most of a plain-text error body [`kuma_shape`] reads.
+const PLAIN_ERROR_LIMIT: usize = 16 * 1024;
+
+/// Rewrites error answers that are not already JSON (axum's rejections and
+/// fallbacks are plain text or empty) into Kuma's error body, so every
+/// route, whichever extractor it uses, answers errors in one shape.
+pub async fn kuma_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_LIMIT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let detail = if text.is_empty() { status.canonical_reason().unwrap_or("Error").to_string() } else { text };
+    let mut shaped = ApiError::new(status, title_for(status), detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    shaped
 }
 
 pub fn parameters(violations: &Violations, document: Option<usize>) -> Vec<InvalidParameter> {

@@ -50,5 +50,6 @@ pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth, runtime: Option<
             get(get_resource::<S>).put(put_resource::<S>).delete(delete_resource::<S>),
         )
         .layer(middleware::from_fn_with_state(Arc::new(auth), auth::require_token))
+        .layer(middleware::map_response(error::kuma_shape))
         .with_state(state)
 }

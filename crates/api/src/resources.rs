@@ -4,6 +4,7 @@
 use crate::error::{ApiError, InvalidParameter};
 use crate::ApiState;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -108,9 +109,12 @@ async fn list<S: ResourceStore>(
     let all = state.store.list(kind, &filter).await.map_err(|e| ApiError::from_store(e, None))?;
     let total = all.len();
     let items: Vec<Value> = all.iter().skip(q.offset).take(q.size).map(Resource::to_json).collect();
-    let next = (q.offset + q.size < total).then(|| {
+    // `offset` is the caller's number: past the end (even near usize::MAX)
+    // there is simply no next page.
+    let next_offset = q.offset.checked_add(q.size).filter(|&n| n < total);
+    let next = next_offset.map(|next_offset| {
         let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("offset", &(q.offset + q.size).to_string()).append_pair("size", &q.size.to_string());
+        query.append_pair("offset", &next_offset.to_string()).append_pair("size", &q.size.to_string());
         for (k, v) in &q.labels {
             query.append_pair("filter", &format!("label.{k}={v}"));
         }
@@ -147,11 +151,15 @@ pub async fn list_meshes<S: ResourceStore>(
 
 fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     if let Some(v) = headers.get(header::IF_MATCH) {
-        let text = v.to_str().unwrap_or("").trim().trim_matches('"');
-        return text.parse().map(Precondition::Version).map_err(|_| {
+        let text = v.to_str().unwrap_or("").trim();
+        // RFC 9110: `*` matches any current representation.
+        if text == "*" {
+            return Ok(Precondition::MustExist);
+        }
+        return text.trim_matches('"').parse().map(Precondition::Version).map_err(|_| {
             ApiError::bad_request(
                 "Could not process a resource",
-                "If-Match must be a version returned in an ETag",
+                "If-Match must be * or a version returned in an ETag",
                 vec![],
             )
         });
@@ -211,8 +219,18 @@ async fn put<S: ResourceStore>(
         let title = if exists { "Failed to update a resource" } else { "Failed to create a resource" };
         ApiError::invalid(title, &e.violations, None)
     })?;
-    let write = Write { resource: parsed.resource, precondition: precondition(headers)? };
-    let outcome = state.store.apply(vec![write]).await.map_err(|e| ApiError::from_store(e, None))?;
+    let pre = precondition(headers)?;
+    let write = Write { resource: parsed.resource, precondition: pre };
+    let outcome = state.store.apply(vec![write]).await.map_err(|e| match e {
+        // Like a stale version, a resource that `If-Match` expected but that
+        // is gone is a conflict, not a missing path.
+        tern_store::StoreError::NotFound(k) if pre != Precondition::None => ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("{k} does not exist, and If-Match needs a current version"),
+        ),
+        e => ApiError::from_store(e, None),
+    })?;
     let outcome = outcome[0];
     let status = match outcome {
         WriteOutcome::Created { .. } => StatusCode::CREATED,
@@ -229,19 +247,19 @@ pub async fn put_resource<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&plural)?;
-    put(&state, ResourceKey::new(kind, &mesh, &name), &headers, &body).await
+    put(&state, ResourceKey::new(kind, &mesh, &name), &headers, &body?).await
 }
 
 pub async fn put_mesh<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    put(&state, ResourceKey::new(Kind::Mesh, "", &name), &headers, &body).await
+    put(&state, ResourceKey::new(Kind::Mesh, "", &name), &headers, &body?).await
 }
 
 fn read_only(kind: Kind) -> ApiError {
@@ -299,4 +317,189 @@ pub async fn dataplane_runtime<S: ResourceStore>(
     }
     let view = state.runtime.as_ref().map(|r| r.dataplane(&mesh, &name)).unwrap_or_else(|| json!({}));
     Ok(Json(view).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{router, ErrorBody, WriteAuth};
+    use axum::body::Body;
+    use axum::http::{header, Method, Request, StatusCode};
+    use axum::Router;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+    use tern_store::SqlStore;
+    use tower::ServiceExt;
+
+    async fn api(token: Option<&str>) -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("tern.db").display());
+        let store = Arc::new(SqlStore::open(&url).await.expect("store opens"));
+        (router(store, WriteAuth { token: token.map(str::to_string) }, None), dir)
+    }
+
+    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn request(method: Method, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Request<Body> {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match body {
+            Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .expect("request")
+    }
+
+    /// Parses an answer as Kuma's error body, failing the test if it is not one.
+    fn kuma_error(status: StatusCode, body: &Value) -> ErrorBody {
+        let err: ErrorBody = serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("answer {status} is not Kuma's error shape ({e}): {body}"));
+        assert_eq!(err.status, status.as_u16());
+        assert_eq!(err.type_, "/std-errors");
+        err
+    }
+
+    async fn put_backend(app: &Router, name: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let body = json!({"spec": {"endpoint": {"port": 4317}}});
+        let path = format!("/meshes/default/meshopentelemetrybackends/{name}");
+        call(app, request(Method::PUT, &path, headers, Some(&body))).await
+    }
+
+    #[tokio::test]
+    async fn deleting_a_mesh_with_dataplanes_is_refused_as_kuma_does() {
+        let (app, _dir) = api(None).await;
+        let (status, _) = call(&app, request(Method::PUT, "/meshes/busy", &[], Some(&json!({})))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let dataplane = json!({"networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+        let (status, _) =
+            call(&app, request(Method::PUT, "/meshes/busy/dataplanes/web-1", &[], Some(&dataplane))).await;
+        assert_eq!(status, StatusCode::CREATED);
+
+        let (status, body) = call(&app, request(Method::DELETE, "/meshes/busy", &[], None)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let err = kuma_error(status, &body);
+        assert_eq!((err.title.as_str(), err.detail.as_str()), ("Could not delete a resource", "Resource is not valid"));
+        assert_eq!(err.invalid_parameters.len(), 1);
+        assert_eq!(err.invalid_parameters[0].field, "mesh");
+        assert_eq!(err.invalid_parameters[0].reason, "unable to delete mesh, there are still some dataplanes attached");
+        let (status, _) = call(&app, request(Method::GET, "/meshes/busy/dataplanes/web-1", &[], None)).await;
+        assert_eq!(status, StatusCode::OK, "nothing was deleted");
+
+        let (status, _) = call(&app, request(Method::DELETE, "/meshes/busy/dataplanes/web-1", &[], None)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&app, request(Method::DELETE, "/meshes/busy", &[], None)).await;
+        assert_eq!(status, StatusCode::OK, "a mesh without dataplanes can go");
+    }
+
+    #[tokio::test]
+    async fn huge_offsets_never_wrap_to_the_first_page() {
+        let (app, _dir) = api(None).await;
+        for offset in [u64::MAX, u64::MAX - 50] {
+            let path = format!("/meshes?offset={offset}&size=100");
+            let (status, body) = call(&app, request(Method::GET, &path, &[], None)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["items"], json!([]), "offset {offset}");
+            assert_eq!(body["next"], Value::Null, "offset {offset}");
+            assert_eq!(body["total"], 1);
+        }
+        let (_, body) = call(&app, request(Method::GET, "/meshes?offset=0&size=1", &[], None)).await;
+        assert_eq!(body["next"], Value::Null, "one mesh fits one page");
+    }
+
+    #[tokio::test]
+    async fn if_match_star_means_any_current_version() {
+        let (app, _dir) = api(None).await;
+        let (status, body) = put_backend(&app, "missing", &[("if-match", "*")]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        kuma_error(status, &body);
+        assert_eq!(put_backend(&app, "b", &[]).await.0, StatusCode::CREATED);
+        let (status, body) = put_backend(&app, "b", &[("if-match", "*")]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = put_backend(&app, "b", &[("if-match", "\"1\"")]).await;
+        assert_eq!(status, StatusCode::OK, "an unchanged write keeps version 1: {body}");
+        let (status, body) = put_backend(&app, "b", &[("if-match", "nonsense")]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        kuma_error(status, &body);
+        let path = "/meshes/default/meshopentelemetrybackends/b";
+        let (status, _) = call(&app, request(Method::DELETE, path, &[("if-match", "*")], None)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn bearer_scheme_is_case_insensitive() {
+        let (app, _dir) = api(Some("s3cret")).await;
+        for (auth, want) in [
+            ("Bearer s3cret", StatusCode::CREATED),
+            ("bearer s3cret", StatusCode::OK),
+            ("BEARER  s3cret", StatusCode::OK),
+            ("Bearer wrong", StatusCode::UNAUTHORIZED),
+            ("Basic s3cret", StatusCode::UNAUTHORIZED),
+            ("s3cret", StatusCode::UNAUTHORIZED),
+        ] {
+            let (status, body) = put_backend(&app, "b", &[("authorization", auth)]).await;
+            assert_eq!(status, want, "{auth}: {body}");
+        }
+        let (status, body) = put_backend(&app, "b", &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        kuma_error(status, &body);
+    }
+
+    #[tokio::test]
+    async fn body_rejections_answer_in_kumas_shape() {
+        let (app, _dir) = api(None).await;
+        let plain = Request::builder()
+            .method(Method::POST)
+            .uri("/_apply")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from("{}"))
+            .expect("request");
+        let (status, body) = call(&app, plain).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(kuma_error(status, &body).title, "Could not process a resource");
+
+        let (status, body) = call(&app, request(Method::POST, "/_apply", &[], Some(&json!({"documents": 5})))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(kuma_error(status, &body).detail.contains("documents"), "{body}");
+
+        let broken = Request::builder()
+            .method(Method::POST)
+            .uri("/_apply")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{not json"))
+            .expect("request");
+        let (status, body) = call(&app, broken).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        kuma_error(status, &body);
+
+        // Larger than axum's default body limit (2 MiB), on both kinds of body.
+        let huge = json!({"spec": {"endpoint": {"address": "a".repeat(3 << 20)}}});
+        let path = "/meshes/default/meshopentelemetrybackends/b";
+        let (status, body) = call(&app, request(Method::PUT, path, &[], Some(&huge))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        kuma_error(status, &body);
+        let (status, body) =
+            call(&app, request(Method::POST, "/_apply", &[], Some(&json!({"documents": [huge]})))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        kuma_error(status, &body);
+    }
+
+    #[tokio::test]
+    async fn router_fallbacks_answer_in_kumas_shape() {
+        let (app, _dir) = api(None).await;
+        let (status, body) =
+            call(&app, request(Method::GET, "/meshes/default/dataplanes/x/_nothing/here", &[], None)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        kuma_error(status, &body);
+        let resp = app.clone().oneshot(request(Method::PATCH, "/meshes/default", &[], None)).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(resp.headers().contains_key(header::ALLOW), "the Allow header survives");
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+        kuma_error(StatusCode::METHOD_NOT_ALLOWED, &serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+    }
 }
