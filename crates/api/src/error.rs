@@ -5,41 +5,10 @@ use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use tern_model::{Violation, Violations};
 use tern_store::StoreError;
 
-/// One invalid field, as Kuma's `invalid_parameters[]` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InvalidParameter {
-    pub field: String,
-    pub reason: String,
-    /// Which document of a multi-document apply the field belongs to (Tern).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub document: Option<usize>,
-}
-
-/// The deprecated mirror of `invalid_parameters`, which Kuma always fills.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cause {
-    pub field: String,
-    pub message: String,
-}
-
-/// Kuma's error body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: u16,
-    pub title: String,
-    pub detail: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub invalid_parameters: Vec<InvalidParameter>,
-    pub details: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub causes: Vec<Cause>,
-}
+pub use tern_protocol::{Cause, ErrorBody, InvalidParameter};
 
 /// An error the API answers with.
 #[derive(Debug)]

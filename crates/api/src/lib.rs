@@ -7,6 +7,7 @@ mod auth;
 pub mod error;
 pub mod openapi;
 mod resources;
+mod tokens;
 
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -28,7 +29,7 @@ pub struct ApiState<S> {
 /// data plane last reported about delivery, and what its Envoy accepted or
 /// refused over xDS.
 pub trait RuntimeView: Send + Sync {
-    fn dataplane(&self, mesh: &str, name: &str) -> serde_json::Value;
+    fn dataplane(&self, mesh: &str, name: &str) -> tern_protocol::RuntimeView;
 }
 
 /// The API's routes over `store`; `auth` decides who may write; `runtime`
@@ -40,6 +41,13 @@ pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth, runtime: Option<
         .route("/", get(|| async { Json(json!({"product": "Tern", "version": env!("CARGO_PKG_VERSION")})) }))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .route("/_apply", post(apply::apply::<S>))
+        .route("/tokens/dataplane", post(tokens::generate_dataplane_token::<S>))
+        .route("/tokens/dataplane/revocations", post(tokens::revoke_dataplane_token::<S>))
+        .route(
+            "/tokens/dataplane/signing-keys",
+            get(tokens::list_signing_keys::<S>).post(tokens::rotate_signing_key::<S>),
+        )
+        .route("/tokens/dataplane/signing-keys/{serial}", axum::routing::delete(tokens::remove_signing_key::<S>))
         .route("/meshes", get(list_meshes::<S>))
         .route("/meshes/{name}", get(get_mesh::<S>).put(put_mesh::<S>).delete(delete_mesh::<S>))
         .route("/{plural}", get(list_all_meshes::<S>))

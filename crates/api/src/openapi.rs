@@ -17,6 +17,10 @@ pub const PATHS: &[&str] = &[
     "/meshes/{mesh}/{plural}",
     "/meshes/{mesh}/{plural}/{name}",
     "/meshes/{mesh}/dataplanes/{name}/_runtime",
+    "/tokens/dataplane",
+    "/tokens/dataplane/revocations",
+    "/tokens/dataplane/signing-keys",
+    "/tokens/dataplane/signing-keys/{serial}",
 ];
 
 pub fn document() -> Value {
@@ -77,7 +81,27 @@ pub fn document() -> Value {
                         "responses": {"200": {"description": "runtime view"}, "404": error("no such dataplane")}}},
             "/meshes/{mesh}/{plural}/{name}": {
                 "parameters": [param("mesh", None), param("plural", Some(&plurals)), param("name", None)],
-                "get": get_one, "put": put_one, "delete": delete_one}
+                "get": get_one, "put": put_one, "delete": delete_one},
+            "/tokens/dataplane": {"post": {
+                "summary": "A data-plane token for one dataplane (Kuma's path), as text",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["mesh", "name"], "properties": {"mesh": {"type": "string"}, "name": {"type": "string"},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "validFor": {"type": "string", "description": "a duration, e.g. 24h (default)"}}}}}},
+                "responses": {"200": {"description": "the token", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "400": error("invalid request"), "401": error("token required")}}},
+            "/tokens/dataplane/revocations": {"post": {
+                "summary": "Refuse a data-plane token from now on, by its id (`jti`)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["id"], "properties": {"id": {"type": "string"}}}}}},
+                "responses": {"204": {"description": "revoked"}, "400": error("invalid id"), "401": error("token required")}}},
+            "/tokens/dataplane/signing-keys": {
+                "get": {"summary": "Signing keys' serials (never their material)", "responses": {"200": {"description": "items: serial, active"}}},
+                "post": {"summary": "Add a signing key; new tokens are signed with it",
+                         "responses": {"201": {"description": "the new serial"}, "401": error("token required")}}},
+            "/tokens/dataplane/signing-keys/{serial}": {"parameters": [param("serial", None)], "delete": {
+                "summary": "Remove a signing key: tokens it signed are refused",
+                "responses": {"204": {"description": "removed"}, "400": error("the only key"), "404": error("no such key")}}}
         },
         "components": {"schemas": {
             "Resource": {"type": "object", "required": ["type", "name"], "properties": {

@@ -315,7 +315,7 @@ pub async fn dataplane_runtime<S: ResourceStore>(
     if state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_none() {
         return Err(ApiError::not_found(format!("{key} not found")));
     }
-    let view = state.runtime.as_ref().map(|r| r.dataplane(&mesh, &name)).unwrap_or_else(|| json!({}));
+    let view = state.runtime.as_ref().map(|r| r.dataplane(&mesh, &name)).unwrap_or_default();
     Ok(Json(view).into_response())
 }
 

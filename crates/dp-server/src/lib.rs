@@ -7,106 +7,110 @@
 //! - `GET /otel/{mesh}/{name}?version=N`: long-poll for the OpenTelemetry
 //!   plan. Answers at once when the plan's version differs from `N`,
 //!   otherwise when it changes, or with 304 after `timeout` seconds.
+//! - `POST /delivery/{mesh}/{name}`: the data plane's delivery counts.
 //!
-//! Bodies are JSON; errors use the REST API's shape (field and message).
+//! Every request carries a data-plane token (`Authorization: Bearer`) and
+//! may touch only the dataplane the token names ([`DpAuth`]). Bodies are the
+//! typed messages of `tern-protocol`; errors use the REST API's shape.
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+mod runtime;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_api::error::{ApiError, InvalidParameter};
+use tern_model::spec::DataplaneSpec;
 use tern_model::{resource_from_document, Kind, Meta, Resource, ResourceKey};
-use tern_otlp_config::{Inventory, OtelPlan};
+use tern_protocol::{BootstrapRequest, BootstrapResponse, DeliveryReport, PlanResponse};
 use tern_reconcile::PlanHub;
 use tern_resolve::Session;
 use tern_store::{Precondition, ResourceStore, Write};
+use tern_tokens::{Authenticate, Identity, TokenError};
 use tracing::info;
 
-/// What `tern-dp` sends when it starts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BootstrapRequest {
-    /// The Dataplane resource (Universal or Kubernetes form), to create or update.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataplane: Option<Value>,
-    /// Or the mesh and name of a Dataplane already stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mesh: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub version: String,
-    #[serde(default)]
-    pub features: Vec<String>,
-    pub work_dir: String,
-    /// Parsed strictly: an inventory with unknown fields is refused.
-    #[serde(default)]
-    pub otel_env: Value,
+pub use runtime::RuntimeState;
+
+/// The largest body the data-plane server reads (a Dataplane and an inventory fit many times over).
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// Who may call the data-plane server.
+#[derive(Clone)]
+pub enum DpAuth {
+    /// Data-plane tokens: every request proves which dataplane it speaks for.
+    Tokens(Arc<dyn Authenticate>),
+    /// No authentication (`--dp-auth none`; refused off loopback).
+    Off,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BootstrapResponse {
-    pub mesh: String,
-    pub name: String,
-    /// Where to long-poll for the plan.
-    pub plan_path: String,
+impl DpAuth {
+    /// Checks that the caller may act as `mesh`/`name`.
+    async fn allow(&self, headers: &HeaderMap, mesh: &str, name: &str) -> Result<(), ApiError> {
+        let DpAuth::Tokens(auth) = self else { return Ok(()) };
+        let value = headers.get(tern_protocol::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let identity = auth.authenticate(value).await.map_err(refused)?;
+        check_identity(&identity, mesh, name)
+    }
+
+    async fn identity(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+        let DpAuth::Tokens(auth) = self else { return Ok(None) };
+        let value = headers.get(tern_protocol::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        auth.authenticate(value).await.map(Some).map_err(refused)
+    }
 }
 
-/// A delivered plan.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlanResponse {
-    pub version: u64,
-    pub plan: OtelPlan,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
+fn refused(e: TokenError) -> ApiError {
+    if e.is_client_error() {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string())
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e.to_string())
+    }
+}
+
+fn check_identity(identity: &Identity, mesh: &str, name: &str) -> Result<(), ApiError> {
+    if identity.is(mesh, name) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "this data-plane token is for dataplane {:?} in mesh {:?}; it cannot act as {name:?} in mesh {mesh:?}",
+            identity.name, identity.mesh
+        ),
+    ))
 }
 
 struct DpState<S> {
     store: Arc<S>,
     hub: Arc<PlanHub>,
     runtime: Arc<RuntimeState>,
+    auth: DpAuth,
 }
 
-/// What data planes report while they run (delivery counts), next to what
-/// their Envoys did with xDS; kept in memory, read by the API.
-pub struct RuntimeState {
-    delivery: std::sync::Mutex<std::collections::HashMap<(String, String), (Value, String)>>,
-    xds: Arc<tern_xds::XdsHub>,
-}
-
-impl RuntimeState {
-    pub fn new(xds: Arc<tern_xds::XdsHub>) -> Self {
-        RuntimeState { delivery: Default::default(), xds }
-    }
-}
-
-impl tern_api::RuntimeView for RuntimeState {
-    fn dataplane(&self, mesh: &str, name: &str) -> Value {
-        let node = tern_xds::node_id(mesh, name);
-        let delivery =
-            self.delivery.lock().unwrap_or_else(|p| p.into_inner()).get(&(mesh.to_string(), name.to_string())).cloned();
-        let nack =
-            self.xds.nack(&node).map(|n| json!({"typeUrl": n.type_url, "version": n.version, "message": n.message}));
-        json!({
-            "delivery": delivery.as_ref().map(|(d, _)| d.clone()),
-            "deliveryReportedAt": delivery.map(|(_, t)| t),
-            "xds": {"ackedVersion": self.xds.acked_version(&node), "nack": nack},
-        })
-    }
-}
-
-pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<RuntimeState>) -> Router {
+pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<RuntimeState>, auth: DpAuth) -> Router {
     Router::new()
         .route("/bootstrap", post(bootstrap::<S>))
         .route("/otel/{mesh}/{name}", get(plan::<S>))
         .route("/delivery/{mesh}/{name}", post(delivery::<S>))
-        .with_state(Arc::new(DpState { store, hub, runtime }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(DpState { store, hub, runtime, auth }))
+}
+
+/// Reads a typed body; a bad one is a 400 naming the field.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        invalid(&field, e.into_inner().to_string())
+    })
 }
 
 /// `POST /delivery/{mesh}/{name}`: a data plane's delivery counts (names and
@@ -114,64 +118,69 @@ pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<R
 async fn delivery<S: ResourceStore>(
     State(state): State<Arc<DpState<S>>>,
     Path((mesh, name)): Path<(String, String)>,
-    Json(report): Json<Value>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    if !report.get("backends").is_some_and(Value::is_array) {
-        return Err(invalid("backends", "must be a list of per-backend delivery counts".into()));
-    }
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    state.runtime.delivery.lock().unwrap_or_else(|p| p.into_inner()).insert((mesh, name), (report, now));
+    state.auth.allow(&headers, &mesh, &name).await?;
+    let report: DeliveryReport = decode(&body)?;
+    report.check().map_err(|(field, reason)| invalid(&field, reason))?;
+    registered(&state, &mesh, &name).await?;
+    state.runtime.record_delivery(&mesh, &name, report);
     Ok(StatusCode::NO_CONTENT)
 }
 
 fn invalid(field: &str, reason: String) -> ApiError {
     ApiError::bad_request(
         "Bootstrap refused",
-        "the bootstrap request is not valid",
+        "the request is not valid",
         vec![InvalidParameter { field: field.into(), reason, document: None }],
     )
 }
 
 async fn bootstrap<S: ResourceStore>(
     State(state): State<Arc<DpState<S>>>,
-    Json(req): Json<BootstrapRequest>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<BootstrapResponse>, ApiError> {
-    let inventory: Inventory = serde_path_to_error::deserialize(req.otel_env.clone())
-        .map_err(|e| invalid(&format!("otelEnv.{}", e.path()), e.into_inner().to_string()))?;
-    inventory.check_received().map_err(|reason| invalid("otelEnv", reason))?;
+    let identity = state.auth.identity(&headers).await?;
+    let req: BootstrapRequest = decode(&body)?;
+    req.otel_env.check_received().map_err(|reason| invalid("otelEnv", reason))?;
     if req.work_dir.is_empty() {
         return Err(invalid("workDir", "must not be empty".into()));
     }
-    let dataplane =
-        match (&req.dataplane, &req.mesh, &req.name) {
-            (Some(doc), _, _) => {
-                let parsed = resource_from_document(doc)
-                    .map_err(|e| ApiError::invalid("Dataplane is not valid", &e.violations, None))?;
-                if parsed.resource.kind != Kind::Dataplane {
-                    return Err(invalid("dataplane", format!("must be a Dataplane, not a {}", parsed.resource.kind)));
-                }
-                let write = Write { resource: parsed.resource.clone(), precondition: Precondition::None };
-                state.store.apply(vec![write]).await.map_err(|e| ApiError::from_store(e, None))?;
-                parsed.resource
+    let dataplane = match (&req.dataplane, &req.mesh, &req.name) {
+        (Some(doc), _, _) => {
+            let parsed = resource_from_document(doc)
+                .map_err(|e| ApiError::invalid("Dataplane is not valid", &e.violations, None))?;
+            if parsed.resource.kind != Kind::Dataplane {
+                return Err(invalid("dataplane", format!("must be a Dataplane, not a {}", parsed.resource.kind)));
             }
-            (None, Some(mesh), Some(name)) => {
-                let key = ResourceKey::new(Kind::Dataplane, mesh, name);
-                state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.ok_or_else(|| {
-                    ApiError::not_found(format!("{key} not found; send its Dataplane resource instead"))
-                })?
+            authorize_dataplane(identity.as_ref(), &parsed.resource)?;
+            let write = Write { resource: parsed.resource.clone(), precondition: Precondition::None };
+            state.store.apply(vec![write]).await.map_err(|e| ApiError::from_store(e, None))?;
+            parsed.resource
+        }
+        (None, Some(mesh), Some(name)) => {
+            if let Some(identity) = &identity {
+                check_identity(identity, mesh, name)?;
             }
-            _ => {
-                return Err(invalid(
-                    "dataplane",
-                    "send the Dataplane resource, or the mesh and name of a stored one".into(),
-                ))
-            }
-        };
+            let key = ResourceKey::new(Kind::Dataplane, mesh, name);
+            let stored = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?;
+            let stored = stored.ok_or_else(|| {
+                ApiError::not_found(format!("{key} not found; send its Dataplane resource instead"))
+            })?;
+            authorize_dataplane(identity.as_ref(), &stored)?;
+            stored
+        }
+        _ => {
+            return Err(invalid("dataplane", "send the Dataplane resource, or the mesh and name of a stored one".into()))
+        }
+    };
     let session = Session {
         version: req.version,
         features: req.features,
         work_dir: req.work_dir,
-        otel_env: inventory,
+        otel_env: req.otel_env,
         connect_time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     };
     let insight = Resource {
@@ -202,6 +211,29 @@ async fn bootstrap<S: ResourceStore>(
     }))
 }
 
+/// The token's dataplane must be this one, and every inbound must carry the
+/// token's tags (Kuma's rule for tokens with tags).
+fn authorize_dataplane(identity: Option<&Identity>, dataplane: &Resource) -> Result<(), ApiError> {
+    let Some(identity) = identity else { return Ok(()) };
+    check_identity(identity, &dataplane.mesh, &dataplane.name)?;
+    if identity.tags.is_empty() {
+        return Ok(());
+    }
+    let spec: DataplaneSpec = serde_json::from_value(dataplane.spec.clone()).unwrap_or_default();
+    let inbounds = spec.networking.map(|n| n.inbound).unwrap_or_default();
+    let all_tagged =
+        inbounds.iter().all(|i| identity.tags.iter().all(|(k, v)| i.tags.get(k).is_some_and(|have| have == v)));
+    if all_tagged {
+        return Ok(());
+    }
+    let wanted: Vec<String> = identity.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!("this data-plane token requires every inbound to carry the tags {}", wanted.join(", ")),
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 struct PlanQuery {
     /// The version the data plane holds; 0 or absent for none.
@@ -212,12 +244,9 @@ struct PlanQuery {
     timeout: Option<u64>,
 }
 
-async fn plan<S: ResourceStore>(
-    State(state): State<Arc<DpState<S>>>,
-    Path((mesh, name)): Path<(String, String)>,
-    Query(q): Query<PlanQuery>,
-) -> Result<Response, ApiError> {
-    let key = ResourceKey::new(Kind::DataplaneInsight, &mesh, &name);
+/// 404 unless the dataplane has bootstrapped (its insight exists).
+async fn registered<S: ResourceStore>(state: &DpState<S>, mesh: &str, name: &str) -> Result<(), ApiError> {
+    let key = ResourceKey::new(Kind::DataplaneInsight, mesh, name);
     if state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -225,6 +254,17 @@ async fn plan<S: ResourceStore>(
             format!("dataplane {name:?} in mesh {mesh:?} has not bootstrapped (or was deleted); POST /bootstrap first"),
         ));
     }
+    Ok(())
+}
+
+async fn plan<S: ResourceStore>(
+    State(state): State<Arc<DpState<S>>>,
+    Path((mesh, name)): Path<(String, String)>,
+    Query(q): Query<PlanQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.allow(&headers, &mesh, &name).await?;
+    registered(&state, &mesh, &name).await?;
     let mut rx = state.hub.subscribe(&mesh, &name);
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(300));
     let ready = |s: &tern_reconcile::PlanState| s.version != 0 && s.version != q.version;

@@ -190,6 +190,39 @@ pub struct SigningKeyInfo {
     pub active: bool,
 }
 
+/// One invalid field, as Kuma's `invalid_parameters[]` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidParameter {
+    pub field: String,
+    pub reason: String,
+    /// Which document of a multi-document apply the field belongs to (Tern).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<usize>,
+}
+
+/// The deprecated mirror of `invalid_parameters`, which Kuma always fills.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cause {
+    pub field: String,
+    pub message: String,
+}
+
+/// Kuma's error body, what every 4xx and 5xx of the API and the data-plane
+/// server carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: u16,
+    pub title: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_parameters: Vec<InvalidParameter>,
+    pub details: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<Cause>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

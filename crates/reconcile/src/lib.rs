@@ -45,10 +45,29 @@ impl Pending {
     }
 }
 
+/// Per-dataplane state held outside the reconciler (xDS streams, delivery
+/// counts) that must not outlive its dataplane: after each recompute of a
+/// mesh, everything not in `keep` is dropped.
+pub trait DataplaneState: Send + Sync {
+    fn retain(&self, mesh: &str, keep: &[&str]);
+}
+
+impl DataplaneState for XdsHub {
+    fn retain(&self, mesh: &str, keep: &[&str]) {
+        XdsHub::retain(self, mesh, keep)
+    }
+}
+
+/// Backoff between retries of a mesh whose reconcile failed (store errors).
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub struct Reconciler<S> {
     store: Arc<S>,
     hub: Arc<PlanHub>,
     xds: Arc<XdsHub>,
+    /// Other per-dataplane state to prune with the dataplanes.
+    states: Vec<Arc<dyn DataplaneState>>,
     /// The service endpoints per mesh as of the last recompute.
     services: BTreeMap<String, ServiceMap>,
     /// The last resolution per mesh, reused for what a change does not touch.
@@ -65,6 +84,7 @@ impl<S: ResourceStore> Reconciler<S> {
             store,
             hub,
             xds,
+            states: Vec::new(),
             services: BTreeMap::new(),
             previous: BTreeMap::new(),
             logged_unresolved: BTreeMap::new(),
@@ -72,21 +92,41 @@ impl<S: ResourceStore> Reconciler<S> {
         }
     }
 
+    /// Also prunes `state` of deleted dataplanes.
+    pub fn with_state(mut self, state: Arc<dyn DataplaneState>) -> Self {
+        self.states.push(state);
+        self
+    }
+
     /// Runs until the store's change feed closes.
     pub async fn run(mut self) {
         let mut feed = self.store.subscribe();
         let mut dirty = self.all_meshes().await;
+        let mut backoff = RETRY_FIRST;
         loop {
+            let mut failed = BTreeMap::new();
             for (mesh, pending) in std::mem::take(&mut dirty) {
                 if let Err(e) = self.reconcile_mesh(&mesh, pending).await {
-                    warn!(mesh = %mesh, error = %e, "reconcile failed; will retry on the next change");
+                    warn!(mesh = %mesh, error = %e, retry_in = ?backoff, "reconcile failed; retrying");
+                    failed.insert(mesh, Pending::everything());
                 }
             }
-            // Wait for a change, then gather whatever else arrives meanwhile.
-            match feed.recv().await {
-                Ok(change) => note_change(&mut dirty, &change),
-                Err(RecvError::Lagged(_)) => dirty = self.all_meshes().await,
-                Err(RecvError::Closed) => return,
+            // Wait for a change (or, after a failure, at most the backoff),
+            // then gather whatever else arrives meanwhile.
+            let next = if failed.is_empty() {
+                backoff = RETRY_FIRST;
+                Some(feed.recv().await)
+            } else {
+                dirty = failed;
+                let waited = tokio::time::timeout(backoff, feed.recv()).await.ok();
+                backoff = (backoff * 2).min(RETRY_MAX);
+                waited
+            };
+            match next {
+                None => continue,
+                Some(Ok(change)) => note_change(&mut dirty, &change),
+                Some(Err(RecvError::Lagged(_))) => dirty = self.all_meshes().await,
+                Some(Err(RecvError::Closed)) => return,
             }
             let deadline = tokio::time::Instant::now() + DEBOUNCE;
             while let Ok(next) = tokio::time::timeout_at(deadline, feed.recv()).await {
@@ -148,6 +188,10 @@ impl<S: ResourceStore> Reconciler<S> {
             }
         }
         self.hub.retain(mesh, &names);
+        DataplaneState::retain(&*self.xds, mesh, &names);
+        for state in &self.states {
+            state.retain(mesh, &names);
+        }
         let services = service_map(&dataplanes);
         let services_changed = self.services.get(mesh) != Some(&services);
         for dp in &dataplanes {

@@ -12,7 +12,7 @@ mod session;
 
 pub use matching::{selects, DataplaneFacts, Specificity};
 pub use merge_patch::merge_patch;
-pub use session::{Session, OTEL_PIPE_FEATURE};
+pub use session::{socket_path, Session, OTEL_PIPE_FEATURE};
 
 use serde::Serialize;
 use serde_json::Value;

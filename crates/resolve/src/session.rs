@@ -34,17 +34,23 @@ impl Session {
         serde_json::from_value(spec.get("session")?.clone()).ok()
     }
 
-    /// The socket the data plane opens for a backend, inside its work
-    /// directory, within the 107 bytes a Unix socket path may have.
+    /// The socket the data plane opens for a backend (see [`socket_path`]).
     pub fn socket_path(&self, backend: &str) -> String {
-        let clean: String =
-            backend.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
-        let path = format!("{}/otel-{clean}.sock", self.work_dir.trim_end_matches('/'));
-        if path.len() <= 107 {
-            return path;
-        }
-        let hash =
-            clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        format!("{}/otel-{hash:016x}.sock", self.work_dir.trim_end_matches('/'))
+        socket_path(&self.work_dir, backend)
     }
+}
+
+/// The socket a data plane opens for a backend, inside its work directory,
+/// within the 107 bytes a Unix socket path may have. `tern-dp` computes it
+/// from its own work directory; the control plane from what the data plane
+/// reported, for Envoy's pipe clusters.
+pub fn socket_path(work_dir: &str, backend: &str) -> String {
+    let clean: String =
+        backend.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    let path = format!("{}/otel-{clean}.sock", work_dir.trim_end_matches('/'));
+    if path.len() <= 107 {
+        return path;
+    }
+    let hash = clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{}/otel-{hash:016x}.sock", work_dir.trim_end_matches('/'))
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tern_tokens::Authenticate;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -72,14 +73,26 @@ impl XdsHub {
         self.acked.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
     }
 
-    /// The gRPC service to mount on the data-plane server.
-    pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<Ads> {
-        AggregatedDiscoveryServiceServer::new(Ads { hub: self.clone() })
+    /// Forgets the nodes of `mesh` not in `keep` (deleted dataplanes): their
+    /// snapshots, ACKs and NACKs. Open streams of such a node end.
+    pub fn retain(&self, mesh: &str, keep: &[&str]) {
+        let gone = |node: &str| node.split_once('/').is_some_and(|(m, n)| m == mesh && !keep.contains(&n));
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
+        self.nacks.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
+    }
+
+    /// The gRPC service to mount on the data-plane server. With `auth`,
+    /// every stream must carry a data-plane token (`authorization` metadata)
+    /// and may ask only for the node the token names.
+    pub fn service(self: &Arc<Self>, auth: Option<Arc<dyn Authenticate>>) -> AggregatedDiscoveryServiceServer<Ads> {
+        AggregatedDiscoveryServiceServer::new(Ads { hub: self.clone(), auth })
     }
 }
 
 pub struct Ads {
     hub: Arc<XdsHub>,
+    auth: Option<Arc<dyn Authenticate>>,
 }
 
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -93,8 +106,20 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let allowed = match &self.auth {
+            None => None,
+            Some(auth) => {
+                let value = request.metadata().get(tern_protocol::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let identity = auth.authenticate(value).await.map_err(|e| match e.is_client_error() {
+                    true => Status::unauthenticated(e.to_string()),
+                    false => Status::unavailable(e.to_string()),
+                })?;
+                Some(node_id(&identity.mesh, &identity.name))
+            }
+        };
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_stream(self.hub.clone(), request.into_inner(), tx));
+        // The stream's task ends when Envoy hangs up or the node is deleted.
+        tokio::spawn(run_stream(self.hub.clone(), request.into_inner(), tx, allowed));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -118,6 +143,7 @@ async fn run_stream(
     hub: Arc<XdsHub>,
     mut inbound: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    allowed: Option<String>,
 ) {
     let mut node = String::new();
     let mut snapshots: Option<watch::Receiver<Arc<Snapshot>>> = None;
@@ -138,9 +164,15 @@ async fn run_stream(
                     Err(e) => { debug!(node = %node, error = %e, "xDS stream closed"); break }
                 };
                 if node.is_empty() {
-                    node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                    node = req.node.as_ref().map(|n| printable(&n.id)).unwrap_or_default();
                     if node.is_empty() {
                         let _ = tx.send(Err(Status::invalid_argument("the first request must carry node.id (<mesh>/<name>)"))).await;
+                        break;
+                    }
+                    if allowed.as_ref().is_some_and(|a| *a != node) {
+                        warn!(node = %node, "xDS stream refused: its data-plane token is for another node");
+                        let why = format!("this data-plane token is for node {:?}, not {:?}", allowed.unwrap_or_default(), node);
+                        let _ = tx.send(Err(Status::permission_denied(why))).await;
                         break;
                     }
                     info!(node = %node, "Envoy connected");
@@ -193,6 +225,11 @@ async fn run_stream(
     if !node.is_empty() {
         info!(node = %node, "Envoy disconnected");
     }
+}
+
+/// A node id from the network, safe to log: controls replaced, at most 256 characters.
+fn printable(s: &str) -> String {
+    s.chars().take(256).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 async fn send(

@@ -1,15 +1,22 @@
-//! `tern-cp`: the Tern control plane. Today it serves the resource store over
-//! Kuma's REST API; see ARCHITECTURE.md for what it grows into.
+//! `tern-cp`: the Tern control plane: the REST API (plain HTTP on loopback,
+//! HTTPS), the data-plane server (bootstrap, plans, delivery, ADS; TLS and
+//! data-plane tokens) and the reconciler, run as one supervised set of tasks.
 
-use anyhow::{Context, Result};
+mod files;
+mod tls;
+
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tern_api::WriteAuth;
+use tern_dp_server::DpAuth;
 use tern_reconcile::{PlanHub, Reconciler};
 use tern_store::SqlStore;
+use tls::TlsSource;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -27,18 +34,49 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Address of the REST API (Kuma's default port 5681).
+    /// Address of the REST API over plain HTTP (Kuma's default port 5681); loopback only.
     #[arg(long, default_value = "127.0.0.1:5681", env = "TERN_API_ADDR")]
     api_addr: SocketAddr,
-    /// Address of the data-plane server: bootstrap and plan delivery (Kuma's default port 5678).
+    /// Address of the REST API over HTTPS (Kuma's port 5682); `off` to serve none.
+    /// Off loopback, every write needs the API token.
+    #[arg(long, default_value = "127.0.0.1:5682", env = "TERN_API_TLS_ADDR", value_parser = parse_optional_addr)]
+    api_tls_addr: OptionalAddr,
+    /// Address of the data-plane server: bootstrap, plans and ADS (Kuma's default port 5678).
     #[arg(long, default_value = "127.0.0.1:5678", env = "TERN_DP_ADDR")]
     dp_addr: SocketAddr,
-    /// Where the control plane keeps its state (embedded store, API token).
+    /// Serve the data-plane server over TLS also on loopback (off loopback it always is).
+    #[arg(long, env = "TERN_DP_TLS")]
+    dp_tls: bool,
+    /// How data planes prove who they are: `dpToken` (data-plane tokens, Kuma's default) or
+    /// `none` (loopback only).
+    #[arg(long, default_value = "dpToken", env = "TERN_DP_AUTH", value_parser = ["dpToken", "none"])]
+    dp_auth: String,
+    /// The serving certificate (PEM) for every TLS port; without it a CA and a certificate
+    /// are generated in the data directory (tls/ca.crt is what clients trust).
+    #[arg(long, env = "TERN_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, env = "TERN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the generated serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// Where the control plane keeps its state (embedded store, API token, TLS CA).
     #[arg(long, env = "TERN_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// `sqlite:PATH` (default: sqlite under the data directory) or `postgres://USER@HOST/DB`.
-    #[arg(long, env = "TERN_STORE")]
+    #[arg(long, env = "TERN_STORE", hide_env_values = true)]
     store: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct OptionalAddr(Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse().map(|a| OptionalAddr(Some(a))).map_err(|_| format!("{s:?} is not HOST:PORT (an IP address and a port) or `off`"))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -55,92 +93,215 @@ fn load_or_create_token(data_dir: &Path) -> Result<(String, PathBuf)> {
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let token = existing.trim().to_string();
         if !token.is_empty() {
+            files::restrict(&path)?;
             return Ok((token, path));
         }
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, &token).with_context(|| format!("writing the API token to {}", path.display()))?;
+    files::write_private(&path, token.as_bytes())?;
     Ok((token, path))
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(content.as_bytes())
-}
-
-async fn run(args: RunArgs) -> Result<()> {
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let store_url = args.store.unwrap_or_else(|| format!("sqlite:{}", data_dir.join("tern.db").display()));
-    let store =
-        SqlStore::open(&store_url).await.with_context(|| format!("opening the store {}", redact_url(&store_url)))?;
-    info!(store = %redact_url(&store_url), "store open");
-
-    let auth = if args.api_addr.ip().is_loopback() {
-        WriteAuth { token: None }
-    } else {
-        let (token, path) = load_or_create_token(&data_dir)?;
-        warn!(
-            addr = %args.api_addr,
-            token_file = %path.display(),
-            "the API listens beyond loopback: every write needs `Authorization: Bearer <token>` (ternctl: TERN_TOKEN or its config file)"
+/// Refuses listener settings that would expose an unauthenticated or
+/// unencrypted port beyond loopback.
+fn check_exposure(args: &RunArgs) -> Result<()> {
+    if !args.api_addr.ip().is_loopback() {
+        bail!(
+            "--api-addr {} is not a loopback address: plain HTTP is served on loopback only; \
+             serve the API beyond loopback over HTTPS with --api-tls-addr",
+            args.api_addr
         );
-        WriteAuth { token: Some(token) }
-    };
-
-    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("binding the API to {} (is another tern-cp running?)", args.api_addr))?;
-    let dp_listener = tokio::net::TcpListener::bind(args.dp_addr)
-        .await
-        .with_context(|| format!("binding the data-plane server to {} (is another tern-cp running?)", args.dp_addr))?;
-    let store = Arc::new(store);
-    let hub = Arc::new(PlanHub::default());
-    let xds = Arc::new(tern_xds::XdsHub::default());
-    tokio::spawn(Reconciler::new(store.clone(), hub.clone(), xds.clone()).run());
-    info!(api = %api_listener.local_addr()?, dp = %dp_listener.local_addr()?, "tern-cp listening");
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
-    let api = axum::serve(api_listener, tern_api::router(store.clone(), auth, Some(runtime.clone())))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
-    let ads = tonic::service::Routes::new(xds.service()).into_axum_router();
-    let dp_router = tern_dp_server::router(store, hub, runtime).merge(ads);
-    let dp = axum::serve(dp_listener, dp_router).with_graceful_shutdown(stopped(stop_rx));
-    let servers = tokio::spawn(async move { tokio::try_join!(api.into_future(), dp.into_future()) });
-    shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    // Long-polls hold connections open; do not wait for them forever.
-    match tokio::time::timeout(std::time::Duration::from_secs(5), servers).await {
-        Ok(Ok(result)) => result.map(|_| ()).context("serving")?,
-        Ok(Err(e)) => return Err(e).context("serving"),
-        Err(_) => info!("connections still open after 5s; closing them"),
     }
-    info!("tern-cp stopped");
+    if args.dp_auth == "none" && !args.dp_addr.ip().is_loopback() {
+        bail!(
+            "--dp-auth none with --dp-addr {} would let anyone who reaches it act as any data plane; \
+             keep data-plane tokens (--dp-auth dpToken) or bind the data-plane server to loopback",
+            args.dp_addr
+        );
+    }
     Ok(())
 }
 
-/// Hides a password in a store URL before it is logged.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} to {addr} (is another tern-cp running?)"))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    check_exposure(&args)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    files::create_private_dir(&data_dir)?;
+    let sqlite_path = data_dir.join("tern.db");
+    let store_url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", sqlite_path.display()));
+    let store =
+        SqlStore::open(&store_url).await.with_context(|| format!("opening the store {}", redact_url(&store_url)))?;
+    if args.store.is_none() {
+        files::restrict(&sqlite_path)?;
+    }
+    info!(store = %redact_url(&store_url), "store open");
+    let store = Arc::new(store);
+
+    let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
+    let api_tls = args.api_tls_addr.0;
+    let tls = if dp_tls || api_tls.is_some() {
+        let source = TlsSource {
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_key_file.clone(),
+            sans: args.tls_sans.clone(),
+        };
+        let config = tls::server_config(&source, &data_dir)?;
+        if args.tls_cert_file.is_none() {
+            info!(ca = %tls::ca_path(&data_dir).display(), "TLS with a generated CA: give this file to tern-dp --ca-cert-file and ternctl --ca-cert");
+        }
+        Some(config)
+    } else {
+        None
+    };
+
+    let dp_auth = match args.dp_auth.as_str() {
+        "none" => {
+            warn!("data-plane authentication is off (--dp-auth none): any local process can act as any data plane");
+            DpAuth::Off
+        }
+        _ => {
+            tern_tokens::TokenKeys::new(store.clone()).ensure_key().await.context("creating the token signing key")?;
+            DpAuth::Tokens(Arc::new(tern_tokens::Verifier::new(store.clone())))
+        }
+    };
+    let tls_write_auth = match api_tls {
+        Some(addr) if !addr.ip().is_loopback() => {
+            let (token, path) = load_or_create_token(&data_dir)?;
+            warn!(
+                addr = %addr,
+                token_file = %path.display(),
+                "the HTTPS API listens beyond loopback: every write needs `Authorization: Bearer <token>` (ternctl: TERN_TOKEN or its config file)"
+            );
+            WriteAuth { token: Some(token) }
+        }
+        _ => WriteAuth { token: None },
+    };
+
+    let api_listener = bind(args.api_addr, "API").await?;
+    let api_tls_listener = match api_tls {
+        Some(addr) => Some(bind(addr, "HTTPS API").await?),
+        None => None,
+    };
+    let dp_listener = bind(args.dp_addr, "data-plane server").await?;
+
+    let hub = Arc::new(PlanHub::default());
+    let xds = Arc::new(tern_xds::XdsHub::default());
+    let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
+    let reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone()).with_state(runtime.clone());
+    let ads_auth = match &dp_auth {
+        DpAuth::Tokens(v) => Some(v.clone()),
+        DpAuth::Off => None,
+    };
+    // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
+    let ads = tonic::service::Routes::new(xds.service(ads_auth)).into_axum_router();
+    let dp_router = tern_dp_server::router(store.clone(), hub, runtime.clone(), dp_auth).merge(ads);
+    let api_router = tern_api::router(store.clone(), WriteAuth { token: None }, Some(runtime.clone()));
+    let api_tls_router = tern_api::router(store.clone(), tls_write_auth, Some(runtime));
+
+    let mut listening = format!("api={}", api_listener.local_addr()?);
+    if let Some(l) = &api_tls_listener {
+        listening.push_str(&format!(" api_tls={}", l.local_addr()?));
+    }
+    listening.push_str(&format!(" dp={} dp_tls={dp_tls}", dp_listener.local_addr()?));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    tasks.spawn(async move {
+        reconciler.run().await;
+        ("reconciler", Err(anyhow::anyhow!("the store's change feed closed")))
+    });
+    tasks.spawn(serve("API", api_listener, api_router, None, stop_rx.clone()));
+    if let Some(l) = api_tls_listener {
+        tasks.spawn(serve("HTTPS API", l, api_tls_router, tls.clone(), stop_rx.clone()));
+    }
+    let dp_tls_config = if dp_tls { tls.clone() } else { None };
+    tasks.spawn(serve("data-plane server", dp_listener, dp_router, dp_tls_config, stop_rx));
+    info!("tern-cp listening {listening}");
+
+    // Any part ending on its own is fatal: stop the rest and exit non-zero.
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        Some(ended) = tasks.join_next() => Some(match ended {
+            Ok((part, Ok(()))) => anyhow::anyhow!("the {part} stopped unexpectedly"),
+            Ok((part, Err(e))) => e.context(format!("the {part} failed")),
+            Err(e) => anyhow::anyhow!("a control-plane task panicked: {e}"),
+        }),
+    };
+    let _ = stop_tx.send(true);
+    // Long-polls hold connections open; do not wait for them forever.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(ended) = tasks.join_next().await {
+            if let Ok((part, Err(e))) = ended {
+                warn!(part, error = %format!("{e:#}"), "stopped with an error");
             }
         }
-        _ => url.to_string(),
+    });
+    if drained.await.is_err() {
+        info!("connections still open after 5s; closing them");
+        tasks.abort_all();
     }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("tern-cp stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Serves one port, plain or TLS, until `stop`.
+async fn serve(
+    part: &'static str,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: watch::Receiver<bool>,
+) -> (&'static str, Result<()>) {
+    let result = match tls {
+        Some(config) => tls::serve(listener, router, config, stop).await,
+        None => {
+            let stopped = async move {
+                let mut stop = stop;
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            axum::serve(listener, router).with_graceful_shutdown(stopped).await.context("serving")
+        }
+    };
+    (part, result)
+}
+
+/// A store URL fit for logs: the password (in the authority or in the
+/// query) replaced by `***`; a URL that cannot be parsed shows only its scheme.
+fn redact_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        let scheme = text.split(':').next().unwrap_or("").chars().filter(char::is_ascii_alphanumeric).collect::<String>();
+        return format!("{scheme}:(URL not shown: it does not parse)");
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        k.contains("password") || k.contains("secret") || k.contains("token") || k == "sslkey" || k == "passfile"
+    };
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 async fn shutdown_signal() {
@@ -189,5 +350,11 @@ mod tests {
         assert_eq!(redact_url("postgres://tern:s3cret@db:5432/tern"), "postgres://tern:***@db:5432/tern");
         assert_eq!(redact_url("postgres://tern@db/tern"), "postgres://tern@db/tern");
         assert_eq!(redact_url("sqlite:/x/tern.db"), "sqlite:/x/tern.db");
+        let query = redact_url("postgres://tern@db/tern?sslmode=require&password=s3cret&PGPASSWORD=x2");
+        assert!(!query.contains("s3cret") && !query.contains("x2") && query.contains("sslmode=require"), "{query}");
+        let broken = redact_url("postgres://tern:s3cret@[db/tern");
+        assert!(!broken.contains("s3cret"), "{broken}");
+        let unicode = redact_url("postgres://é:s3cret@db/tern");
+        assert!(!unicode.contains("s3cret"), "{unicode}");
     }
 }

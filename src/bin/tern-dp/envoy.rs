@@ -18,6 +18,46 @@ pub struct EnvoySetup {
     /// The control plane's data-plane server (ADS).
     pub cp_host: String,
     pub cp_port: u16,
+    /// Over TLS, verified against this CA (a file Envoy reads); `None` for plain HTTP/2 on loopback.
+    pub cp_tls: Option<CpTls>,
+    /// The data-plane token Envoy presents on its ADS stream.
+    pub token: Option<String>,
+}
+
+pub struct CpTls {
+    /// The CA file; `None` trusts the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What Envoy needs, if an Envoy binary is available.
+pub fn setup(
+    args: &crate::run::RunArgs,
+    spec: &tern_model::spec::DataplaneSpec,
+    work_dir: &Path,
+) -> Result<Option<EnvoySetup>, String> {
+    let Some(binary) = find_binary(args.envoy_binary.clone()) else {
+        warn!("no Envoy binary (--envoy-binary, or envoy on PATH): running without a sidecar proxy");
+        return Ok(None);
+    };
+    let url = url::Url::parse(&args.cp.address).map_err(|_| "--cp-address must be http(s)://HOST:PORT".to_string())?;
+    let cp_host = url.host_str().map(|h| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
+    let cp_port = url.port_or_known_default().ok_or("--cp-address must name a port")?;
+    let ca_file = match &args.cp.ca_cert {
+        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| format!("--ca-cert-file {}: {e}", p.display()))?),
+        None => None,
+    };
+    let dp = &args.dataplane;
+    Ok(Some(EnvoySetup {
+        binary,
+        work_dir: work_dir.to_path_buf(),
+        node_id: format!("{}/{}", dp.mesh, dp.name),
+        service: crate::run::service_of(dp, spec),
+        admin_port: spec.admin_port(),
+        cp_host,
+        cp_port,
+        cp_tls: (url.scheme() == "https").then_some(CpTls { ca_file }),
+        token: args.cp.token.clone(),
+    }))
 }
 
 /// Finds Envoy: the given path, else `envoy` on PATH.
@@ -43,6 +83,14 @@ pub const MIN_FLUSH_SPANS: u64 = 50;
 pub fn bootstrap(s: &EnvoySetup) -> Value {
     let ads_source = json!({"ads": {}, "resource_api_version": "V3"});
     let cp_is_ip = s.cp_host.parse::<std::net::IpAddr>().is_ok();
+    let mut grpc_service = json!({"envoy_grpc": {"cluster_name": "tern_control_plane"}});
+    if let Some(token) = &s.token {
+        grpc_service["initial_metadata"] = json!([{"key": tern_protocol::AUTHORIZATION, "value": format!("Bearer {token}")}]);
+    }
+    let mut cluster = control_plane_cluster(s, cp_is_ip);
+    if let Some(tls) = &s.cp_tls {
+        cluster["transport_socket"] = control_plane_tls(s, tls, cp_is_ip);
+    }
     json!({
         "node": {"id": s.node_id, "cluster": s.service},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
@@ -57,45 +105,74 @@ pub fn bootstrap(s: &EnvoySetup) -> Value {
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "tern_control_plane"}}],
+                "grpc_services": [grpc_service],
                 "set_node_on_first_message_only": true
             },
             "cds_config": ads_source,
             "lds_config": ads_source
         },
-        "static_resources": {"clusters": [{
-            "name": "tern_control_plane",
-            "type": if cp_is_ip { "STATIC" } else { "STRICT_DNS" },
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}
-            }},
-            "load_assignment": {"cluster_name": "tern_control_plane", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": s.cp_host, "port_value": s.cp_port}}
-            }}]}]}
-        }]}
+        "static_resources": {"clusters": [cluster]}
     })
 }
 
+fn control_plane_cluster(s: &EnvoySetup, cp_is_ip: bool) -> Value {
+    json!({
+        "name": "tern_control_plane",
+        "type": if cp_is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }},
+        "load_assignment": {"cluster_name": "tern_control_plane", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": s.cp_host, "port_value": s.cp_port}}
+        }}]}]}
+    })
+}
+
+/// TLS to the control plane: its certificate must chain to the CA and name
+/// the host Envoy dials (as a DNS name or an IP address).
+fn control_plane_tls(s: &EnvoySetup, tls: &CpTls, cp_is_ip: bool) -> Value {
+    let san_type = if cp_is_ip { "IP_ADDRESS" } else { "DNS" };
+    let mut validation = json!({
+        "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": s.cp_host}}]
+    });
+    if let Some(ca) = &tls.ca_file {
+        validation["trusted_ca"] = json!({"filename": ca.display().to_string()});
+    }
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {"alpn_protocols": ["h2"], "validation_context": validation}
+    });
+    if !cp_is_ip {
+        context["sni"] = json!(s.cp_host);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
+}
+
+/// Writes a file only its owner may read (Envoy's bootstrap holds the token).
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())
+}
+
 /// Runs Envoy until `stop` turns true, restarting it with backoff when it
-/// exits on its own.
-pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) {
+/// exits on its own. Fails only when Envoy cannot be started at all.
+pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) -> Result<(), String> {
     let bootstrap_path = setup.work_dir.join("envoy-bootstrap.json");
     let log_path = setup.work_dir.join("envoy.log");
-    if let Err(e) = std::fs::write(&bootstrap_path, bootstrap(&setup).to_string()) {
-        warn!(error = %e, "cannot write Envoy's bootstrap; Envoy not started");
-        return;
-    }
+    write_private(&bootstrap_path, &bootstrap(&setup).to_string())
+        .map_err(|e| format!("writing Envoy's bootstrap {}: {e}", bootstrap_path.display()))?;
     let mut backoff = Duration::from_secs(1);
     loop {
-        let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "cannot open Envoy's log file");
-                return;
-            }
-        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("opening Envoy's log file {}: {e}", log_path.display()))?;
         let err_log = log.try_clone().ok();
         let mut cmd = tokio::process::Command::new(&setup.binary);
         cmd.arg("-c")
@@ -103,16 +180,11 @@ pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) {
             .args(["--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "2"])
             .stdout(log)
             .kill_on_drop(true);
+        crate::child::die_with_parent(&mut cmd);
         if let Some(e) = err_log {
             cmd.stderr(e);
         }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(binary = %setup.binary.display(), error = %e, "cannot start Envoy");
-                return;
-            }
-        };
+        let mut child = cmd.spawn().map_err(|e| format!("starting Envoy {}: {e}", setup.binary.display()))?;
         let pid = child.id();
         info!(pid = ?pid, admin_port = setup.admin_port, "Envoy started");
         let started = tokio::time::Instant::now();
@@ -127,7 +199,7 @@ pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) {
             warn!(status = %status, log = %log_path.display(), retry_in = ?backoff, "Envoy exited; restarting");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
             continue;
@@ -143,7 +215,7 @@ pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) {
                 let _ = child.kill().await;
             }
         }
-        return;
+        return Ok(());
     }
 }
 

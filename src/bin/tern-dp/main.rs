@@ -1,7 +1,10 @@
-//! `tern-dp`: the Tern data-plane agent. Today it checks a Dataplane file the
-//! way the control plane will and shows what its OTLP exporters would do;
-//! running Envoy and the OTLP pipe come next (see ARCHITECTURE.md).
+//! `tern-dp`: the Tern data-plane agent: `run` (register with the control
+//! plane, run Envoy and the OTLP pipe), `validate` a Dataplane file, and
+//! `otel` (what its OTLP exporters would do).
 
+#[path = "../common/child.rs"]
+mod child;
+mod cp;
 mod envoy;
 mod otel;
 mod run;
@@ -27,9 +30,18 @@ enum Command {
     },
     /// Register with the control plane and follow the OpenTelemetry plan.
     Run {
-        /// The control plane's data-plane server.
+        /// The control plane's data-plane server: http://HOST:PORT on loopback, else https://HOST:PORT.
         #[arg(long, default_value = "http://127.0.0.1:5678", env = "TERN_CP_ADDRESS")]
         cp_address: String,
+        /// The CA (PEM) the control plane's certificate chains to (tern-cp's data directory: tls/ca.crt).
+        #[arg(long, env = "TERN_CA_CERT_FILE")]
+        ca_cert_file: Option<PathBuf>,
+        /// A file holding this data plane's token (`ternctl generate dataplane-token`).
+        #[arg(long, env = "TERN_DATAPLANE_TOKEN_FILE", conflicts_with = "dataplane_token")]
+        dataplane_token_file: Option<PathBuf>,
+        /// This data plane's token itself (prefer the file: arguments are visible to other local users).
+        #[arg(long, env = "TERN_DATAPLANE_TOKEN", hide_env_values = true)]
+        dataplane_token: Option<String>,
         /// This sidecar's Dataplane resource (Universal or Kubernetes form).
         #[arg(long)]
         dataplane_file: PathBuf,
@@ -136,6 +148,9 @@ fn main() {
         Command::Validate { dataplane_file } => validate(&dataplane_file),
         Command::Run {
             cp_address,
+            ca_cert_file,
+            dataplane_token_file,
+            dataplane_token,
             dataplane_file,
             envoy_binary,
             work_dir,
@@ -144,8 +159,13 @@ fn main() {
             otel_queue_bytes,
             metrics_addr,
         } => {
-            let args = |dataplane| run::RunArgs {
-                cp_address,
+            let token = match (dataplane_token_file, dataplane_token) {
+                (Some(path), _) => read_token(&path).map(Some),
+                (None, token) => Ok(token.map(|t| t.trim().to_string())),
+            };
+            let cp = |token| cp::Settings { address: cp_address, token, ca_cert: ca_cert_file };
+            let args = |dataplane, cp| run::RunArgs {
+                cp,
                 envoy_binary,
                 metrics_addr,
                 dataplane,
@@ -153,7 +173,7 @@ fn main() {
                 otel_pipe,
                 queue: tern_pipe::QueueLimits { requests: otel_queue_requests as usize, bytes: otel_queue_bytes },
             };
-            read_dataplane(&dataplane_file).and_then(|dp| run_agent(args(dp)))
+            token.and_then(|t| read_dataplane(&dataplane_file).and_then(|dp| run_agent(args(dp, cp(t)))))
         }
         Command::Otel(OtelCommand::Inventory) => otel::inventory().map(|s| s + "\n"),
         Command::Otel(OtelCommand::Resolve { plan }) => otel::resolve(&plan).map(|s| s + "\n"),
@@ -165,6 +185,17 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Reads a data-plane token file; the error names the file, never its content.
+fn read_token(path: &PathBuf) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading --dataplane-token-file {}: {}", path.display(), e.kind()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--dataplane-token-file {} is empty", path.display()));
+    }
+    Ok(token.to_string())
 }
 
 /// A byte size: digits with an optional K, M or G suffix (powers of 1024).

@@ -1,20 +1,25 @@
-//! `tern-dp run`: register with the control plane and follow the
-//! OpenTelemetry plan. (Envoy and the OTLP pipe build on this.)
+//! `tern-dp run`: register with the control plane, follow the OpenTelemetry
+//! plan, run Envoy and the OTLP pipe, report delivery. Every part runs
+//! under one supervisor ([`run`]): any part failing stops the others
+//! (Envoy gets SIGTERM) and `tern-dp` exits non-zero with the cause.
 
-use serde_json::{json, Value};
+use crate::cp::{ControlPlane, Refused};
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tern_dp_server::{BootstrapResponse, PlanResponse};
 use tern_model::Resource;
-use tern_otlp_config::{resolve_signal, Inventory, ProcessEnv, Signal};
+use tern_otlp_config::{resolve_signal, Inventory, OtelPlan, ProcessEnv, Signal};
 use tern_pipe::{LocalEnv, PipeManager};
+use tern_protocol::{BackendDelivery, BootstrapRequest, DeliveryReport, PlanResponse, SignalDelivery};
 use tern_resolve::OTEL_PIPE_FEATURE;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 pub struct RunArgs {
-    pub cp_address: String,
+    pub cp: crate::cp::Settings,
     pub envoy_binary: Option<PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub dataplane: Resource,
@@ -29,191 +34,190 @@ pub const PLAN_FILE: &str = "otel-plan.json";
 pub const STATS_FILE: &str = "otel-stats.json";
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the parts get to finish after a stop (Envoy drains in 2 s).
+const STOP_GRACE: Duration = Duration::from_secs(12);
 
-/// Runs the agent until `stop` turns true: then Envoy gets SIGTERM and the
-/// pipe's sockets are removed.
-pub async fn run(args: RunArgs, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
-    let envoy = start_envoy(&args, stop.clone())?;
-    let admin = match &envoy {
-        Some(_) => Some(dataplane_spec(&args)?.admin_port()),
-        None => None,
-    };
-    let mut stop_main = stop.clone();
-    let result = tokio::select! {
-        r = agent(args, admin) => r,
-        _ = stop_main.wait_for(|s| *s) => Ok(()),
-    };
-    if let Some(envoy) = envoy {
-        let _ = envoy.await;
-    }
-    result
-}
+type Part = (&'static str, Result<(), String>);
 
-/// Starts Envoy's supervisor, if an Envoy binary is available.
-fn start_envoy(
-    args: &RunArgs,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let Some(binary) = crate::envoy::find_binary(args.envoy_binary.clone()) else {
-        warn!("no Envoy binary (--envoy-binary, or envoy on PATH): running without a sidecar proxy");
-        return Ok(None);
-    };
-    let dp = &args.dataplane;
-    let spec = dataplane_spec(args)?;
-    let service = service_of(args, &spec);
-    let authority = args.cp_address.trim_end_matches('/').rsplit("://").next().unwrap_or_default().to_string();
-    let (cp_host, cp_port) = authority
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| format!("--cp-address must be http://HOST:PORT, got {:?}", args.cp_address))?;
-    let setup = crate::envoy::EnvoySetup {
-        binary,
-        work_dir: work_dir_of(args),
-        node_id: format!("{}/{}", dp.mesh, dp.name),
-        service,
-        admin_port: spec.admin_port(),
-        cp_host,
-        cp_port,
-    };
-    std::fs::create_dir_all(&setup.work_dir).map_err(|e| format!("creating work directory: {e}"))?;
-    Ok(Some(tokio::spawn(crate::envoy::supervise(setup, stop))))
-}
-
-fn dataplane_spec(args: &RunArgs) -> Result<tern_model::spec::DataplaneSpec, String> {
-    serde_json::from_value(args.dataplane.spec.clone()).map_err(|e| e.to_string())
-}
-
-/// The dataplane's `kuma.io/service` (its first inbound's), else its name.
-fn service_of(args: &RunArgs, spec: &tern_model::spec::DataplaneSpec) -> String {
-    spec.networking
-        .as_ref()
-        .and_then(|n| n.inbound.first())
-        .and_then(|i| i.tags.get(tern_model::spec::dataplane::SERVICE_TAG).cloned())
-        .unwrap_or_else(|| args.dataplane.name.clone())
-}
-
-fn work_dir_of(args: &RunArgs) -> PathBuf {
-    let dp = &args.dataplane;
-    args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name))
-}
-
-async fn agent(args: RunArgs, envoy_admin: Option<u16>) -> Result<(), String> {
-    let dp = &args.dataplane;
+/// Runs every part until `stop` turns true or one of them fails.
+pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let dp = args.dataplane.clone();
+    let spec = dataplane_spec(&dp)?;
     let work_dir =
         args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name));
     std::fs::create_dir_all(&work_dir).map_err(|e| format!("creating work directory {}: {e}", work_dir.display()))?;
+    let cp = ControlPlane::connect(&args.cp)?;
     let (values, parsed, inventory) = Inventory::discover(&ProcessEnv);
     let pipe = Arc::new(Mutex::new(PipeManager::new(
         LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
         args.queue,
     )));
-    if let Some(addr) = args.metrics_addr {
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding --metrics-addr {addr}: {e}"))?;
-        let pipe = pipe.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let pipe = pipe.clone();
-                async move { pipe.lock().await.prometheus() }
-            }),
-        );
-        info!(addr = %addr, "serving delivery counts at /metrics");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+    // Bound before Envoy starts, so a taken address stops everything at once.
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding --metrics-addr {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let (halt_tx, halt) = watch::channel(false);
+    let mut parts: JoinSet<Part> = JoinSet::new();
+    let envoy = crate::envoy::setup(&args, &spec, &work_dir)?;
+    let admin = envoy.as_ref().map(|e| e.admin_port);
+    if let Some(setup) = envoy {
+        parts.spawn(named("Envoy", crate::envoy::supervise(setup, halt.clone())));
     }
-    let (plan_tx, plan_rx) = tokio::sync::watch::channel(tern_otlp_config::OtelPlan::default());
-    if let Some(admin) = envoy_admin {
-        let spec = dataplane_spec(&args)?;
-        let zone =
-            spec.networking.as_ref().and_then(|n| n.inbound.first()).and_then(|i| i.tags.get("kuma.io/zone").cloned());
-        let mut resource = vec![
-            ("service.name".to_string(), service_of(&args, &spec)),
-            ("kuma.mesh".to_string(), dp.mesh.clone()),
-            ("kuma.dataplane".to_string(), dp.name.clone()),
-        ];
-        resource.extend(zone.map(|z| ("kuma.zone".to_string(), z)));
-        tokio::spawn(envoy_metrics(pipe.clone(), plan_rx, admin, resource));
+    if let Some(listener) = metrics {
+        parts.spawn(until_halt("metrics server", halt.clone(), serve_metrics(listener, pipe.clone())));
     }
-    let report_url = format!("{}/delivery/{}/{}", args.cp_address.trim_end_matches('/'), dp.mesh, dp.name);
-    tokio::spawn(write_stats(pipe.clone(), work_dir.join(STATS_FILE), report_url));
-    let features: Vec<&str> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE] } else { vec![] };
-    let request = json!({
-        "dataplane": dp.to_json(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "features": features,
-        "workDir": work_dir.to_string_lossy(),
-        "otelEnv": inventory,
-    });
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(45)).build().map_err(|e| e.to_string())?;
-    let cp = args.cp_address.trim_end_matches('/').to_string();
+    let (plan_tx, plan_rx) = watch::channel(OtelPlan::default());
+    if let Some(admin) = admin {
+        let resource = resource_attributes(&dp, &spec);
+        parts.spawn(until_halt("Envoy metrics", halt.clone(), envoy_metrics(pipe.clone(), plan_rx, admin, resource)));
+    }
+    let stats_path = work_dir.join(STATS_FILE);
+    parts.spawn(until_halt("delivery reporter", halt.clone(), report_delivery(pipe.clone(), stats_path, cp.clone(), dp.clone())));
+    let features: Vec<String> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE.to_string()] } else { vec![] };
+    let request = BootstrapRequest {
+        dataplane: Some(dp.to_json()),
+        mesh: None,
+        name: None,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        features,
+        work_dir: work_dir.to_string_lossy().into_owned(),
+        otel_env: inventory.clone(),
+    };
+    let follower = follow_plan(cp, request, work_dir, inventory, pipe.clone(), plan_tx);
+    parts.spawn(until_halt("plan follower", halt.clone(), follower));
+
+    let outcome = tokio::select! {
+        _ = stop.wait_for(|s| *s) => Ok(()),
+        Some(ended) = parts.join_next() => Err(match ended {
+            Ok((part, Err(e))) => format!("{part} failed: {e}"),
+            Ok((part, Ok(()))) => format!("{part} stopped unexpectedly"),
+            Err(e) => format!("a part of tern-dp panicked: {e}"),
+        }),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!("{e}; stopping");
+    }
+    let _ = halt_tx.send(true);
+    let finished = tokio::time::timeout(STOP_GRACE, async { while parts.join_next().await.is_some() {} });
+    if finished.await.is_err() {
+        warn!("parts still running {STOP_GRACE:?} after the stop; aborting them");
+        parts.abort_all();
+    }
+    pipe.lock().await.shutdown();
+    outcome
+}
+
+fn named(part: &'static str, fut: impl Future<Output = Result<(), String>> + Send + 'static) -> impl Future<Output = Part> {
+    async move { (part, fut.await) }
+}
+
+/// Runs `fut` until it ends or `halt` turns true.
+fn until_halt(
+    part: &'static str,
+    mut halt: watch::Receiver<bool>,
+    fut: impl Future<Output = Result<(), String>> + Send + 'static,
+) -> impl Future<Output = Part> {
+    async move {
+        tokio::select! {
+            r = fut => (part, r),
+            _ = halt.wait_for(|h| *h) => (part, Ok(())),
+        }
+    }
+}
+
+pub fn dataplane_spec(dp: &Resource) -> Result<tern_model::spec::DataplaneSpec, String> {
+    serde_json::from_value(dp.spec.clone()).map_err(|e| format!("the Dataplane's spec: {e}"))
+}
+
+/// The dataplane's `kuma.io/service` (its first inbound's), else its name.
+pub fn service_of(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) -> String {
+    spec.networking
+        .as_ref()
+        .and_then(|n| n.inbound.first())
+        .and_then(|i| i.tags.get(tern_model::spec::dataplane::SERVICE_TAG).cloned())
+        .unwrap_or_else(|| dp.name.clone())
+}
+
+fn resource_attributes(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) -> Vec<(String, String)> {
+    let zone =
+        spec.networking.as_ref().and_then(|n| n.inbound.first()).and_then(|i| i.tags.get("kuma.io/zone").cloned());
+    let mut resource = vec![
+        ("service.name".to_string(), service_of(dp, spec)),
+        ("kuma.mesh".to_string(), dp.mesh.clone()),
+        ("kuma.dataplane".to_string(), dp.name.clone()),
+    ];
+    resource.extend(zone.map(|z| ("kuma.zone".to_string(), z)));
+    resource
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, pipe: Arc<Mutex<PipeManager>>) -> Result<(), String> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let pipe = pipe.clone();
+            async move { pipe.lock().await.prometheus() }
+        }),
+    );
+    info!(addr = ?listener.local_addr().ok(), "serving delivery counts at /metrics");
+    axum::serve(listener, app).await.map_err(|e| format!("serving /metrics: {e}"))
+}
+
+/// Registers, then long-polls the plan and applies each new one. Returns
+/// only with an error the control plane will not change its mind about (a
+/// refused bootstrap or token).
+async fn follow_plan(
+    cp: ControlPlane,
+    request: BootstrapRequest,
+    work_dir: PathBuf,
+    inventory: Inventory,
+    pipe: Arc<Mutex<PipeManager>>,
+    plan_tx: watch::Sender<OtelPlan>,
+) -> Result<(), String> {
     let mut version = 0u64;
-    'bootstrap: loop {
-        let registered = bootstrap(&client, &cp, &request).await?;
+    loop {
+        let registered = cp.bootstrap(&request).await.map_err(|r| r.0)?;
         info!(mesh = %registered.mesh, dataplane = %registered.name, work_dir = %work_dir.display(), "registered with the control plane");
         let mut backoff = Duration::from_millis(200);
         loop {
-            let url = format!("{cp}{}?version={version}&timeout=30", registered.plan_path);
-            let resp = match client.get(&url).send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(error = %root_cause(&e), "control plane unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(200);
-            match resp.status().as_u16() {
-                200 => {
-                    let plan: PlanResponse = resp.json().await.map_err(|e| format!("reading the plan: {e}"))?;
+            match cp.poll_plan(&registered.plan_path, version).await {
+                Ok(Some(mut plan)) => {
+                    backoff = Duration::from_millis(200);
                     version = plan.version;
+                    local_sockets(&mut plan.plan, &work_dir);
                     apply_plan(&work_dir, &plan, &inventory)?;
                     pipe.lock().await.apply(&plan.plan).await;
                     let _ = plan_tx.send(plan.plan.clone());
                 }
-                304 => {}
-                404 => {
+                Ok(None) => backoff = Duration::from_millis(200),
+                Err(crate::cp::PollError::NotRegistered) => {
                     warn!("the control plane does not know this data plane any more; registering again");
-                    continue 'bootstrap;
+                    break;
                 }
-                code => {
-                    warn!(status = code, "unexpected answer to the plan request; retrying");
-                    tokio::time::sleep(MAX_BACKOFF).await;
+                Err(crate::cp::PollError::Refused(Refused(why))) => return Err(why),
+                Err(crate::cp::PollError::Transient(why)) => {
+                    warn!(error = %why, retry_in = ?backoff, "cannot get the plan; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
     }
 }
 
-async fn bootstrap(client: &reqwest::Client, cp: &str, request: &Value) -> Result<BootstrapResponse, String> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match client.post(format!("{cp}/bootstrap")).json(request).send().await {
-            Ok(resp) if resp.status().is_success() => {
-                return resp.json().await.map_err(|e| format!("reading the bootstrap answer: {e}"));
-            }
-            Ok(resp) if resp.status().is_client_error() => {
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
-                let mut msg = format!(
-                    "the control plane refused this data plane: {}",
-                    body["detail"].as_str().unwrap_or("no detail")
-                );
-                for p in body["invalid_parameters"].as_array().into_iter().flatten() {
-                    msg.push_str(&format!(
-                        "\n  {}: {}",
-                        p["field"].as_str().unwrap_or(""),
-                        p["reason"].as_str().unwrap_or("")
-                    ));
-                }
-                return Err(msg);
-            }
-            Ok(resp) => warn!(status = resp.status().as_u16(), "bootstrap failed; retrying"),
-            Err(e) => warn!(cp = %cp, error = %root_cause(&e), "control plane unreachable; retrying"),
+/// Socket paths come from this data plane's own work directory, never from
+/// the network: the plan's are replaced by the ones computed here.
+fn local_sockets(plan: &mut OtelPlan, work_dir: &Path) {
+    let dir = work_dir.to_string_lossy();
+    for b in &mut plan.backends {
+        let local = tern_resolve::socket_path(&dir, &b.name);
+        if b.socket_path != local {
+            warn!(backend = %b.name, "the plan's socket path is not this data plane's; using its own");
+            b.socket_path = local;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -241,25 +245,59 @@ fn apply_plan(work_dir: &Path, plan: &PlanResponse, inventory: &Inventory) -> Re
     Ok(())
 }
 
-/// Keeps `otel-stats.json` current: per backend and signal, what arrived,
-/// what reached the collector, retries, drops and the last error.
-/// and reports them to the control plane (every second while they move,
-/// every 10 s otherwise) for `ternctl inspect`.
-async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf, report_url: String) {
+/// The pipe's counts as the protocol's delivery report (no socket paths).
+fn delivery_report(pipe: &PipeManager) -> DeliveryReport {
+    let backends = pipe
+        .stats()
+        .into_iter()
+        .map(|b| BackendDelivery {
+            name: b.name,
+            signals: b
+                .signals
+                .into_iter()
+                .map(|(signal, s)| {
+                    let d = SignalDelivery {
+                        exporting: s.exporting,
+                        unavailable: s.unavailable,
+                        received: s.counts.received,
+                        exported: s.counts.exported,
+                        retries: s.counts.retries,
+                        dropped: s.counts.dropped,
+                        last_error: s.counts.last_error,
+                        queued_requests: s.queued_requests,
+                        queued_bytes: s.queued_bytes,
+                    };
+                    (signal, d)
+                })
+                .collect(),
+        })
+        .collect();
+    DeliveryReport { backends }
+}
+
+/// Keeps `otel-stats.json` current (per backend and signal: what arrived,
+/// what reached the collector, retries, drops, the last error) and reports
+/// it to the control plane (every second while it moves, every 10 s
+/// otherwise) for `ternctl inspect`.
+async fn report_delivery(
+    pipe: Arc<Mutex<PipeManager>>,
+    path: PathBuf,
+    cp: ControlPlane,
+    dp: Resource,
+) -> Result<(), String> {
     let tmp = path.with_extension("json.tmp");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-    let mut last_sent = serde_json::Value::Null;
+    let mut last_sent = DeliveryReport::default();
     let mut since_sent = 0u32;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let report = json!({"backends": pipe.lock().await.stats()});
+        let report = delivery_report(&*pipe.lock().await);
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
             warn!(error = %e, "cannot write the delivery counts");
         }
         since_sent += 1;
         let due = report != last_sent || since_sent >= 10;
-        if due && client.post(&report_url).json(&report).send().await.is_ok_and(|r| r.status().is_success()) {
+        if due && cp.report_delivery(&dp.mesh, &dp.name, &report).await {
             last_sent = report;
             since_sent = 0;
         }
@@ -271,33 +309,18 @@ async fn write_stats(pipe: Arc<Mutex<PipeManager>>, path: PathBuf, report_url: S
 /// that backend's pipe as OTLP metrics.
 async fn envoy_metrics(
     pipe: Arc<Mutex<PipeManager>>,
-    plan: tokio::sync::watch::Receiver<tern_otlp_config::OtelPlan>,
+    plan: watch::Receiver<OtelPlan>,
     admin: u16,
     resource: Vec<(String, String)>,
-) {
+) -> Result<(), String> {
     let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut warned_cap = false;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
     let url = format!("http://127.0.0.1:{admin}/stats/prometheus");
-    let mut last: std::collections::HashMap<String, tokio::time::Instant> = std::collections::HashMap::new();
+    let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let due: Vec<String> = plan
-            .borrow()
-            .backends
-            .iter()
-            .filter_map(|b| {
-                let m = b.metrics.as_ref().filter(|m| m.status.enabled)?;
-                let every = m
-                    .refresh_interval
-                    .as_deref()
-                    .and_then(|r| tern_model::spec::duration::parse_go_duration(r).ok())
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(Duration::from_secs(60));
-                let is_due = last.get(&b.name).is_none_or(|t| t.elapsed() >= every);
-                is_due.then(|| b.name.clone())
-            })
-            .collect();
+        let due = due_backends(&plan.borrow(), &last);
         if due.is_empty() {
             continue;
         }
@@ -330,10 +353,20 @@ async fn envoy_metrics(
     }
 }
 
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
+/// Backends whose metrics refresh interval has passed.
+fn due_backends(plan: &OtelPlan, last: &HashMap<String, tokio::time::Instant>) -> Vec<String> {
+    plan.backends
+        .iter()
+        .filter_map(|b| {
+            let m = b.metrics.as_ref().filter(|m| m.status.enabled)?;
+            let every = m
+                .refresh_interval
+                .as_deref()
+                .and_then(|r| tern_model::spec::duration::parse_go_duration(r).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(60));
+            let is_due = last.get(&b.name).is_none_or(|t| t.elapsed() >= every);
+            is_due.then(|| b.name.clone())
+        })
+        .collect()
 }

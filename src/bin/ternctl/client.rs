@@ -19,12 +19,20 @@ pub struct Answer {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
+    /// A client for the API at `base`, trusting `ca_cert` (PEM) for https.
+    pub fn new(base: &str, token: Option<String>, ca_cert: Option<&std::path::Path>) -> Result<Client> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!("--api must be an http:// or https:// URL, got {base:?}"));
         }
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| anyhow!("reading --ca-cert {}: {e}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|_| anyhow!("--ca-cert {} is not a PEM certificate", path.display()))?;
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
+        }
+        let http = builder.build()?;
         Ok(Client { base, token, http })
     }
 
@@ -38,7 +46,9 @@ impl Client {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| {
-            let why = if e.is_connect() {
+            let why = if e.is_connect() && is_tls_failure(&e) {
+                format!("TLS failed ({}); give the control plane's CA with --ca-cert (tern-cp's data directory: tls/ca.crt)", root_cause(&e))
+            } else if e.is_connect() {
                 "connection refused".to_string()
             } else if e.is_timeout() {
                 "timed out".to_string()
@@ -67,6 +77,19 @@ impl Client {
             Err(api_error(&answer))
         }
     }
+}
+
+/// Whether a connection failed in the TLS handshake (an unknown CA, a wrong name).
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -1,11 +1,14 @@
 //! `ternctl`: the Tern CLI, kumactl-style: apply, get, delete.
 
+#[path = "../common/child.rs"]
+mod child;
 mod client;
 mod collector;
 mod demo;
 mod inspect;
 mod output;
 mod quickstart;
+mod tokens;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -27,7 +30,10 @@ struct Cli {
     /// Bearer token for writes (needed when the API listens beyond loopback).
     #[arg(long, global = true, env = "TERN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Config file with `api:` and `token:` (default: ~/.config/tern/ternctl.yaml).
+    /// CA certificate (PEM) to trust for an https:// API (tern-cp's data directory: tls/ca.crt).
+    #[arg(long, global = true, env = "TERN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Config file with `api:`, `token:` and `caCert:` (default: ~/.config/tern/ternctl.yaml).
     #[arg(long, global = true, env = "TERNCTL_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -99,12 +105,49 @@ enum Command {
     /// Tools for what Tern's collectors receive.
     #[command(subcommand)]
     Otel(OtelCommand),
-    /// Delete one resource.
+    /// Generate credentials: `dataplane-token`, `signing-key`.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+    /// Revoke a credential: `dataplane-token`.
+    #[command(subcommand)]
+    Revoke(RevokeCommand),
+    /// Delete one resource (or `signing-key SERIAL`).
     Delete {
         kind: String,
         name: String,
         #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
         mesh: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// A token a data plane presents to the control plane (`tern-dp run --dataplane-token-file`).
+    DataplaneToken {
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+        /// The Dataplane's name.
+        #[arg(long)]
+        name: String,
+        /// A tag every inbound of the data plane must carry, KEY=VALUE (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// How long the token is valid (a duration: 24h, 720h, 90m).
+        #[arg(long, default_value = "24h")]
+        valid_for: String,
+    },
+    /// A new signing key for data-plane tokens (rotation): new tokens are signed with it.
+    SigningKey,
+}
+
+#[derive(Subcommand)]
+enum RevokeCommand {
+    /// Refuse a data-plane token from now on, by its id or its file.
+    DataplaneToken {
+        #[arg(long, conflicts_with = "token_file")]
+        id: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -123,9 +166,11 @@ enum OtelCommand {
 /// `api:` and `token:` from ternctl's config file.
 #[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Config {
     api: Option<String>,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 fn load_config(explicit: Option<PathBuf>) -> Result<Config> {
@@ -296,7 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let config = load_config(cli.config)?;
     let api = cli.api.or(config.api).unwrap_or_else(|| "http://127.0.0.1:5681".into());
-    let client = Client::new(&api, cli.token.or(config.token))?;
+    let client = Client::new(&api, cli.token.or(config.token), cli.ca_cert.or(config.ca_cert).as_deref())?;
     match cli.command {
         Command::Apply { file, dry_run } => apply(&client, &file, dry_run).await,
         Command::Get { kind, name, mesh, all_meshes, output } => {
@@ -307,6 +352,16 @@ async fn run(cli: Cli) -> Result<()> {
             Some(Kind::Dataplane) => inspect::dataplane(&client, &mesh, &name, output).await,
             _ => bail!("ternctl inspect supports `dataplane NAME`, not {what:?}"),
         },
+        Command::Generate(GenerateCommand::DataplaneToken { mesh, name, tags, valid_for }) => {
+            tokens::generate_dataplane_token(&client, &mesh, &name, &tags, &valid_for).await
+        }
+        Command::Generate(GenerateCommand::SigningKey) => tokens::generate_signing_key(&client).await,
+        Command::Revoke(RevokeCommand::DataplaneToken { id, token_file }) => {
+            tokens::revoke_dataplane_token(&client, id.as_deref(), token_file.as_deref()).await
+        }
+        Command::Delete { kind, name, .. } if matches!(kind.as_str(), "signing-key" | "signing-keys") => {
+            tokens::delete_signing_key(&client, &name).await
+        }
         Command::Delete { kind, name, mesh } => {
             let kind = parse_kind(&kind)?;
             let answer = client.send(Method::DELETE, &resource_path(kind, &mesh, &name), None).await?;

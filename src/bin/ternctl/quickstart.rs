@@ -106,8 +106,18 @@ impl Proc {
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
     let file = std::fs::File::create(log)?;
+    crate::child::die_with_parent(cmd);
     let child = cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).kill_on_drop(true).spawn()?;
     Ok(Proc(Some(child)))
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
 }
 
 fn dataplane(name: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u16, &str)>) -> String {
@@ -174,12 +184,13 @@ async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
     let mut cp = spawn(
         Command::new(&tern_cp)
             .args(["run", "--api-addr", &format!("127.0.0.1:{api_port}"), "--dp-addr", &format!("127.0.0.1:{dp_port}")])
+            .args(["--api-tls-addr", "off"])
             .arg("--data-dir")
             .arg(state.join("cp")),
         &state.join("tern-cp.log"),
     )?;
     let api = format!("http://127.0.0.1:{api_port}");
-    let client = Client::new(&api, None)?;
+    let client = Client::new(&api, None, None)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.send(Method::GET, "/", None).await.is_err() {
         if Instant::now() > deadline {
@@ -207,12 +218,20 @@ async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
         let dir = state.join(name);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("dataplane.yaml"), yaml)?;
+        let token = client
+            .call(Method::POST, "/tokens/dataplane", Some(&json!({"mesh": "default", "name": name, "validFor": "24h"})))
+            .await
+            .context("generating a data-plane token")?;
+        let token_file = dir.join("dataplane-token");
+        write_private(&token_file, token.as_str().unwrap_or_default())?;
         sidecars.push(spawn(
             Command::new(&tern_dp)
                 .args(["run", "--cp-address", &format!("http://127.0.0.1:{dp_port}"), "--dataplane-file"])
                 .arg(dir.join("dataplane.yaml"))
                 .arg("--work-dir")
                 .arg(dir.join("work"))
+                .arg("--dataplane-token-file")
+                .arg(&token_file)
                 .arg("--envoy-binary")
                 .arg(&envoy),
             &dir.join("tern-dp.log"),

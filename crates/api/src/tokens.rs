@@ -1,0 +1,89 @@
+//! Data-plane tokens over the API (Kuma's `POST /tokens/dataplane`), and
+//! Tern's signing-key rotation and revocation. Every route here but the key
+//! listing is a write, so off loopback it needs the API token.
+
+use crate::error::{ApiError, InvalidParameter};
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::sync::Arc;
+use tern_protocol::{DataplaneTokenRequest, TokenRevocation};
+use tern_store::ResourceStore;
+use tern_tokens::keys::KeyError;
+use tern_tokens::TokenKeys;
+
+fn keys<S: ResourceStore>(state: &ApiState<S>) -> TokenKeys<S> {
+    TokenKeys::new(state.store.clone())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        bad("Invalid request", if field == "." { String::new() } else { field }, e.into_inner().to_string())
+    })
+}
+
+fn bad(title: &str, field: String, reason: String) -> ApiError {
+    ApiError::bad_request(title, "the request is not valid", vec![InvalidParameter { field, reason, document: None }])
+}
+
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Invalid { field, reason } => bad("Invalid request", field, reason),
+        KeyError::NotFound(detail) => ApiError::not_found(detail),
+        KeyError::Store(e) => ApiError::from_store(e, None),
+        KeyError::Token(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e.to_string()),
+    }
+}
+
+/// `POST /tokens/dataplane`: the token, as text (what kumactl prints).
+pub async fn generate_dataplane_token<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: DataplaneTokenRequest = decode(&body)?;
+    let token = keys(&state).issue(&req).await.map_err(key_error)?;
+    tracing::info!(mesh = %req.mesh, dataplane = %req.name, "data-plane token issued");
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+}
+
+/// `POST /tokens/dataplane/revocations`: refuse a token from now on.
+pub async fn revoke_dataplane_token<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: TokenRevocation = decode(&body)?;
+    keys(&state).revoke(&req.id).await.map_err(key_error)?;
+    tracing::info!(token = %req.id, "data-plane token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /tokens/dataplane/signing-keys`: serials only.
+pub async fn list_signing_keys<S: ResourceStore>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+    let keys = keys(&state).list().await.map_err(key_error)?;
+    Ok(Json(json!({"items": keys})).into_response())
+}
+
+/// `POST /tokens/dataplane/signing-keys`: a new key that signs from now on.
+pub async fn rotate_signing_key<S: ResourceStore>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+    let serial = keys(&state).rotate().await.map_err(key_error)?;
+    tracing::info!(serial, "data-plane token signing key added; new tokens are signed with it");
+    Ok((StatusCode::CREATED, Json(json!({"serial": serial}))).into_response())
+}
+
+/// `DELETE /tokens/dataplane/signing-keys/{serial}`: tokens it signed stop working.
+pub async fn remove_signing_key<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path(serial): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let serial: u32 =
+        serial.parse().map_err(|_| bad("Invalid request", "serial".into(), "must be a whole number".into()))?;
+    keys(&state).remove(serial).await.map_err(key_error)?;
+    tracing::info!(serial, "data-plane token signing key removed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,50 @@
+//! What data planes report while they run (delivery counts), next to what
+//! their Envoys did with xDS; kept in memory, read by the API, and dropped
+//! with the dataplane.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tern_protocol::{DeliveryReport, RuntimeView, XdsNack, XdsView};
+
+pub struct RuntimeState {
+    /// Per (mesh, name): the last report and when it arrived (RFC 3339).
+    delivery: Mutex<HashMap<(String, String), (DeliveryReport, String)>>,
+    xds: Arc<tern_xds::XdsHub>,
+}
+
+impl RuntimeState {
+    pub fn new(xds: Arc<tern_xds::XdsHub>) -> Self {
+        RuntimeState { delivery: Default::default(), xds }
+    }
+
+    pub(crate) fn record_delivery(&self, mesh: &str, name: &str, report: DeliveryReport) {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner()).insert((mesh.into(), name.into()), (report, now));
+    }
+
+    /// How many dataplanes have delivery counts kept (for tests of the bound).
+    pub fn delivery_entries(&self) -> usize {
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl tern_reconcile::DataplaneState for RuntimeState {
+    fn retain(&self, mesh: &str, keep: &[&str]) {
+        let mut map = self.delivery.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(m, name), _| m != mesh || keep.contains(&name.as_str()));
+    }
+}
+
+impl tern_api::RuntimeView for RuntimeState {
+    fn dataplane(&self, mesh: &str, name: &str) -> RuntimeView {
+        let node = tern_xds::node_id(mesh, name);
+        let delivery =
+            self.delivery.lock().unwrap_or_else(|p| p.into_inner()).get(&(mesh.to_string(), name.to_string())).cloned();
+        let nack = self.xds.nack(&node).map(|n| XdsNack { type_url: n.type_url, version: n.version, message: n.message });
+        RuntimeView {
+            delivery_reported_at: delivery.as_ref().map(|(_, t)| t.clone()),
+            delivery: delivery.map(|(d, _)| d),
+            xds: XdsView { acked_version: self.xds.acked_version(&node), nack },
+        }
+    }
+}
