@@ -346,8 +346,10 @@ fn a_bad_dataplane_is_refused_at_bootstrap() {
     let body = json!({"dataplane": doc, "version": "x", "workDir": "/tmp/x", "otelEnv": {}});
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     let client = reqwest::Client::new();
+    let token_for = |name: &str| std::fs::read_to_string(cp.dataplane_token("default", name, &[])).expect("token");
+    let token = token_for("bad-1");
     let (status, err): (u16, Value) = rt.block_on(async {
-        let r = client.post(format!("{}/bootstrap", cp.dp)).json(&body).send().await.expect("send");
+        let r = client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
         (r.status().as_u16(), r.json().await.expect("json"))
     });
     assert_eq!(status, 400);
@@ -361,7 +363,7 @@ fn a_bad_dataplane_is_refused_at_bootstrap() {
     ] {
         let body = json!({"dataplane": doc, "version": "x", "workDir": "/tmp/x", "otelEnv": otel_env});
         let (status, err): (u16, Value) = rt.block_on(async {
-            let r = client.post(format!("{}/bootstrap", cp.dp)).json(&body).send().await.expect("send");
+            let r = client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
             (r.status().as_u16(), r.json().await.expect("json"))
         });
         assert_eq!(status, 400, "{err}");
@@ -373,8 +375,9 @@ fn a_bad_dataplane_is_refused_at_bootstrap() {
     cp.ternctl_stdin(&["apply", "-f", "-"], bad).ok();
     let by_name = |name: &str| {
         let body = json!({"mesh": "default", "name": name, "version": "x", "workDir": "/tmp/x", "otelEnv": {}});
+        let token = token_for(name);
         rt.block_on(async {
-            let r = client.post(format!("{}/bootstrap", cp.dp)).json(&body).send().await.expect("send");
+            let r = client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         })
     };
