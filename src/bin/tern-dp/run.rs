@@ -54,9 +54,9 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
     )));
     // Bound before Envoy starts, so a taken address stops everything at once.
     let metrics = match args.metrics_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding --metrics-addr {addr}: {e}"))?,
-        ),
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding --metrics-addr {addr}: {e}"))?)
+        }
         None => None,
     };
 
@@ -76,7 +76,11 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         parts.spawn(until_halt("Envoy metrics", halt.clone(), envoy_metrics(pipe.clone(), plan_rx, admin, resource)));
     }
     let stats_path = work_dir.join(STATS_FILE);
-    parts.spawn(until_halt("delivery reporter", halt.clone(), report_delivery(pipe.clone(), stats_path, cp.clone(), dp.clone())));
+    parts.spawn(until_halt(
+        "delivery reporter",
+        halt.clone(),
+        report_delivery(pipe.clone(), stats_path, cp.clone(), dp.clone()),
+    ));
     let features: Vec<String> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE.to_string()] } else { vec![] };
     let request = BootstrapRequest {
         dataplane: Some(dp.to_json()),
@@ -111,21 +115,19 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
     outcome
 }
 
-fn named(part: &'static str, fut: impl Future<Output = Result<(), String>> + Send + 'static) -> impl Future<Output = Part> {
-    async move { (part, fut.await) }
+async fn named(part: &'static str, fut: impl Future<Output = Result<(), String>> + Send + 'static) -> Part {
+    (part, fut.await)
 }
 
 /// Runs `fut` until it ends or `halt` turns true.
-fn until_halt(
+async fn until_halt(
     part: &'static str,
     mut halt: watch::Receiver<bool>,
     fut: impl Future<Output = Result<(), String>> + Send + 'static,
-) -> impl Future<Output = Part> {
-    async move {
-        tokio::select! {
-            r = fut => (part, r),
-            _ = halt.wait_for(|h| *h) => (part, Ok(())),
-        }
+) -> Part {
+    tokio::select! {
+        r = fut => (part, r),
+        _ = halt.wait_for(|h| *h) => (part, Ok(())),
     }
 }
 
