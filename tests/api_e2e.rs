@@ -102,7 +102,8 @@ async fn writes_need_a_token_off_loopback() {
     let (denied, allowed, listed) = tokio::task::spawn_blocking(move || {
         let ca = ("TERN_CA_CERT", ca.as_str());
         let denied = support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[ca]);
-        let allowed = support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[("TERN_TOKEN", token.trim()), ca]);
+        let allowed =
+            support::ternctl_with(&api, &["apply", "-f", "-"], Some(yaml), &[("TERN_TOKEN", token.trim()), ca]);
         let listed = support::ternctl_with(&api, &["get", "motb"], None, &[ca]);
         (denied, allowed, listed)
     })

@@ -79,14 +79,16 @@ async fn another_process_cannot_act_as_an_existing_data_plane() {
     let runtime_url = format!("{}/meshes/default/dataplanes/web-1/_runtime", cp.api);
     let http = reqwest::Client::new();
     eventually(WAIT, "the real data plane has its plan and Envoy accepted its config", || {
-        let acked = std::process::Command::new("curl").args(["-s", &runtime_url]).output().map_err(|e| e.to_string())?;
+        let acked =
+            std::process::Command::new("curl").args(["-s", &runtime_url]).output().map_err(|e| e.to_string())?;
         let view: Value = serde_json::from_slice(&acked.stdout).map_err(|e| e.to_string())?;
         (real.plan_file().exists() && view["xds"]["ackedVersion"].is_string()).then_some(()).ok_or(view.to_string())
     });
 
     let (c1, c2) = (cp.clone(), cp.clone());
     let other = tokio::task::spawn_blocking(move || token(&c1, "web-2", &[])).await.expect("token");
-    let expiring = tokio::task::spawn_blocking(move || token(&c2, "web-1", &["--valid-for", "1s"])).await.expect("token");
+    let expiring =
+        tokio::task::spawn_blocking(move || token(&c2, "web-1", &["--valid-for", "1s"])).await.expect("token");
     let revoked = {
         let c = cp.clone();
         tokio::task::spawn_blocking(move || {
@@ -167,7 +169,12 @@ async fn data_plane_and_envoy_reach_the_control_plane_over_tls() {
     assert!(acked, "tern-dp got its plan and Envoy accepted its config over TLS\n{}", dp.log_text());
 
     // ternctl over HTTPS with the generated CA.
-    let listed = support::ternctl_with(&cp.api_tls, &["get", "meshes"], None, &[("TERN_CA_CERT", cp.ca.to_str().expect("utf8"))]);
+    let listed = support::ternctl_with(
+        &cp.api_tls,
+        &["get", "meshes"],
+        None,
+        &[("TERN_CA_CERT", cp.ca.to_str().expect("utf8"))],
+    );
     assert!(listed.ok().stdout.contains("default"));
     let untrusted = support::ternctl_with(&cp.api_tls, &["get", "meshes"], None, &[]).fails();
     assert!(untrusted.stderr.contains("--ca-cert"), "{}", untrusted.stderr);

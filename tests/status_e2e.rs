@@ -363,7 +363,8 @@ fn a_bad_dataplane_is_refused_at_bootstrap() {
     ] {
         let body = json!({"dataplane": doc, "version": "x", "workDir": "/tmp/x", "otelEnv": otel_env});
         let (status, err): (u16, Value) = rt.block_on(async {
-            let r = client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
+            let r =
+                client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
             (r.status().as_u16(), r.json().await.expect("json"))
         });
         assert_eq!(status, 400, "{err}");
@@ -377,7 +378,8 @@ fn a_bad_dataplane_is_refused_at_bootstrap() {
         let body = json!({"mesh": "default", "name": name, "version": "x", "workDir": "/tmp/x", "otelEnv": {}});
         let token = token_for(name);
         rt.block_on(async {
-            let r = client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
+            let r =
+                client.post(format!("{}/bootstrap", cp.dp)).bearer_auth(&token).json(&body).send().await.expect("send");
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         })
     };

@@ -258,9 +258,7 @@ impl DataPlane {
         if cp.dp.starts_with("https") && !extra.contains(&"--ca-cert-file") {
             cmd.arg("--ca-cert-file").arg(&cp.ca);
         }
-        cmd
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"));
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
         for (k, _) in std::env::vars() {
             if k.starts_with("OTEL_") || k == "KUBERNETES_SERVICE_HOST" || k == "HOST_IP" || k.starts_with("TERN_") {
                 cmd.env_remove(k);

@@ -166,14 +166,16 @@ async fn bootstrap<S: ResourceStore>(
             }
             let key = ResourceKey::new(Kind::Dataplane, mesh, name);
             let stored = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?;
-            let stored = stored.ok_or_else(|| {
-                ApiError::not_found(format!("{key} not found; send its Dataplane resource instead"))
-            })?;
+            let stored = stored
+                .ok_or_else(|| ApiError::not_found(format!("{key} not found; send its Dataplane resource instead")))?;
             authorize_dataplane(identity.as_ref(), &stored)?;
             stored
         }
         _ => {
-            return Err(invalid("dataplane", "send the Dataplane resource, or the mesh and name of a stored one".into()))
+            return Err(invalid(
+                "dataplane",
+                "send the Dataplane resource, or the mesh and name of a stored one".into(),
+            ))
         }
     };
     let session = Session {

@@ -40,7 +40,8 @@ impl tern_api::RuntimeView for RuntimeState {
         let node = tern_xds::node_id(mesh, name);
         let delivery =
             self.delivery.lock().unwrap_or_else(|p| p.into_inner()).get(&(mesh.to_string(), name.to_string())).cloned();
-        let nack = self.xds.nack(&node).map(|n| XdsNack { type_url: n.type_url, version: n.version, message: n.message });
+        let nack =
+            self.xds.nack(&node).map(|n| XdsNack { type_url: n.type_url, version: n.version, message: n.message });
         RuntimeView {
             delivery_reported_at: delivery.as_ref().map(|(_, t)| t.clone()),
             delivery: delivery.map(|(d, _)| d),

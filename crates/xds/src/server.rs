@@ -13,10 +13,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use tern_tokens::Authenticate;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tern_tokens::Authenticate;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 

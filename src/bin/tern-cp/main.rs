@@ -76,7 +76,9 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     if s == "off" {
         return Ok(OptionalAddr(None));
     }
-    s.parse().map(|a| OptionalAddr(Some(a))).map_err(|_| format!("{s:?} is not HOST:PORT (an IP address and a port) or `off`"))
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is not HOST:PORT (an IP address and a port) or `off`"))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -281,7 +283,8 @@ async fn serve(
 /// query) replaced by `***`; a URL that cannot be parsed shows only its scheme.
 fn redact_url(text: &str) -> String {
     let Ok(mut url) = url::Url::parse(text) else {
-        let scheme = text.split(':').next().unwrap_or("").chars().filter(char::is_ascii_alphanumeric).collect::<String>();
+        let scheme =
+            text.split(':').next().unwrap_or("").chars().filter(char::is_ascii_alphanumeric).collect::<String>();
         return format!("{scheme}:(URL not shown: it does not parse)");
     };
     if url.password().is_some() {

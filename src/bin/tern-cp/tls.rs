@@ -47,7 +47,8 @@ pub fn server_config(source: &TlsSource, data_dir: &Path) -> Result<Arc<rustls::
     if certs.is_empty() {
         bail!("the TLS certificate file holds no certificate");
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| anyhow!("the TLS key file holds no private key in PEM"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| anyhow!("the TLS key file holds no private key in PEM"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -94,7 +95,9 @@ fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<(Vec<u8>, Vec<u8>
         params.subject_alt_names.push(match san.parse::<IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
             Err(_) => rcgen::SanType::DnsName(
-                san.clone().try_into().map_err(|_| anyhow!("--tls-san {san:?} is neither an IP address nor a DNS name"))?,
+                san.clone()
+                    .try_into()
+                    .map_err(|_| anyhow!("--tls-san {san:?} is neither an IP address nor a DNS name"))?,
             ),
         });
     }
@@ -136,9 +139,8 @@ pub async fn serve(
             }
         });
     }
-    let drained = tokio::time::timeout(Duration::from_secs(2), async {
-        while connections.join_next().await.is_some() {}
-    });
+    let drained =
+        tokio::time::timeout(Duration::from_secs(2), async { while connections.join_next().await.is_some() {} });
     if drained.await.is_err() {
         connections.abort_all();
     }

@@ -51,7 +51,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 impl ControlPlane {
     pub fn connect(settings: &Settings) -> Result<ControlPlane, String> {
         let base = settings.address.trim_end_matches('/').to_string();
-        let url = url::Url::parse(&base).map_err(|_| "--cp-address must be http://HOST:PORT or https://HOST:PORT".to_string())?;
+        let url = url::Url::parse(&base)
+            .map_err(|_| "--cp-address must be http://HOST:PORT or https://HOST:PORT".to_string())?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err("--cp-address must be http://HOST:PORT or https://HOST:PORT".into());
         }

@@ -85,7 +85,8 @@ pub fn bootstrap(s: &EnvoySetup) -> Value {
     let cp_is_ip = s.cp_host.parse::<std::net::IpAddr>().is_ok();
     let mut grpc_service = json!({"envoy_grpc": {"cluster_name": "tern_control_plane"}});
     if let Some(token) = &s.token {
-        grpc_service["initial_metadata"] = json!([{"key": tern_protocol::AUTHORIZATION, "value": format!("Bearer {token}")}]);
+        grpc_service["initial_metadata"] =
+            json!([{"key": tern_protocol::AUTHORIZATION, "value": format!("Bearer {token}")}]);
     }
     let mut cluster = control_plane_cluster(s, cp_is_ip);
     if let Some(tls) = &s.cp_tls {

@@ -22,12 +22,8 @@ pub async fn generate_dataplane_token(
         let (k, v) = tag.split_once('=').ok_or_else(|| anyhow!("--tag {tag:?} must be KEY=VALUE"))?;
         parsed.insert(k.to_string(), v.to_string());
     }
-    let req = DataplaneTokenRequest {
-        mesh: mesh.into(),
-        name: name.into(),
-        tags: parsed,
-        valid_for: Some(valid_for.into()),
-    };
+    let req =
+        DataplaneTokenRequest { mesh: mesh.into(), name: name.into(), tags: parsed, valid_for: Some(valid_for.into()) };
     let body = serde_json::to_value(&req)?;
     match client.call(Method::POST, "/tokens/dataplane", Some(&body)).await? {
         Value::String(token) => {
@@ -59,7 +55,8 @@ pub async fn revoke_dataplane_token(client: &Client, id: Option<&str>, token_fil
         (Some(id), _) => id.to_string(),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            tern_tokens::token_id(&text).ok_or_else(|| anyhow!("{} does not hold a data-plane token", path.display()))?
+            tern_tokens::token_id(&text)
+                .ok_or_else(|| anyhow!("{} does not hold a data-plane token", path.display()))?
         }
         (None, None) => bail!("name the token: --id ID or --token-file FILE"),
     };
