@@ -10,7 +10,7 @@ use tern_otlp_config::ExporterConfig;
 use tern_otlp_config::Signal;
 use tonic::codec::CompressionEncoding;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why an export failed, and whether trying again can help.
@@ -38,6 +38,46 @@ pub enum Transport {
 pub struct Exporter {
     config: ExporterConfig,
     transport: Transport,
+    /// The configured headers in wire form, checked once when the exporter
+    /// is built; or why they cannot be sent (see [`prepare_headers`]).
+    headers: Result<WireHeaders, String>,
+}
+
+/// Headers as the transport sends them.
+enum WireHeaders {
+    Grpc(Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>),
+    Http(reqwest::header::HeaderMap),
+}
+
+/// Turns the configured headers into wire form. A header that cannot be
+/// sent (a CR or LF decoded from `%0D%0A`, a key that is no gRPC metadata
+/// key) is a configuration error: no retry can fix it. Messages name the
+/// header, never its value (values are secrets).
+fn prepare_headers(config: &ExporterConfig) -> Result<WireHeaders, String> {
+    let configured = config.headers.iter().flat_map(|h| h.value.iter());
+    match config.protocol.value {
+        OtlpProtocol::Grpc => configured
+            .map(|(k, v)| {
+                let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("header {k:?} is not a valid gRPC metadata key"))?;
+                let value = MetadataValue::try_from(v.as_str())
+                    .map_err(|_| format!("header {k:?} has a value gRPC cannot carry (control characters such as CR or LF are not allowed)"))?;
+                Ok((key, value))
+            })
+            .collect::<Result<_, String>>()
+            .map(WireHeaders::Grpc),
+        OtlpProtocol::HttpProtobuf => {
+            let mut map = reqwest::header::HeaderMap::new();
+            for (k, v) in configured {
+                let key = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("header {k:?} is not a valid HTTP header name"))?;
+                let value = reqwest::header::HeaderValue::from_str(v)
+                    .map_err(|_| format!("header {k:?} has a value HTTP cannot carry (control characters such as CR or LF are not allowed)"))?;
+                map.append(key, value);
+            }
+            Ok(WireHeaders::Http(map))
+        }
+    }
 }
 
 fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
@@ -46,16 +86,20 @@ fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
 }
 
 impl Exporter {
-    /// Builds the client; fails when a TLS file cannot be read or the
-    /// endpoint is not usable.
+    /// Builds the client; fails when a TLS file cannot be read, the
+    /// endpoint is not usable or a header cannot be sent.
     pub fn new(config: ExporterConfig) -> Result<Exporter, String> {
+        let headers = prepare_headers(&config)?;
         let transport = Self::transport(&config)?;
-        Ok(Exporter { config, transport })
+        Ok(Exporter { config, transport, headers: Ok(headers) })
     }
 
-    /// An exporter on a transport another signal already opened.
+    /// An exporter on a transport another signal already opened. Headers
+    /// that cannot be sent make every export fail as fatal (dropped and
+    /// counted, never retried).
     pub fn with_transport(config: ExporterConfig, transport: Transport) -> Exporter {
-        Exporter { config, transport }
+        let headers = prepare_headers(&config);
+        Exporter { config, transport, headers }
     }
 
     pub fn transport_handle(&self) -> Transport {
@@ -109,35 +153,34 @@ impl Exporter {
     /// Sends one batch once: `parts` are encoded requests of `signal`, sent
     /// back to back as one request (see `wire.rs`).
     pub async fn send(&self, signal: Signal, parts: &[Bytes]) -> Result<(), ExportError> {
-        match &self.transport {
-            Transport::Grpc(channel) => self.send_grpc(channel.clone(), signal, parts).await,
-            Transport::Http(client) => self.send_http(client, parts).await,
-        }
-    }
-
-    fn grpc_request<T>(&self, message: T) -> Result<tonic::Request<T>, ExportError> {
-        let mut req = tonic::Request::new(message);
-        req.set_timeout(self.config.timeout.value);
-        if let Some(headers) = &self.config.headers {
-            for (k, v) in &headers.value {
-                let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| fatal(format!("header {k:?} is not a valid gRPC metadata key")))?;
-                let value = MetadataValue::try_from(v.as_str())
-                    .map_err(|_| fatal(format!("header {k:?} has a value gRPC cannot carry")))?;
-                req.metadata_mut().insert(key, value);
+        let headers = self.headers.as_ref().map_err(|e| fatal(e.clone()))?;
+        match (&self.transport, headers) {
+            (Transport::Grpc(channel), WireHeaders::Grpc(headers)) => {
+                self.send_grpc(channel.clone(), signal, parts, headers).await
             }
+            (Transport::Http(client), WireHeaders::Http(headers)) => self.send_http(client, parts, headers).await,
+            _ => Err(fatal("the transport and the configured protocol disagree".into())),
         }
-        Ok(req)
     }
 
-    async fn send_grpc(&self, channel: Channel, signal: Signal, parts: &[Bytes]) -> Result<(), ExportError> {
+    async fn send_grpc(
+        &self,
+        channel: Channel,
+        signal: Signal,
+        parts: &[Bytes],
+        headers: &[(MetadataKey<Ascii>, MetadataValue<Ascii>)],
+    ) -> Result<(), ExportError> {
         let mut grpc = tonic::client::Grpc::new(channel);
         if self.config.compression.value == Compression::Gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         let unavailable = |message: String| ExportError { retryable: true, message, retry_after: None };
         grpc.ready().await.map_err(|e| unavailable(format!("collector unreachable: {}", root_cause(&e))))?;
-        let request = self.grpc_request(parts.to_vec())?;
+        let mut request = tonic::Request::new(parts.to_vec());
+        request.set_timeout(self.config.timeout.value);
+        for (key, value) in headers {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
         let path = PathAndQuery::from_static(grpc_path(signal));
         let result: Result<tonic::Response<Bytes>, tonic::Status> = grpc.unary(request, path, RawCodec).await;
         result.map(|_| ()).map_err(|status| {
@@ -155,7 +198,12 @@ impl Exporter {
         })
     }
 
-    async fn send_http(&self, client: &reqwest::Client, parts: &[Bytes]) -> Result<(), ExportError> {
+    async fn send_http(
+        &self,
+        client: &reqwest::Client,
+        parts: &[Bytes],
+        headers: &reqwest::header::HeaderMap,
+    ) -> Result<(), ExportError> {
         let mut body = parts.concat();
         let mut req = client.post(&self.config.endpoint.value).header("Content-Type", "application/x-protobuf");
         if self.config.compression.value == Compression::Gzip {
@@ -164,11 +212,7 @@ impl Exporter {
             body = gz.finish().map_err(|e| fatal(format!("gzip failed: {e}")))?;
             req = req.header("Content-Encoding", "gzip");
         }
-        if let Some(headers) = &self.config.headers {
-            for (k, v) in &headers.value {
-                req = req.header(k.as_str(), v.as_str());
-            }
-        }
+        req = req.headers(headers.clone());
         match req.body(body).send().await {
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) => {
@@ -201,4 +245,67 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tern_otlp_config::exporter::Sourced;
+    use tern_otlp_config::merge::Source;
+
+    fn config(protocol: OtlpProtocol, headers: &[(&str, &str)]) -> ExporterConfig {
+        let explicit = |value| Sourced { value, source: Source::Explicit };
+        let endpoint = match protocol {
+            OtlpProtocol::Grpc => "http://127.0.0.1:9",
+            OtlpProtocol::HttpProtobuf => "http://127.0.0.1:9/v1/traces",
+        };
+        ExporterConfig {
+            signal: Signal::Traces,
+            protocol: explicit(protocol),
+            endpoint: Sourced { value: endpoint.to_string(), source: Source::Explicit },
+            tls: Sourced { value: false, source: Source::Default },
+            headers: Some(Sourced {
+                value: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                source: Source::SharedEnv,
+            }),
+            certificate: None,
+            client_pair: None,
+            compression: Sourced { value: Compression::None, source: Source::Default },
+            timeout: Sourced { value: std::time::Duration::from_secs(1), source: Source::Default },
+        }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20s3cret%0D%0AX-Evil:%201`
+    /// decodes to a value with CR LF: a configuration error for both
+    /// protocols, reported once, naming the header but never its value.
+    #[tokio::test]
+    async fn unsendable_headers_are_fatal_for_http_and_grpc() {
+        let bad = [("authorization", "Bearer s3cret\r\nX-Evil: 1")];
+        for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+            let err = Exporter::new(config(protocol, &bad)).err().expect("refused at construction");
+            assert!(err.contains("\"authorization\""), "{protocol:?}: {err}");
+            assert!(!err.contains("s3cret"), "{protocol:?}: the value stays out: {err}");
+
+            // Built on a shared transport, it never reaches the network:
+            // every export fails as fatal, so the batch is dropped, not retried.
+            let good = Exporter::new(config(protocol, &[("x-team", "core")])).expect("valid headers");
+            let shared = Exporter::with_transport(config(protocol, &bad), good.transport_handle());
+            let e = shared.send(Signal::Traces, &[Bytes::from_static(b"")]).await.expect_err("fatal");
+            assert!(!e.retryable, "{protocol:?}: {e:?}");
+            assert!(!e.message.contains("s3cret"), "{protocol:?}: {e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sendable_headers_are_kept() {
+        for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+            let e = Exporter::new(config(protocol, &[("Authorization", "Bearer s3cret"), ("x-tenant", "a b")]));
+            match e.map(|e| e.headers) {
+                Ok(Ok(WireHeaders::Http(map))) => assert_eq!(map.len(), 2),
+                Ok(Ok(WireHeaders::Grpc(list))) => assert_eq!(list.len(), 2),
+                _ => panic!("{protocol:?}: headers refused"),
+            }
+        }
+    }
 }
