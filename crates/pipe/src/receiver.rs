@@ -3,6 +3,8 @@
 //! stay bytes (see `wire.rs`): the framing is checked and the items counted,
 //! nothing is decoded.
 
+mod authority;
+
 use crate::stats::SignalStats;
 use crate::wire::{grpc_path, Payload, RawCodec};
 use bytes::Bytes;
@@ -229,7 +231,11 @@ pub async fn serve(
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("restricting the socket: {e}"))?;
     }
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Every connection goes through `AuthorityFix`, so gRPC clients that
+    // name the socket path as `:authority` are served, not reset by h2.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |conn| {
+        conn.map(authority::AuthorityFix::new)
+    });
     let router = tonic::transport::Server::builder()
         .add_service(Receiver::<TraceService>::new(routes.clone()))
         .add_service(Receiver::<MetricsService>::new(routes.clone()))
@@ -241,4 +247,102 @@ pub async fn serve(
             })
             .await;
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority::tests::client_request;
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn unavailable() -> Route {
+        Route::Unavailable { reason: "test".into(), stats: Arc::default() }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, stream];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// What Python's grpcio sends for `unix:///tmp/x.sock`: the path,
+    /// percent-encoded, as `:authority`. h2 alone resets such a stream with
+    /// PROTOCOL_ERROR; the receiver must take the export.
+    #[tokio::test]
+    async fn exports_with_a_socket_path_authority_are_served() {
+        let socket = std::env::temp_dir().join(format!("tern-authority-{}.sock", std::process::id()));
+        let limits = crate::QueueLimits { requests: 8, bytes: 1 << 20 };
+        let (tx, mut rx) = mpsc::channel(limits.requests);
+        let queue = Queue {
+            tx,
+            places: Arc::new(Semaphore::new(limits.requests)),
+            budget: Arc::new(Semaphore::new(limits.bytes)),
+            limits,
+        };
+        let routes = Arc::new(Routes {
+            traces: Route::Queue { queue, stats: Arc::default() },
+            metrics: unavailable(),
+            logs: unavailable(),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let server = serve(&socket, routes, stopped).await.expect("serves");
+
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span { name: "GET /".into(), ..Default::default() }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let mut message = vec![0u8];
+        message.extend_from_slice(&u32::try_from(request.len()).expect("small").to_be_bytes());
+        message.extend_from_slice(&request);
+        let mut conn = tokio::net::UnixStream::connect(&socket).await.expect("connects");
+        let mut sent = client_request(b"%2Ftmp%2Fx.sock", 1, true);
+        sent.extend(frame(0x0, 0x1, 1, &message)); // DATA, END_STREAM
+        conn.write_all(&sent).await.expect("writes");
+
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut hpack = loona_hpack::Decoder::new();
+            let mut fields = Vec::new();
+            loop {
+                let mut header = [0u8; 9];
+                conn.read_exact(&mut header).await.expect("a frame");
+                let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+                let mut payload = vec![0u8; len];
+                conn.read_exact(&mut payload).await.expect("its payload");
+                match header[3] {
+                    0x4 if header[4] & 0x1 == 0 => conn.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("ack"),
+                    0x1 => {
+                        fields.extend(hpack.decode(&payload).expect("server headers decode"));
+                        if header[4] & 0x1 != 0 {
+                            return fields;
+                        }
+                    }
+                    0x3 => panic!("stream reset, error code {:?}", &payload),
+                    0x7 => panic!("connection closed (GOAWAY) {:?}", String::from_utf8_lossy(&payload)),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("answered in time");
+        let field = |name: &str| answer.iter().find(|(n, _)| n.as_slice() == name.as_bytes()).map(|(_, v)| v.clone());
+        assert_eq!(field(":status"), Some(b"200".to_vec()), "{answer:?}");
+        assert_eq!(field("grpc-status"), Some(b"0".to_vec()), "{answer:?}");
+        let queued = rx.try_recv().expect("the export was queued");
+        assert_eq!(queued.payload.items, 1);
+
+        drop(conn); // a graceful stop waits for open connections
+        let _ = stop.send(());
+        let _ = server.await;
+        let _ = std::fs::remove_file(&socket);
+    }
 }
