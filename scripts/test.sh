@@ -21,4 +21,12 @@ export TERN_TEST_POSTGRES_URL
 eval "$(scripts/install-tools.sh)"
 export TERN_TEST_ENVOY TERN_TEST_ROTEL
 
+# The data plane builds without the control plane's database stack.
+if cargo tree -p tern-dp -e normal,build --locked | grep -q ' sqlx'; then
+  echo "tern-dp must not depend on sqlx (cargo tree -p tern-dp -i sqlx says why)" >&2
+  exit 1
+fi
+# tern-dp is its own package: the end-to-end tests of the root package run
+# the binary from the target directory, so build every binary first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast "$@"

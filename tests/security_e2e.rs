@@ -255,4 +255,29 @@ async fn envoy_dies_with_tern_dp() {
     assert!(log.contains("--metrics-addr") && log.contains("in use"), "{log}");
     assert!(envoys_in(&failed.work_dir).is_empty(), "no Envoy left");
     drop(taken);
+
+    // A refused bootstrap (another data plane's token) while Envoy runs: the cause, exit 1, no Envoy.
+    let c = cp.clone();
+    let wrong =
+        tokio::task::spawn_blocking(move || c.dataplane_token("default", "someone-else", &[])).await.expect("token");
+    let (c, root, y) = (cp.clone(), dir.path().to_path_buf(), dataplane("refused", free_port()));
+    let mut refused = tokio::task::spawn_blocking(move || {
+        let token = wrong.to_str().expect("utf8").to_string();
+        DataPlane::start(
+            &c,
+            &root,
+            "refused",
+            &y,
+            &[],
+            &["--envoy-binary", &envoy_binary(), "--dataplane-token-file", &token],
+        )
+    })
+    .await
+    .expect("dp");
+    let status = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(20)));
+    let status = status.unwrap_or_else(|| panic!("tern-dp did not exit\n{}", refused.log_text()));
+    assert_eq!(status.code(), Some(1));
+    let log = refused.log_text();
+    assert!(log.contains("refused this data plane") && log.contains("someone-else"), "{log}");
+    assert!(envoys_in(&refused.work_dir).is_empty(), "no Envoy left");
 }

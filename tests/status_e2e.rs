@@ -137,7 +137,7 @@ fn seed_status_examples_end_to_end() {
         json!({"enabled": true, "state": "ready", "envAllowed": true, "envInputPresent": true}),
     );
     eventually(WAIT, "plan file", || from_env.plan_file().exists().then_some(()).ok_or_else(|| "absent".to_string()));
-    let resolved = std::process::Command::new(support::TERN_DP)
+    let resolved = std::process::Command::new(support::tern_dp())
         .args(["otel", "resolve", "--plan"])
         .arg(from_env.plan_file())
         .envs(env)

@@ -269,7 +269,7 @@ fn tern_dp_checks_a_dataplane_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("dp.yaml");
     std::fs::write(&good, "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      servicePort: 80\n      tags:\n        kuma.io/service: web\n").expect("write");
-    let out = std::process::Command::new(support::TERN_DP)
+    let out = std::process::Command::new(support::tern_dp())
         .args(["validate", "--dataplane-file"])
         .arg(&good)
         .output()
@@ -282,7 +282,7 @@ fn tern_dp_checks_a_dataplane_file() {
         "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 0\n",
     )
     .expect("write");
-    let out = std::process::Command::new(support::TERN_DP)
+    let out = std::process::Command::new(support::tern_dp())
         .args(["validate", "--dataplane-file"])
         .arg(&bad)
         .output()

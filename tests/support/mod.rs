@@ -8,7 +8,17 @@ use std::time::{Duration, Instant};
 
 pub const TERN_CP: &str = env!("CARGO_BIN_EXE_tern-cp");
 pub const TERNCTL: &str = env!("CARGO_BIN_EXE_ternctl");
-pub const TERN_DP: &str = env!("CARGO_BIN_EXE_tern-dp");
+
+/// `tern-dp`, its own package (so it builds without the control plane's
+/// database stack), built next to these tests' binaries by scripts/test.sh
+/// (`cargo build --workspace --bins`).
+pub fn tern_dp() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join("tern-dp");
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, or `cargo build -p tern-dp` first", path.display());
+    path
+}
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -244,7 +254,7 @@ impl DataPlane {
         std::fs::write(&file, yaml).expect("dataplane file");
         let work_dir = dir.join("work");
         let log = dir.join("tern-dp.log");
-        let mut cmd = Command::new(TERN_DP);
+        let mut cmd = Command::new(tern_dp());
         cmd.args(["run", "--cp-address", &cp.dp, "--dataplane-file"])
             .arg(&file)
             .arg("--work-dir")

@@ -1,7 +1,5 @@
 //! `ternctl`: the Tern CLI, kumactl-style: apply, get, delete.
 
-#[path = "../common/child.rs"]
-mod child;
 mod client;
 mod collector;
 mod demo;

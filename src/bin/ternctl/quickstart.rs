@@ -106,7 +106,7 @@ impl Proc {
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
     let file = std::fs::File::create(log)?;
-    crate::child::die_with_parent(cmd);
+    tern_process::die_with_parent(cmd);
     let child = cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).kill_on_drop(true).spawn()?;
     Ok(Proc(Some(child)))
 }

@@ -181,7 +181,7 @@ pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) -> Re
             .args(["--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "2"])
             .stdout(log)
             .kill_on_drop(true);
-        crate::child::die_with_parent(&mut cmd);
+        tern_process::die_with_parent(&mut cmd);
         if let Some(e) = err_log {
             cmd.stderr(e);
         }

@@ -2,8 +2,6 @@
 //! plane, run Envoy and the OTLP pipe), `validate` a Dataplane file, and
 //! `otel` (what its OTLP exporters would do).
 
-#[path = "../common/child.rs"]
-mod child;
 mod cp;
 mod envoy;
 mod otel;

@@ -1,13 +1,11 @@
 //! `tern-dp otel inventory` and `tern-dp otel resolve` through the binary,
 //! with the environment a sidecar would have.
 
-mod support;
-
 use serde_json::{json, Value};
 use std::process::Command;
 
 fn tern_dp(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(support::TERN_DP);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-dp"));
     cmd.args(args);
     // Start from a clean OTEL environment whatever the test runner has.
     for (k, _) in std::env::vars() {
@@ -145,4 +143,17 @@ fn a_bad_plan_is_refused_naming_the_field() {
     let (code, _, err) = tern_dp(&["otel", "resolve", "--plan", "/nonexistent/plan.json"], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("reading /nonexistent/plan.json"), "{err}");
+}
+
+#[test]
+fn non_ascii_values_neither_panic_nor_leak() {
+    for endpoint in
+        ["http://é:s3cr3t@collector:4317", "https://collector:4317/\u{1b}[2Js3cr3t", "é:s3cr3t", "http://[s3cr3t"]
+    {
+        let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cr3t%ZZ,é=s3cr3t")];
+        let (code, out, err) = tern_dp(&["otel", "inventory"], &env);
+        assert!(code == 0 || code == 1, "{endpoint:?}: exit {code}\n{err}");
+        assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"), "{endpoint:?}: a value leaked\n{out}\n{err}");
+        assert!(!err.contains("panicked"), "{endpoint:?}: {err}");
+    }
 }
