@@ -20,6 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tern_model::resource::DISPLAY_NAME_LABEL;
 use tern_model::spec::dataplane::DataplaneSpec;
+use tern_model::spec::mesh_access_log::{AccessLogConf, KeyValue};
+use tern_model::spec::mesh_metric::MeshMetricConf;
+use tern_model::spec::mesh_trace::{MeshTraceConf, Sampling, TraceTag};
 use tern_model::spec::motb::{Condition, MeshOpenTelemetryBackendSpec};
 use tern_model::spec::policy::{BackendRef, TargetRef};
 use tern_model::{Kind, Resource};
@@ -77,7 +80,15 @@ pub struct DataplaneOutcome {
     /// only the last step for the dataplanes that use it.
     entries: Vec<(Signal, Vec<OtelEntry>)>,
     /// The merged MeshTrace `sampling` and `tags`.
-    trace_conf: Value,
+    trace_conf: TraceConf,
+}
+
+/// MeshTrace's merged `sampling` and `tags`, what Envoy's tracing needs
+/// besides the sink.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceConf {
+    pub sampling: Option<Sampling>,
+    pub tags: Vec<TraceTag>,
 }
 
 /// Where Envoy sends a signal.
@@ -93,8 +104,10 @@ pub enum Sink {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessLogSink {
     pub sink: Sink,
-    /// `[{key, value}]` with Envoy command operators in values.
-    pub attributes: Option<Value>,
+    /// Record attributes, Envoy command operators in values.
+    pub attributes: Vec<KeyValue>,
+    /// The record body: any JSON value (an OpenTelemetry AnyValue), strings
+    /// may hold Envoy command operators.
     pub body: Option<Value>,
 }
 
@@ -102,9 +115,8 @@ pub struct AccessLogSink {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvoyTelemetry {
     pub traces: Option<Sink>,
-    /// MeshTrace `sampling` (`overall`, `client`, `random`) and `tags`, as merged.
-    pub sampling: Value,
-    pub tags: Value,
+    /// MeshTrace `sampling` and `tags`, as merged.
+    pub trace: TraceConf,
     pub access_logs: Vec<AccessLogSink>,
 }
 
@@ -134,12 +146,7 @@ impl DataplaneOutcome {
                 }
             }
         }
-        EnvoyTelemetry {
-            traces,
-            sampling: self.trace_conf.get("sampling").cloned().unwrap_or(Value::Null),
-            tags: self.trace_conf.get("tags").cloned().unwrap_or(Value::Null),
-            access_logs,
-        }
+        EnvoyTelemetry { traces, trace: self.trace_conf.clone(), access_logs }
     }
 }
 
@@ -217,7 +224,7 @@ struct OtelEntry {
     endpoint: Option<String>,
     refresh_interval: Option<String>,
     /// MeshAccessLog: record attributes and body (Envoy command operators).
-    attributes: Option<Value>,
+    attributes: Vec<KeyValue>,
     body: Option<Value>,
     /// The backend's display name once `backendRef` resolved (per dataplane).
     resolved: Option<String>,
@@ -254,32 +261,56 @@ fn parse_policy(r: &Resource) -> ParsedPolicy<'_> {
     }
 }
 
-/// The OpenTelemetry entries of a conf's `backends`.
-fn otel_entries(conf: &Value) -> Vec<OtelEntry> {
-    conf.get("backends")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|b| b["type"] == "OpenTelemetry")
-        .map(|b| {
-            let o = &b["openTelemetry"];
-            OtelEntry {
-                backend_ref: o.get("backendRef").and_then(|r| serde_json::from_value(r.clone()).ok()),
-                endpoint: o.get("endpoint").and_then(Value::as_str).map(str::to_string),
-                refresh_interval: o.get("refreshInterval").and_then(Value::as_str).map(str::to_string),
-                attributes: o.get("attributes").cloned(),
-                body: o.get("body").cloned(),
-                resolved: None,
-            }
-        })
-        .collect()
+/// The OpenTelemetry entries of a folded conf's `backends`, decoded into
+/// the kind's typed conf. Folding valid confs gives a valid conf; one that
+/// would not decode yields no entries.
+fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
+    let entry = |backend_ref: &Option<BackendRef>, endpoint: &Option<String>| OtelEntry {
+        backend_ref: backend_ref.clone(),
+        endpoint: endpoint.clone(),
+        refresh_interval: None,
+        attributes: Vec::new(),
+        body: None,
+        resolved: None,
+    };
+    let decode = |conf: &Value| -> Option<Value> { (!conf.is_null()).then(|| conf.clone()) };
+    match kind {
+        Kind::MeshTrace => decode(conf)
+            .and_then(|c| serde_json::from_value::<MeshTraceConf>(c).ok())
+            .and_then(|c| c.backends)
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.open_telemetry)
+            .map(|o| entry(&o.backend_ref, &o.endpoint))
+            .collect(),
+        Kind::MeshMetric => decode(conf)
+            .and_then(|c| serde_json::from_value::<MeshMetricConf>(c).ok())
+            .and_then(|c| c.backends)
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.open_telemetry)
+            .map(|o| OtelEntry { refresh_interval: o.refresh_interval.clone(), ..entry(&o.backend_ref, &o.endpoint) })
+            .collect(),
+        _ => decode(conf)
+            .and_then(|c| serde_json::from_value::<AccessLogConf>(c).ok())
+            .and_then(|c| c.backends)
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.open_telemetry)
+            .map(|o| OtelEntry {
+                attributes: o.attributes.clone().unwrap_or_default(),
+                body: o.body.clone(),
+                ..entry(&o.backend_ref, &o.endpoint)
+            })
+            .collect(),
+    }
 }
 
 /// Every OTel entry a policy carries, wherever it sits.
 fn all_entries(p: &ParsedPolicy<'_>) -> Vec<OtelEntry> {
-    let mut out = otel_entries(&p.default);
+    let mut out = otel_entries(p.kind, &p.default);
     for conf in p.rules_default.iter().chain(&p.targeted) {
-        out.extend(otel_entries(conf));
+        out.extend(otel_entries(p.kind, conf));
     }
     out
 }
@@ -305,29 +336,28 @@ fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
 
 /// The effective OTel entries of one kind for the matched policies (sorted),
 /// and for MeshTrace the merged `sampling` and `tags`.
-fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, Value) {
+fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, TraceConf) {
     let merged_default = fold(matched.iter().map(|p| &p.default));
     let entries = match kind {
         // MeshTrace allows zero or one backend.
-        Kind::MeshTrace => otel_entries(&merged_default).into_iter().take(1).collect(),
-        Kind::MeshMetric => otel_entries(&merged_default),
+        Kind::MeshTrace => otel_entries(kind, &merged_default).into_iter().take(1).collect(),
+        Kind::MeshMetric => otel_entries(kind, &merged_default),
         _ => {
-            let mut out = otel_entries(&merged_default);
-            out.extend(otel_entries(&fold(matched.iter().flat_map(|p| p.rules_default.iter()))));
+            let mut out = otel_entries(kind, &merged_default);
+            out.extend(otel_entries(kind, &fold(matched.iter().flat_map(|p| p.rules_default.iter()))));
             for p in matched {
                 for conf in &p.targeted {
-                    out.extend(otel_entries(conf));
+                    out.extend(otel_entries(kind, conf));
                 }
             }
             out
         }
     };
     let trace_conf = match kind {
-        Kind::MeshTrace => serde_json::json!({
-            "sampling": merged_default.get("sampling").cloned().unwrap_or(Value::Null),
-            "tags": merged_default.get("tags").cloned().unwrap_or(Value::Null),
-        }),
-        _ => Value::Null,
+        Kind::MeshTrace if !merged_default.is_null() => serde_json::from_value::<MeshTraceConf>(merged_default)
+            .map(|c| TraceConf { sampling: c.sampling, tags: c.tags.unwrap_or_default() })
+            .unwrap_or_default(),
+        _ => TraceConf::default(),
     };
     (entries, trace_conf)
 }
@@ -401,7 +431,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
     conditions(&policies, input.backends, &index, &mut out);
 
     // Dataplanes matching the same policies share the merged result.
-    let mut cache: HashMap<(Kind, Vec<usize>), (Vec<OtelEntry>, Value)> = HashMap::new();
+    let mut cache: HashMap<(Kind, Vec<usize>), (Vec<OtelEntry>, TraceConf)> = HashMap::new();
     for dp in input.dataplanes {
         let Some(session) = dp.session else { continue };
         let prev = previous.and_then(|p| p.dataplanes.get(&dp.resource.name));
@@ -424,7 +454,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
         let spec: DataplaneSpec = serde_json::from_value(dp.resource.spec.clone()).unwrap_or_default();
         let facts = DataplaneFacts { name: &dp.resource.name, labels: &dp.resource.labels, spec: &spec };
         let mut per_signal: Vec<(Signal, Vec<OtelEntry>)> = Vec::with_capacity(3);
-        let mut trace_conf = Value::Null;
+        let mut trace_conf = TraceConf::default();
         for kind in [Kind::MeshTrace, Kind::MeshMetric, Kind::MeshAccessLog] {
             let mut matched: Vec<usize> = (0..policies.len())
                 .filter(|&i| policies[i].kind == kind && selects(policies[i].target.as_ref(), &facts))
@@ -522,7 +552,7 @@ type UsedBackends<'a> = BTreeMap<String, (&'a Resource, Vec<Signal>, Option<Stri
 fn dataplane_outcome(
     session: &Session,
     mut per_signal: Vec<(Signal, Vec<OtelEntry>)>,
-    trace_conf: Value,
+    trace_conf: TraceConf,
     index: &BackendIndex<'_>,
 ) -> DataplaneOutcome {
     let mut notes = Vec::new();

@@ -131,6 +131,11 @@ fn lists_are_replaced_and_objects_merged() {
     let r = run(&resources(&yaml), &[("web-1", pipe()), ("api-1", pipe())]);
     assert_eq!(traces_backend(&r, "web-1"), ["b2"]);
     assert_eq!(traces_backend(&r, "api-1"), ["b1"]);
+    for dp in ["web-1", "api-1"] {
+        let trace = r.dataplanes[dp].envoy_telemetry().trace;
+        let overall = trace.sampling.and_then(|s| s.overall).and_then(|p| p.value());
+        assert_eq!(overall, Some(10.0), "{dp} keeps the mesh-wide sampling, typed");
+    }
 }
 
 #[test]

@@ -37,6 +37,8 @@ use prost::Message;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tern_model::spec::dataplane::{DataplaneSpec, PROTOCOL_TAG, SERVICE_TAG};
+use tern_model::spec::mesh_trace::TraceTag;
+use tern_model::spec::policy::Percentage;
 use tern_resolve::{EnvoyTelemetry, Sink};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -168,30 +170,22 @@ fn sink_cluster(signal: &str, sink: &Sink) -> (String, Cluster) {
     }
 }
 
-fn percent(v: &Value) -> Option<Percent> {
-    let x = match v {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
-    };
-    Some(Percent { value: x })
+fn percent(p: Option<&Percentage>) -> Option<Percent> {
+    Some(Percent { value: p?.value()? })
 }
 
-fn custom_tags(tags: &Value) -> Vec<CustomTag> {
-    tags.as_array()
-        .into_iter()
-        .flatten()
+fn custom_tags(tags: &[TraceTag]) -> Vec<CustomTag> {
+    tags.iter()
         .filter_map(|t| {
-            let name = t["name"].as_str()?.to_string();
-            let r#type = if let Some(v) = t["literal"].as_str() {
-                custom_tag::Type::Literal(custom_tag::Literal { value: v.to_string() })
-            } else {
-                custom_tag::Type::RequestHeader(custom_tag::Header {
-                    name: t["header"]["name"].as_str()?.to_string(),
-                    default_value: t["header"]["default"].as_str().unwrap_or("").to_string(),
-                })
+            let r#type = match (&t.literal, &t.header) {
+                (Some(v), _) => custom_tag::Type::Literal(custom_tag::Literal { value: v.clone() }),
+                (None, Some(h)) => custom_tag::Type::RequestHeader(custom_tag::Header {
+                    name: h.name.clone(),
+                    default_value: h.default.clone().unwrap_or_default(),
+                }),
+                (None, None) => return None,
             };
-            Some(CustomTag { tag: name, r#type: Some(r#type) })
+            Some(CustomTag { tag: t.name.clone(), r#type: Some(r#type) })
         })
         .collect()
 }
@@ -266,16 +260,16 @@ fn hcm(
             service_name: t.service.to_string(),
             ..Default::default()
         };
-        let s = &t.telemetry.sampling;
+        let s = t.telemetry.trace.sampling.clone().unwrap_or_default();
         m.tracing = Some(http_connection_manager::Tracing {
             provider: Some(envoy_types::pb::envoy::config::trace::v3::tracing::Http {
                 name: "envoy.tracers.opentelemetry".into(),
                 config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(provider))),
             }),
-            overall_sampling: percent(&s["overall"]),
-            client_sampling: percent(&s["client"]),
-            random_sampling: percent(&s["random"]),
-            custom_tags: custom_tags(&t.telemetry.tags),
+            overall_sampling: percent(s.overall.as_ref()),
+            client_sampling: percent(s.client.as_ref()),
+            random_sampling: percent(s.random.as_ref()),
+            custom_tags: custom_tags(&t.telemetry.trace.tags),
             spawn_upstream_span: Some(BoolValue { value: false }),
             ..Default::default()
         });
@@ -283,15 +277,14 @@ fn hcm(
     for log in &t.telemetry.access_logs {
         let (cluster_name, cluster) = sink_cluster("logs", &log.sink);
         clusters.push(cluster);
-        let attributes = log.attributes.as_ref().and_then(Value::as_array).map(|list| KeyValueList {
-            values: list
+        let attributes = (!log.attributes.is_empty()).then(|| KeyValueList {
+            values: log
+                .attributes
                 .iter()
-                .filter_map(|kv| {
-                    Some(OtelKeyValue {
-                        key: kv["key"].as_str()?.to_string(),
-                        value: Some(otel_any_value(&kv["value"])),
-                        ..Default::default()
-                    })
+                .map(|kv| OtelKeyValue {
+                    key: kv.key.clone(),
+                    value: Some(AnyValue { value: Some(any_value::Value::StringValue(kv.value.clone())) }),
+                    ..Default::default()
                 })
                 .collect(),
         });
@@ -441,4 +434,34 @@ fn version_of(resources: &BTreeMap<&'static str, BTreeMap<String, Any>>) -> Stri
         }
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_model::spec::mesh_trace::HeaderTag;
+
+    #[test]
+    fn trace_settings_map_to_envoy_typed() {
+        let tags = vec![
+            TraceTag { name: "team".into(), literal: Some("payments".into()), header: None },
+            TraceTag {
+                name: "user".into(),
+                literal: None,
+                header: Some(HeaderTag { name: "x-user".into(), default: Some("anon".into()) }),
+            },
+        ];
+        let mapped = custom_tags(&tags);
+        assert_eq!(mapped.len(), 2);
+        assert_eq!(
+            mapped[1].r#type,
+            Some(custom_tag::Type::RequestHeader(custom_tag::Header {
+                name: "x-user".into(),
+                default_value: "anon".into()
+            }))
+        );
+        let p: Percentage = serde_json::from_value(serde_json::json!("12.5")).expect("percentage");
+        assert_eq!(percent(Some(&p)).map(|p| p.value), Some(12.5));
+        assert_eq!(percent(None), None);
+    }
 }
