@@ -3,7 +3,7 @@
 //! every state that is not `ready` (seed 000's troubleshooting).
 
 use crate::client::{api_error, Client};
-use crate::output::{self, Format};
+use crate::output::{self, clean, Format};
 use anyhow::{bail, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -68,28 +68,33 @@ fn list(v: &Value) -> Vec<&str> {
     v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
 }
 
+/// Items joined for printing ([`clean`]ed: they come from the server), or `-`.
 fn dash(items: &[&str]) -> String {
     if items.is_empty() {
         "-".into()
     } else {
-        items.join(",")
+        clean(&items.join(",")).into_owned()
     }
+}
+
+/// A string field for printing: cleaned, or `default` when absent.
+fn field<'a>(v: &'a Value, default: &'a str) -> std::borrow::Cow<'a, str> {
+    clean(v.as_str().unwrap_or(default))
 }
 
 pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
     let mut out = String::new();
     let net = &dp["networking"];
-    let _ =
-        writeln!(out, "Dataplane {} (mesh {})", dp["name"].as_str().unwrap_or(""), dp["mesh"].as_str().unwrap_or(""));
-    let _ = writeln!(out, "  address:   {}", net["address"].as_str().unwrap_or("-"));
+    let _ = writeln!(out, "Dataplane {} (mesh {})", field(&dp["name"], ""), field(&dp["mesh"], ""));
+    let _ = writeln!(out, "  address:   {}", field(&net["address"], "-"));
     let inbounds: Vec<String> = net["inbound"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|i| {
             let port = i["port"].as_i64().unwrap_or(0);
-            let service = i["tags"]["kuma.io/service"].as_str().unwrap_or("?");
-            let protocol = i["tags"]["kuma.io/protocol"].as_str().unwrap_or("tcp");
+            let service = field(&i["tags"]["kuma.io/service"], "?");
+            let protocol = field(&i["tags"]["kuma.io/protocol"], "tcp");
             match i["servicePort"].as_i64() {
                 Some(sp) => format!("{port}->{sp} {service} ({protocol})"),
                 None => format!("{port} {service} ({protocol})"),
@@ -110,7 +115,7 @@ pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -
     let _ = writeln!(
         out,
         "  tern-dp:   {}, features: {}, connected {connected}",
-        session["version"].as_str().unwrap_or("?"),
+        field(&session["version"], "?"),
         dash(&list(&session["features"]))
     );
     let env = &session["otelEnv"];
@@ -118,12 +123,12 @@ pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -
         .iter()
         .filter_map(|l| {
             let present = list(&env[*l]["present"]);
-            (!present.is_empty()).then(|| format!("{l}: {}", present.join(",")))
+            (!present.is_empty()).then(|| format!("{l}: {}", dash(&present)))
         })
         .collect();
     let _ = writeln!(out, "  OTel env:  {}", if layers.is_empty() { "none".into() } else { layers.join("; ") });
     for p in env["problems"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "    {}: {}", p["scope"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
+        let _ = writeln!(out, "    {}: {}", field(&p["scope"], ""), field(&p["message"], ""));
     }
     let status = &insight["status"];
     let backends = status["openTelemetry"]["backends"].as_array().cloned().unwrap_or_default();
@@ -151,7 +156,7 @@ pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -
                 if overrides.is_empty() { env_text } else { format!("{env_text}, overrides {}", overrides.join(",")) };
             rows.push(vec![name.into(), signal.into(), state.into(), env_text, dash(&reasons), dash(&missing)]);
             if let Some(h) = hint(state, &reasons) {
-                hints.push(format!("  {name}/{signal} is {state}: {h}"));
+                hints.push(format!("  {}/{signal} is {}: {h}", clean(name), clean(state)));
             }
         }
     }
@@ -171,7 +176,7 @@ pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -
     if !notes.is_empty() {
         out.push_str("\nNotes\n");
         for n in notes {
-            let _ = writeln!(out, "  {n}");
+            let _ = writeln!(out, "  {}", clean(n));
         }
     }
     out
@@ -222,7 +227,7 @@ pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> St
         out.push_str("\nEnvoy\n");
         match xds["ackedVersion"].as_str() {
             Some(v) => {
-                let _ = writeln!(out, "  accepted config version {v}");
+                let _ = writeln!(out, "  accepted config version {}", clean(v));
             }
             None => out.push_str("  has not accepted a config yet\n"),
         }
@@ -230,9 +235,9 @@ pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> St
             let _ = writeln!(
                 out,
                 "  REJECTED config version {} ({}): {}\n  Envoy keeps running its previous config; fix the policy that produced this.",
-                nack.get("version").and_then(Value::as_str).unwrap_or("?"),
-                nack.get("typeUrl").and_then(Value::as_str).unwrap_or("?").rsplit('.').next().unwrap_or("?"),
-                nack.get("message").and_then(Value::as_str).unwrap_or("?"),
+                clean(nack.get("version").and_then(Value::as_str).unwrap_or("?")),
+                clean(nack.get("typeUrl").and_then(Value::as_str).unwrap_or("?").rsplit('.').next().unwrap_or("?")),
+                clean(nack.get("message").and_then(Value::as_str).unwrap_or("?")),
             );
         }
     }
@@ -264,5 +269,25 @@ mod tests {
         assert!(text.contains("MultipleBackendsForSignal"), "{text}");
         assert!(text.contains("backend-a/traces is ambiguous: set mode: Disabled on every backend"), "{text}");
         assert!(text.contains("metrics   not enabled"), "{text}");
+    }
+
+    #[test]
+    fn server_text_is_escaped() {
+        let evil = "x\x1b[2J\nERROR forged";
+        let dp = json!({"name": evil, "mesh": "default", "networking": {"address": evil,
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": evil}}]}});
+        let insight = json!({"session": {"version": evil, "features": [evil], "otelEnv": {"shared": {"present": [evil]},
+                "problems": [{"scope": evil, "message": evil}]}},
+            "status": {"notes": [evil], "openTelemetry": {"backends": [{"name": evil,
+                "traces": {"enabled": true, "state": "missing", "blockedReasons": [evil], "missingFields": [evil]},
+                "metrics": {"enabled": false}, "logs": {"enabled": false}}]}}});
+        let runtime = json!({"deliveryReportedAt": evil, "delivery": {"backends": [{"name": evil, "signals": {"traces":
+                {"received": 1, "lastError": evil}}}]},
+            "xds": {"ackedVersion": evil, "nack": {"version": evil, "typeUrl": evil, "message": evil}}});
+        let now = chrono::Utc::now();
+        let text = format!("{}{}", render(&dp, &insight, now), render_runtime(&runtime, now));
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(!text.contains("\nERROR"), "no line starts with the forged text: {text}");
+        assert!(text.contains("x\\x1b[2J\\nERROR forged"), "{text}");
     }
 }

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::borrow::Cow;
 use tern_model::Kind;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -12,17 +13,70 @@ pub enum Format {
 }
 
 pub fn print_value(value: &Value, format: Format) -> anyhow::Result<()> {
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml | Format::Table => print!("{}", serde_yaml_ng::to_string(value)?),
-    }
+    print!("{}", render_value(value, format)?);
     Ok(())
 }
 
+/// JSON or YAML text of `value`, with nothing in it that could drive a
+/// terminal. serde_json escapes C0 controls but not C1 ones (U+009B is a
+/// CSI) nor bidirectional overrides: those get `\uXXXX` escapes too. YAML
+/// holding any of them is printed as that JSON instead, which is YAML too.
+pub fn render_value(value: &Value, format: Format) -> anyhow::Result<String> {
+    let json = || -> anyhow::Result<String> {
+        let text = serde_json::to_string_pretty(value)? + "\n";
+        Ok(text
+            .chars()
+            .map(|c| if c != '\n' && is_unsafe(c) { format!("\\u{:04x}", c as u32) } else { c.to_string() })
+            .collect())
+    };
+    Ok(match format {
+        Format::Json => json()?,
+        Format::Yaml | Format::Table => {
+            let yaml = serde_yaml_ng::to_string(value)?;
+            if yaml.chars().any(|c| c != '\n' && is_unsafe(c)) {
+                json()?
+            } else {
+                yaml
+            }
+        }
+    })
+}
+
+/// Whether `c` could drive a terminal or disguise text: C0 and C1 control
+/// characters (newline and ESC included) and bidirectional overrides.
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` from the server made safe for a terminal: every [`is_unsafe`]
+/// character is shown as an escape (`\n`, `\x1b`, `\u{202e}`), so a name or
+/// message can neither move the cursor, clear the screen, nor fake a line
+/// of output. Newlines in ternctl's output are only ever ternctl's own.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if !text.contains(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && is_unsafe(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_unsafe(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Renders rows under headers with columns padded to their widest cell.
+/// Every cell is [`clean`]ed: cells come from the server.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|row| row.iter().map(|cell| clean(cell).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -32,7 +86,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         padded.join("   ").trim_end().to_string() + "\n"
     };
     let mut out = line(headers.to_vec());
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
@@ -186,6 +240,27 @@ mod tests {
             "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"backendRef": {"kind": "MeshOpenTelemetryBackend", "name": "main"}}}]}}});
         let r = row(Kind::MeshTrace, &item, Utc::now());
         assert_eq!(r[..4], ["default", "t", "MeshSubset[kuma.io/zone=us-east]", "motb/main"]);
+    }
+
+    #[test]
+    fn server_text_cannot_drive_the_terminal() {
+        let name = "evil\x1b[2J\nERROR forged line\u{9b}31m\u{202e}";
+        assert_eq!(clean(name), "evil\\x1b[2J\\nERROR forged line\\u{009b}31m\\u{202e}");
+        assert!(matches!(clean("main-collector ü"), Cow::Borrowed(_)), "ordinary text is left alone");
+        let item = json!({"mesh": "default", "name": name, "spec": {"targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"backendRef": {"kind": "MeshOpenTelemetryBackend", "name": name}}}]}},
+            "status": {"conditions": [{"type": "BackendRefsResolved", "status": "False", "message": "Unresolved MeshOpenTelemetryBackend references: x\x1b[2J\ny"}]}});
+        let t = table(&columns(Kind::MeshTrace), &[row(Kind::MeshTrace, &item, Utc::now())]);
+        assert_eq!(t.lines().count(), 2, "one header, one row: {t}");
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains("evil\\x1b[2J\\nERROR"), "{t}");
+        for format in [Format::Json, Format::Yaml] {
+            let out = render_value(&item, format).expect("renders");
+            assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{format:?}: {out:?}");
+            assert!(!out.contains("\nERROR"), "{format:?}: {out}");
+            let back: Value = serde_yaml_ng::from_str(&out).expect("still YAML (and JSON)");
+            assert_eq!(back, item, "{format:?}: the data is unchanged");
+        }
     }
 
     #[test]
