@@ -188,17 +188,12 @@ fn secret(name: &str, spec: serde_json::Value) -> Resource {
     }
 }
 
-/// Mesh and dataplane names as Kuma allows them (DNS-1123-like: lowercase
-/// letters, digits, `-` and `.`, at most 253 characters).
+/// Mesh and dataplane names by the model's rules (Kuma's: a mesh may hold
+/// `_`, a dataplane name is a lowercase RFC 1123 subdomain).
 fn check_name(field: &str, value: &str) -> Result<(), KeyError> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_')
-        && value.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(field, "must be a valid name: lowercase letters, digits, '-', '.' or '_', starting with a letter or digit, at most 253 characters"))
+    match tern_model::document::identifier_problem(value, field == "mesh") {
+        None => Ok(()),
+        Some(problem) => Err(invalid(field, problem)),
     }
 }
 
