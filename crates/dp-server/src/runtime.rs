@@ -49,3 +49,23 @@ impl tern_api::RuntimeView for RuntimeState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_reconcile::DataplaneState;
+
+    #[test]
+    fn delivery_counts_go_with_their_dataplane() {
+        let state = RuntimeState::new(Arc::new(tern_xds::XdsHub::default()));
+        for name in ["web-1", "web-2"] {
+            state.record_delivery("default", name, DeliveryReport::default());
+        }
+        state.record_delivery("other", "web-1", DeliveryReport::default());
+        state.retain("default", &["web-2"]);
+        assert_eq!(state.delivery_entries(), 2, "web-1 of mesh default is gone, other meshes untouched");
+        use tern_api::RuntimeView as _;
+        assert!(state.dataplane("default", "web-1").delivery.is_none());
+        assert!(state.dataplane("default", "web-2").delivery.is_some());
+    }
+}

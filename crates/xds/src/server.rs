@@ -257,3 +257,27 @@ async fn send(
     };
     tx.send(Ok(response)).await.map_err(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_forgets_deleted_nodes_of_one_mesh() {
+        let hub = XdsHub::default();
+        for node in ["default/web-1", "default/web-2", "other/web-1"] {
+            let _ = hub.subscribe(node);
+            hub.acked.lock().unwrap().insert(node.to_string(), "1".into());
+            hub.nacks
+                .lock()
+                .unwrap()
+                .insert(node.to_string(), Nack { type_url: "t".into(), version: "1".into(), message: "m".into() });
+        }
+        hub.retain("default", &["web-2"]);
+        assert_eq!(hub.acked_version("default/web-1"), None);
+        assert_eq!(hub.nack("default/web-1"), None);
+        assert!(!hub.channels.lock().unwrap().contains_key("default/web-1"));
+        assert_eq!(hub.acked_version("default/web-2").as_deref(), Some("1"));
+        assert_eq!(hub.acked_version("other/web-1").as_deref(), Some("1"));
+    }
+}
