@@ -102,10 +102,12 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 /// One paragraph: what failed, then every invalid field on its own line.
 pub fn api_error(answer: &Answer) -> anyhow::Error {
+    use crate::output::clean;
     let Ok(body) = serde_json::from_value::<ErrorBody>(answer.body.clone()) else {
-        return anyhow!("the API answered {}: {}", answer.status, answer.body);
+        return anyhow!("the API answered {}: {}", answer.status, clean(&answer.body.to_string()));
     };
-    let mut msg = format!("{}: {}", body.title, body.detail);
+    // Every piece comes from the server: cleaned, so the only newlines are ternctl's own.
+    let mut msg = format!("{}: {}", clean(&body.title), clean(&body.detail));
     if answer.status == StatusCode::UNAUTHORIZED {
         msg.push_str(
             "\nSet TERN_TOKEN (or `token:` in ternctl's config file) to the token tern-cp wrote to its data directory.",
@@ -114,10 +116,25 @@ pub fn api_error(answer: &Answer) -> anyhow::Error {
     for p in &body.invalid_parameters {
         let doc = p.document.map(|d| format!("document {d}: ")).unwrap_or_default();
         if p.field.is_empty() {
-            msg.push_str(&format!("\n  {doc}{}", p.reason));
+            msg.push_str(&format!("\n  {doc}{}", clean(&p.reason)));
         } else {
-            msg.push_str(&format!("\n  {doc}{}: {}", p.field, p.reason));
+            msg.push_str(&format!("\n  {doc}{}: {}", clean(&p.field), clean(&p.reason)));
         }
     }
     anyhow!(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_cannot_drive_the_terminal() {
+        let body = serde_json::json!({"type": "/std-errors", "status": 400, "title": "Bad\x1b[2J", "detail": "x\nERROR forged",
+            "details": "", "invalid_parameters": [{"field": "name\u{9b}", "reason": "bad\rline"}]});
+        let text = api_error(&Answer { status: StatusCode::BAD_REQUEST, body }).to_string();
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(!text.contains("\nERROR"), "{text}");
+        assert_eq!(text.lines().count(), 2, "ternctl's own line break only: {text}");
+    }
 }

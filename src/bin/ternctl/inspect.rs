@@ -8,9 +8,10 @@ use anyhow::{bail, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
+use tern_protocol::RuntimeView;
 
 /// The dataplane, its insight and its runtime view, as the API has them.
-async fn fetch(client: &Client, mesh: &str, name: &str) -> Result<(Value, Value, Value)> {
+async fn fetch(client: &Client, mesh: &str, name: &str) -> Result<(Value, Value, Option<RuntimeView>)> {
     let dp = client.send(Method::GET, &format!("/meshes/{mesh}/dataplanes/{name}"), None).await?;
     if dp.status == StatusCode::NOT_FOUND {
         bail!("Dataplane {name:?} not found in mesh {mesh:?}");
@@ -21,7 +22,8 @@ async fn fetch(client: &Client, mesh: &str, name: &str) -> Result<(Value, Value,
     let insight = client.send(Method::GET, &format!("/meshes/{mesh}/dataplane-insights/{name}"), None).await?;
     let insight = if insight.status.is_success() { insight.body } else { Value::Null };
     let runtime = client.send(Method::GET, &format!("/meshes/{mesh}/dataplanes/{name}/_runtime"), None).await?;
-    let runtime = if runtime.status.is_success() { runtime.body } else { Value::Null };
+    // A control plane that does not serve the view (or an older one) leaves it out.
+    let runtime = runtime.status.is_success().then(|| serde_json::from_value(runtime.body).ok()).flatten();
     Ok((dp.body, insight, runtime))
 }
 
@@ -29,7 +31,8 @@ async fn fetch(client: &Client, mesh: &str, name: &str) -> Result<(Value, Value,
 pub async fn text(client: &Client, mesh: &str, name: &str) -> Result<String> {
     let (dp, insight, runtime) = fetch(client, mesh, name).await?;
     let now = chrono::Utc::now();
-    Ok(format!("{}{}", render(&dp, &insight, now), render_runtime(&runtime, now)))
+    let runtime = runtime.map(|r| render_runtime(&r, now)).unwrap_or_default();
+    Ok(format!("{}{runtime}", render(&dp, &insight, now)))
 }
 
 pub async fn dataplane(client: &Client, mesh: &str, name: &str, format: Format) -> Result<()> {
@@ -183,37 +186,30 @@ pub fn render(dp: &Value, insight: &Value, now: chrono::DateTime<chrono::Utc>) -
 }
 
 /// Delivery counts from the data plane, and what Envoy did with its config.
-pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
+pub fn render_runtime(runtime: &RuntimeView, now: chrono::DateTime<chrono::Utc>) -> String {
     let mut out = String::new();
-    let backends = runtime["delivery"]["backends"].as_array().cloned().unwrap_or_default();
+    let backends = runtime.delivery.as_ref().map(|d| d.backends.as_slice()).unwrap_or_default();
     if !backends.is_empty() {
-        let ago = runtime["deliveryReportedAt"]
-            .as_str()
+        let ago = runtime
+            .delivery_reported_at
+            .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| format!("{} ago", output::age(now - t.with_timezone(&chrono::Utc))))
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(out, "\nDelivery (reported by tern-dp {ago})");
         let mut rows = Vec::new();
-        for b in &backends {
-            for signal in ["traces", "metrics", "logs"] {
-                let s = &b["signals"][signal];
-                if s.is_null() {
-                    continue;
-                }
-                let n = |k: &str| s[k].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-                let error = s["lastError"].as_str().or(s["unavailable"].as_str()).unwrap_or("-").to_string();
+        for b in backends {
+            for (signal, s) in &b.signals {
+                let error = s.last_error.as_deref().or(s.unavailable.as_deref()).unwrap_or("-");
                 rows.push(vec![
-                    b["name"].as_str().unwrap_or("").to_string(),
+                    b.name.clone(),
                     signal.to_string(),
-                    n("received"),
-                    n("exported"),
-                    n("retries"),
-                    n("dropped"),
-                    match (s["queuedRequests"].as_u64(), s["queuedBytes"].as_u64()) {
-                        (Some(r), Some(b)) => format!("{r} ({})", human_bytes(b)),
-                        _ => "-".into(),
-                    },
-                    error,
+                    s.received.to_string(),
+                    s.exported.to_string(),
+                    s.retries.to_string(),
+                    s.dropped.to_string(),
+                    format!("{} ({})", s.queued_requests, human_bytes(s.queued_bytes)),
+                    error.to_string(),
                 ]);
             }
         }
@@ -222,24 +218,21 @@ pub fn render_runtime(runtime: &Value, now: chrono::DateTime<chrono::Utc>) -> St
             &rows,
         ));
     }
-    let xds = &runtime["xds"];
-    if !xds.is_null() {
-        out.push_str("\nEnvoy\n");
-        match xds["ackedVersion"].as_str() {
-            Some(v) => {
-                let _ = writeln!(out, "  accepted config version {}", clean(v));
-            }
-            None => out.push_str("  has not accepted a config yet\n"),
+    out.push_str("\nEnvoy\n");
+    match &runtime.xds.acked_version {
+        Some(v) => {
+            let _ = writeln!(out, "  accepted config version {}", clean(v));
         }
-        if let Some(nack) = xds["nack"].as_object() {
-            let _ = writeln!(
-                out,
-                "  REJECTED config version {} ({}): {}\n  Envoy keeps running its previous config; fix the policy that produced this.",
-                clean(nack.get("version").and_then(Value::as_str).unwrap_or("?")),
-                clean(nack.get("typeUrl").and_then(Value::as_str).unwrap_or("?").rsplit('.').next().unwrap_or("?")),
-                clean(nack.get("message").and_then(Value::as_str).unwrap_or("?")),
-            );
-        }
+        None => out.push_str("  has not accepted a config yet\n"),
+    }
+    if let Some(nack) = &runtime.xds.nack {
+        let _ = writeln!(
+            out,
+            "  REJECTED config version {} ({}): {}\n  Envoy keeps running its previous config; fix the policy that produced this.",
+            clean(&nack.version),
+            clean(nack.type_url.rsplit('.').next().unwrap_or("?")),
+            clean(&nack.message),
+        );
     }
     out
 }
@@ -281,9 +274,12 @@ mod tests {
             "status": {"notes": [evil], "openTelemetry": {"backends": [{"name": evil,
                 "traces": {"enabled": true, "state": "missing", "blockedReasons": [evil], "missingFields": [evil]},
                 "metrics": {"enabled": false}, "logs": {"enabled": false}}]}}});
-        let runtime = json!({"deliveryReportedAt": evil, "delivery": {"backends": [{"name": evil, "signals": {"traces":
-                {"received": 1, "lastError": evil}}}]},
-            "xds": {"ackedVersion": evil, "nack": {"version": evil, "typeUrl": evil, "message": evil}}});
+        let runtime: RuntimeView =
+            serde_json::from_value(json!({"deliveryReportedAt": evil, "delivery": {"backends": [
+                {"name": evil, "signals": {"traces": {"exporting": true, "received": 1, "exported": 0, "retries": 0,
+                 "dropped": 0, "lastError": evil, "queuedRequests": 0, "queuedBytes": 0}}}]},
+            "xds": {"ackedVersion": evil, "nack": {"version": evil, "typeUrl": evil, "message": evil}}}))
+            .expect("runtime view");
         let now = chrono::Utc::now();
         let text = format!("{}{}", render(&dp, &insight, now), render_runtime(&runtime, now));
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");

@@ -232,6 +232,7 @@ async fn apply(client: &Client, file: &str, dry_run: bool) -> Result<()> {
     let response: ApplyResponse = serde_json::from_value(answer.body).context("reading the apply response")?;
     for (r, doc) in response.results.iter().zip(&docs) {
         for w in &r.warnings {
+            let w = output::clean(w);
             eprintln!("Warning: {} {:?} (document {}, line {}): {w}", r.type_, r.name, doc.index, doc.line);
         }
         let mesh = if r.mesh.is_empty() { String::new() } else { format!(" in mesh {}", r.mesh) };
