@@ -45,7 +45,7 @@ start_cp
 { backend_yaml sink "$sink_port"; printf -- '---\ntype: MeshTrace\nname: traces\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: sink}\n'; } | ternctl apply -f - >&2
 printf 'type: Dataplane\nname: bench\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 18080\n      tags: {kuma.io/service: bench}\n' > "$work/dp.yaml"
 env -u OTEL_EXPORTER_OTLP_ENDPOINT $bin/tern-dp run --cp-address "http://127.0.0.1:$dp" --dataplane-file "$work/dp.yaml" \
-  --work-dir "$work/dp" --otel-queue-requests "${BENCH_QUEUE:-1024}" 2> "$work/dp.log" & tern_dp=$!; pids+=($tern_dp)
+  --work-dir "$work/dp" --dataplane-token-file "$(dp_token bench)" --otel-queue-requests "${BENCH_QUEUE:-1024}" 2> "$work/dp.log" & tern_dp=$!; pids+=($tern_dp)
 wait_for "test -S $work/dp/otel-sink.sock"
 
 # (b) rotel.
