@@ -325,6 +325,23 @@ mod tests {
         }
     }
 
+    /// Refreshes the seed corpus of the `wire` fuzz target with these
+    /// samples: `TERN_WIRE_CORPUS=$PWD/fuzz/corpus/wire cargo test -p
+    /// tern-pipe --lib -- --ignored write_fuzz_corpus`.
+    #[test]
+    #[ignore = "writes files; run by hand to refresh the fuzz corpus"]
+    fn write_fuzz_corpus() {
+        let dir =
+            std::path::PathBuf::from(std::env::var_os("TERN_WIRE_CORPUS").expect("TERN_WIRE_CORPUS names a directory"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for seed in [1, 2, 4] {
+            for request in samples(seed) {
+                let name = format!("{}-{seed}.pb", request.signal());
+                std::fs::write(dir.join(name), request.encode()).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn broken_framing_is_an_error() {
         let good = samples(3).remove(0).encode();

@@ -1,0 +1,9 @@
+
+2
+
+
+service.name
+web	*
+GET /2
+k
+v
