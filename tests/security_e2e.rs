@@ -242,42 +242,39 @@ async fn envoy_dies_with_tern_dp() {
     // A part that fails (the metrics address taken) stops everything.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let (c, root, y) = (cp.clone(), dir.path().to_path_buf(), dataplane("taken", free_port()));
-    let mut failed = tokio::task::spawn_blocking(move || {
-        DataPlane::start(&c, &root, "taken", &y, &[], &["--envoy-binary", &envoy_binary(), "--metrics-addr", &addr])
-    })
-    .await
-    .expect("dp");
-    let status = tokio::task::block_in_place(|| failed.wait_exit(Duration::from_secs(10)));
-    let status = status.unwrap_or_else(|| panic!("tern-dp did not exit\n{}", failed.log_text()));
-    assert_eq!(status.code(), Some(1));
-    let log = failed.log_text();
+    let log = fails_with_envoy(&cp, dir.path(), "taken", vec!["--metrics-addr".into(), addr]).await;
     assert!(log.contains("--metrics-addr") && log.contains("in use"), "{log}");
-    assert!(envoys_in(&failed.work_dir).is_empty(), "no Envoy left");
     drop(taken);
 
-    // A refused bootstrap (another data plane's token) while Envoy runs: the cause, exit 1, no Envoy.
+    // A refused bootstrap (another data plane's token) while Envoy runs.
     let c = cp.clone();
     let wrong =
         tokio::task::spawn_blocking(move || c.dataplane_token("default", "someone-else", &[])).await.expect("token");
-    let (c, root, y) = (cp.clone(), dir.path().to_path_buf(), dataplane("refused", free_port()));
-    let mut refused = tokio::task::spawn_blocking(move || {
-        let token = wrong.to_str().expect("utf8").to_string();
-        DataPlane::start(
-            &c,
-            &root,
-            "refused",
-            &y,
-            &[],
-            &["--envoy-binary", &envoy_binary(), "--dataplane-token-file", &token],
-        )
+    let token = wrong.to_str().expect("utf8").to_string();
+    let log = fails_with_envoy(&cp, dir.path(), "refused", vec!["--dataplane-token-file".into(), token]).await;
+    assert!(log.contains("refused this data plane") && log.contains("someone-else"), "{log}");
+}
+
+/// Starts `tern-dp` with Envoy and `extra` flags, expects it to exit 1 on its
+/// own with no Envoy left, and returns its log.
+async fn fails_with_envoy(
+    cp: &std::sync::Arc<ControlPlane>,
+    root: &std::path::Path,
+    name: &str,
+    extra: Vec<String>,
+) -> String {
+    let (c, root, y, n) = (cp.clone(), root.to_path_buf(), dataplane(name, free_port()), name.to_string());
+    let mut dp = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["--envoy-binary".to_string(), envoy_binary()];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        DataPlane::start(&c, &root, &n, &y, &[], &args)
     })
     .await
     .expect("dp");
-    let status = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(20)));
-    let status = status.unwrap_or_else(|| panic!("tern-dp did not exit\n{}", refused.log_text()));
-    assert_eq!(status.code(), Some(1));
-    let log = refused.log_text();
-    assert!(log.contains("refused this data plane") && log.contains("someone-else"), "{log}");
-    assert!(envoys_in(&refused.work_dir).is_empty(), "no Envoy left");
+    let status = tokio::task::block_in_place(|| dp.wait_exit(Duration::from_secs(20)));
+    let status = status.unwrap_or_else(|| panic!("tern-dp did not exit\n{}", dp.log_text()));
+    assert_eq!(status.code(), Some(1), "{}", dp.log_text());
+    assert!(envoys_in(&dp.work_dir).is_empty(), "no Envoy left");
+    dp.log_text()
 }
