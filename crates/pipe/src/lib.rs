@@ -9,9 +9,11 @@
 //! they arrived as (`wire.rs`): nothing in the final config rewrites a
 //! payload, so nothing is decoded or re-encoded. The queue is bounded per
 //! signal, in requests and in bytes: when the collector is down, requests
-//! wait and are retried with backoff; when the queue is full, new requests
-//! are refused with `RESOURCE_EXHAUSTED` and counted as dropped. Nothing is
-//! lost silently: [`PipeManager::stats`] reports every count.
+//! wait and are retried with backoff; when the queue is full, a new request
+//! waits for room (its sender waits for the answer) up to
+//! [`QueueLimits::wait`] in a bounded waiting room, then is refused with
+//! `RESOURCE_EXHAUSTED` and counted as dropped. Nothing is lost silently:
+//! [`PipeManager::stats`] reports every count.
 
 pub mod envoy_metrics;
 mod export;
@@ -40,18 +42,30 @@ use tracing::{info, warn};
 pub const DEFAULT_QUEUE_REQUESTS: usize = 1024;
 /// Bytes of requests a signal's queue holds (encoded, as received).
 pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+/// How long a request that finds its queue full waits for room before it is
+/// refused. As long as the export loop's longest backoff before jitter
+/// (`MAX_BACKOFF`), so a collector that stalls for a moment (a restart, a
+/// pause) is retried at least once while senders wait; half the 10 s export
+/// timeout of the OpenTelemetry SDKs, so they hear the answer before they
+/// give up. While the collector keeps up, nothing waits that long: waiters
+/// get room as fast as the queue drains.
+pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
-/// How much one signal's queue holds, counting requests being sent; a
-/// request is refused when it would pass either bound.
+/// How much one signal holds, counting requests being sent and requests
+/// waiting for room (see `receiver/queue.rs`): with a wait, one eighth of
+/// each bound is the waiting room. A request is refused when it would pass
+/// either bound, at once or after waiting `wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     pub requests: usize,
     pub bytes: usize,
+    /// Zero refuses at once when the queue is full.
+    pub wait: Duration,
 }
 
 impl Default for QueueLimits {
     fn default() -> Self {
-        QueueLimits { requests: DEFAULT_QUEUE_REQUESTS, bytes: DEFAULT_QUEUE_BYTES }
+        QueueLimits { requests: DEFAULT_QUEUE_REQUESTS, bytes: DEFAULT_QUEUE_BYTES, wait: DEFAULT_QUEUE_WAIT }
     }
 }
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -116,9 +130,13 @@ pub struct SignalReport {
     pub unavailable: Option<String>,
     #[serde(flatten)]
     pub counts: StatsSnapshot,
-    /// Requests waiting or being sent now, and their bytes.
+    /// Requests queued or being sent now, and their bytes.
     pub queued_requests: u64,
     pub queued_bytes: u64,
+    /// Requests read from senders and waiting for room in the queue, and
+    /// their bytes.
+    pub waiting_requests: u64,
+    pub waiting_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,12 +244,7 @@ impl PipeManager {
                         let (tx, rx) = mpsc::channel(self.queue.requests);
                         let abandoned = abandoned.clone();
                         tokio::spawn(export_loop(name.to_string(), exporter, signal, rx, s.clone(), abandoned));
-                        let queue = receiver::Queue {
-                            tx,
-                            places: Arc::new(tokio::sync::Semaphore::new(self.queue.requests)),
-                            budget: Arc::new(tokio::sync::Semaphore::new(self.queue.bytes)),
-                            limits: self.queue,
-                        };
+                        let queue = receiver::Queue::new(tx, self.queue);
                         Route::Queue { queue, stats: s }
                     }
                     Err(e) => {
@@ -263,7 +276,7 @@ impl PipeManager {
     pub fn prometheus(&self) -> String {
         let reports = self.stats();
         let mut out = String::new();
-        let families: [Family; 7] = [
+        let families: [Family; 9] = [
             (
                 "tern_dp_otel_received_items_total",
                 "counter",
@@ -286,6 +299,12 @@ impl PipeManager {
             ("tern_dp_otel_queued_requests", "gauge", "Export requests queued or being sent.", |r| r.queued_requests),
             ("tern_dp_otel_queued_bytes", "gauge", "Bytes of export requests queued or being sent.", |r| {
                 r.queued_bytes
+            }),
+            ("tern_dp_otel_waiting_requests", "gauge", "Export requests waiting for room in the queue.", |r| {
+                r.waiting_requests
+            }),
+            ("tern_dp_otel_waiting_bytes", "gauge", "Bytes of export requests waiting for room in the queue.", |r| {
+                r.waiting_bytes
             }),
             (
                 "tern_dp_otel_signal_exporting",
@@ -311,14 +330,14 @@ impl PipeManager {
 
     /// Hands a request produced inside the data plane (e.g. Envoy's metrics,
     /// see [`OtlpRequest::to_payload`]) to a backend's pipe, with the same queueing and counting as requests
-    /// arriving on its socket.
+    /// arriving on its socket, except that it never waits for room.
     pub fn submit(&self, backend: &str, payload: wire::Payload) -> Result<(), String> {
         let r = self
             .running
             .values()
             .find(|r| r.name == backend)
             .ok_or_else(|| format!("no pipe for backend {backend:?}"))?;
-        r.routes.accept(payload).map_err(|s| s.message().to_string())
+        r.routes.accept_now(payload).map_err(|s| s.message().to_string())
     }
 
     /// Counts per backend and signal.
@@ -337,9 +356,17 @@ impl PipeManager {
                             Some(SignalSetup::Unavailable(why)) => (false, Some(why.clone())),
                             None => (false, None),
                         };
-                        let (queued_requests, queued_bytes) = r.routes.fill(*signal);
-                        let counts = s.snapshot();
-                        (*signal, SignalReport { exporting, unavailable, counts, queued_requests, queued_bytes })
+                        let fill = r.routes.fill(*signal);
+                        let report = SignalReport {
+                            exporting,
+                            unavailable,
+                            counts: s.snapshot(),
+                            queued_requests: fill.queued_requests,
+                            queued_bytes: fill.queued_bytes,
+                            waiting_requests: fill.waiting_requests,
+                            waiting_bytes: fill.waiting_bytes,
+                        };
+                        (*signal, report)
                     })
                     .collect(),
             })

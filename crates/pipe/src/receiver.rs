@@ -4,41 +4,24 @@
 //! nothing is decoded.
 
 mod authority;
+mod queue;
+
+pub use queue::{Fill, NoRoom, Queue, Queued};
 
 use crate::stats::SignalStats;
 use crate::wire::{grpc_path, Payload, RawCodec};
 use bytes::Bytes;
-use std::future::{ready, Ready};
+use std::future::Future;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tern_otlp_config::Signal;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 use tonic::codec::CompressionEncoding;
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Response, Status};
-
-/// A request in a signal's queue, holding its place and its share of the
-/// queue's byte budget until it is delivered or dropped (a request being
-/// sent still counts against the bounds).
-pub struct Queued {
-    pub payload: Payload,
-    pub _place: OwnedSemaphorePermit,
-    pub _budget: OwnedSemaphorePermit,
-}
-
-/// A signal's queue: the channel to its export loop and the two bounds.
-pub struct Queue {
-    pub tx: mpsc::Sender<Queued>,
-    /// One permit per request the queue may hold.
-    pub places: Arc<Semaphore>,
-    /// One permit per byte the queue may hold.
-    pub budget: Arc<Semaphore>,
-    pub limits: crate::QueueLimits,
-}
 
 /// Where one signal's requests go, or why they cannot.
 pub enum Route {
@@ -54,14 +37,12 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Requests and bytes in a signal's queue now (being sent included).
-    pub(crate) fn fill(&self, signal: Signal) -> (u64, u64) {
+    /// Requests and bytes in a signal's queue now (being sent included),
+    /// and waiting for room in it.
+    pub(crate) fn fill(&self, signal: Signal) -> Fill {
         match self.route(signal) {
-            Route::Queue { queue, .. } => (
-                queue.limits.requests.saturating_sub(queue.places.available_permits()) as u64,
-                queue.limits.bytes.saturating_sub(queue.budget.available_permits()) as u64,
-            ),
-            Route::Unavailable { .. } => (0, 0),
+            Route::Queue { queue, .. } => queue.fill(),
+            Route::Unavailable { .. } => Fill::default(),
         }
     }
 
@@ -73,11 +54,29 @@ impl Routes {
         }
     }
 
-    pub(crate) fn accept(&self, payload: Payload) -> Result<(), Status> {
-        let signal = payload.signal;
-        let route = self.route(signal);
-        let items = payload.items;
-        match route {
+    /// Takes a request from the socket into its signal's queue; when the
+    /// queue is full, the request waits for room (its sender waits for the
+    /// answer) as long as the queue's wait allows, then is refused.
+    pub(crate) async fn accept(&self, payload: Payload) -> Result<(), Status> {
+        let Some((queue, undelivered)) = self.admit(&payload)? else { return Ok(()) };
+        let room = queue.room(payload.bytes.len()).await;
+        enqueue(queue, undelivered, payload, room)
+    }
+
+    /// [`Routes::accept`] without the wait: for requests made inside the
+    /// data plane (Envoy's metrics), which nobody waits on; a scrape that
+    /// finds the queue full is refused and the next one brings fresh values.
+    pub(crate) fn accept_now(&self, payload: Payload) -> Result<(), Status> {
+        let Some((queue, undelivered)) = self.admit(&payload)? else { return Ok(()) };
+        let room = queue.try_room(payload.bytes.len());
+        enqueue(queue, undelivered, payload, room)
+    }
+
+    /// Counts the request as received and finds its queue; `None` when
+    /// there is nothing to deliver.
+    fn admit(&self, payload: &Payload) -> Result<Option<(&Queue, Undelivered<'_>)>, Status> {
+        let (signal, items) = (payload.signal, payload.items);
+        match self.route(signal) {
             Route::Unavailable { reason, stats } => {
                 stats.received(items);
                 stats.dropped(items);
@@ -85,34 +84,63 @@ impl Routes {
             }
             Route::Queue { queue, stats } => {
                 stats.received(items);
-                if items == 0 {
-                    return Ok(()); // nothing to deliver
-                }
-                let full = || {
-                    stats.dropped(items);
-                    Status::resource_exhausted(format!(
-                        "OTEL {signal} queue is full: the collector is not keeping up or is unreachable"
-                    ))
-                };
-                let (len, limit) = (payload.bytes.len(), queue.limits.bytes);
-                if len > limit {
-                    stats.dropped(items);
-                    return Err(Status::resource_exhausted(format!(
-                        "OTEL {signal} request of {len} bytes is larger than the whole queue ({limit} bytes)"
-                    )));
-                }
-                let place = queue.places.clone().try_acquire_owned().map_err(|_| full())?;
-                let bytes = u32::try_from(len).map_err(|_| full())?;
-                let budget = queue.budget.clone().try_acquire_many_owned(bytes).map_err(|_| full())?;
-                match queue.tx.try_send(Queued { payload, _place: place, _budget: budget }) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) => Err(full()),
-                    Err(TrySendError::Closed(_)) => {
-                        stats.dropped(items);
-                        Err(Status::unavailable(format!("OTEL {signal} exporter is restarting")))
-                    }
-                }
+                Ok((items > 0).then_some((queue, Undelivered { stats, items })))
             }
+        }
+    }
+}
+
+/// Queues a request in the room it got, or refuses it with why.
+fn enqueue(
+    queue: &Queue,
+    undelivered: Undelivered<'_>,
+    payload: Payload,
+    room: Result<queue::Room, NoRoom>,
+) -> Result<(), Status> {
+    let signal = payload.signal;
+    let len = payload.bytes.len();
+    queue.push(payload, room.map_err(|e| refusal(signal, len, e))?).map_err(|e| refusal(signal, len, e))?;
+    undelivered.queued();
+    Ok(())
+}
+
+/// The answer to a request that did not get into the queue.
+fn refusal(signal: Signal, len: usize, why: NoRoom) -> Status {
+    let busy = "the collector is not keeping up or is unreachable";
+    match why {
+        NoRoom::TooLarge { limit, .. } => Status::resource_exhausted(format!(
+            "OTEL {signal} request of {len} bytes is larger than the whole queue ({limit} bytes)"
+        )),
+        NoRoom::Full => Status::resource_exhausted(format!("OTEL {signal} queue is full: {busy}")),
+        NoRoom::WaitingRoomFull => {
+            Status::resource_exhausted(format!("OTEL {signal} queue is full and so is its waiting room: {busy}"))
+        }
+        NoRoom::TimedOut(wait) => {
+            Status::resource_exhausted(format!("OTEL {signal} queue stayed full for {wait:?}: {busy}"))
+        }
+        NoRoom::Closed => Status::unavailable(format!("OTEL {signal} exporter is restarting")),
+    }
+}
+
+/// Items of a request not (yet) in the queue. Dropping it counts them as
+/// dropped, so every way a request can end short of the queue is counted:
+/// refused at once, refused after waiting, or given up by its sender (the
+/// connection closed) while it waited.
+struct Undelivered<'a> {
+    stats: &'a SignalStats,
+    items: u64,
+}
+
+impl Undelivered<'_> {
+    fn queued(mut self) {
+        self.items = 0;
+    }
+}
+
+impl Drop for Undelivered<'_> {
+    fn drop(&mut self) {
+        if self.items > 0 {
+            self.stats.dropped(self.items);
         }
     }
 }
@@ -164,23 +192,30 @@ impl<S: OtlpService> NamedService for Receiver<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The unary `Export` call: parse the framing, count, queue.
-struct Export {
-    routes: Arc<Routes>,
-    signal: Signal,
+/// The unary `Export` call: parse the framing, count, queue (waiting for
+/// room if need be). Generic over the call's future so that the wait stays
+/// inline in the request's one boxed future: no allocation per request.
+struct Export<F>(F);
+
+impl<F, Fut> tonic::server::UnaryService<Bytes> for Export<F>
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: Future<Output = Result<Response<Vec<Bytes>>, Status>>,
+{
+    type Response = Vec<Bytes>;
+    type Future = Fut;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Fut {
+        (self.0)(request.into_inner())
+    }
 }
 
-impl tonic::server::UnaryService<Bytes> for Export {
-    type Response = Vec<Bytes>;
-    type Future = Ready<Result<Response<Vec<Bytes>>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let accepted = Payload::parse(self.signal, request.into_inner())
-            .map_err(|e| Status::invalid_argument(e.to_string()))
-            .and_then(|payload| self.routes.accept(payload));
-        // An empty Export*ServiceResponse: no partial success to report.
-        ready(accepted.map(|()| Response::new(Vec::new())))
-    }
+/// Parses and queues one `Export` request's bytes.
+async fn export(routes: &Routes, signal: Signal, bytes: Bytes) -> Result<Response<Vec<Bytes>>, Status> {
+    let payload = Payload::parse(signal, bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    routes.accept(payload).await?;
+    // An empty Export*ServiceResponse: no partial success to report.
+    Ok(Response::new(Vec::new()))
 }
 
 impl<S, B> Service<http::Request<B>> for Receiver<S>
@@ -198,11 +233,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let export = Export { routes: self.routes.clone(), signal: S::SIGNAL };
         if request.uri().path() != grpc_path(S::SIGNAL) {
             return Box::pin(async { Ok(Status::unimplemented("only Export is served").into_http()) });
         }
+        let routes = self.routes.clone();
         Box::pin(async move {
+            let export = Export(|bytes| export(&routes, S::SIGNAL, bytes));
             let mut grpc = tonic::server::Grpc::new(RawCodec).accept_compressed(CompressionEncoding::Gzip);
             Ok(grpc.unary(export, request).await)
         })
@@ -275,14 +311,9 @@ mod tests {
     #[tokio::test]
     async fn exports_with_a_socket_path_authority_are_served() {
         let socket = std::env::temp_dir().join(format!("tern-authority-{}.sock", std::process::id()));
-        let limits = crate::QueueLimits { requests: 8, bytes: 1 << 20 };
-        let (tx, mut rx) = mpsc::channel(limits.requests);
-        let queue = Queue {
-            tx,
-            places: Arc::new(Semaphore::new(limits.requests)),
-            budget: Arc::new(Semaphore::new(limits.bytes)),
-            limits,
-        };
+        let limits = crate::QueueLimits { requests: 8, bytes: 1 << 20, wait: std::time::Duration::ZERO };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(limits.requests);
+        let queue = Queue::new(tx, limits);
         let routes = Arc::new(Routes {
             traces: Route::Queue { queue, stats: Arc::default() },
             metrics: unavailable(),

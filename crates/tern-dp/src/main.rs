@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: `Run`'s size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Check a Dataplane file (Universal or Kubernetes form) with the same
@@ -52,14 +54,19 @@ enum Command {
         /// Advertise feature-otel-via-kuma-dp (the OTLP pipe). `--otel-pipe false` acts like an older data plane.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TERN_DP_OTEL_PIPE")]
         otel_pipe: bool,
-        /// Export requests each signal's queue holds (those being sent included) while the collector is unreachable;
-        /// beyond it new requests are refused and counted as dropped.
+        /// Export requests each signal holds (those being sent and those waiting for room included) while the
+        /// collector is unreachable; beyond it new requests are refused and counted as dropped.
         #[arg(long, default_value_t = tern_pipe::DEFAULT_QUEUE_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..))]
         otel_queue_requests: u32,
         /// Bytes of export requests each signal's queue holds (as received, encoded); the other bound
         /// on the queue. Accepts a plain number or a K/M/G suffix (powers of 1024), e.g. 16M.
         #[arg(long, default_value = "16M", value_parser = parse_size)]
         otel_queue_bytes: usize,
+        /// How long a request that finds its queue full waits for room (its sender waits for the answer) before
+        /// it is refused; one eighth of both queue bounds is kept for waiting requests. A Go-style duration
+        /// (500ms, 5s, 1m); 0 refuses at once. At most 1m.
+        #[arg(long, default_value = "5s", value_parser = parse_wait)]
+        otel_queue_wait: std::time::Duration,
         /// Serve tern-dp's own delivery counts for Prometheus at http://ADDR/metrics.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -155,6 +162,7 @@ fn main() {
             otel_pipe,
             otel_queue_requests,
             otel_queue_bytes,
+            otel_queue_wait,
             metrics_addr,
         } => {
             let token = match (dataplane_token_file, dataplane_token) {
@@ -169,7 +177,11 @@ fn main() {
                 dataplane,
                 work_dir,
                 otel_pipe,
-                queue: tern_pipe::QueueLimits { requests: otel_queue_requests as usize, bytes: otel_queue_bytes },
+                queue: tern_pipe::QueueLimits {
+                    requests: otel_queue_requests as usize,
+                    bytes: otel_queue_bytes,
+                    wait: otel_queue_wait,
+                },
             };
             token.and_then(|t| read_dataplane(&dataplane_file).and_then(|dp| run_agent(args(dp, cp(t)))))
         }
@@ -218,4 +230,64 @@ fn parse_size(s: &str) -> Result<usize, String> {
         return Err(format!("{s:?} is too large: a queue holds at most 4G"));
     }
     Ok(bytes)
+}
+
+/// The queue's wait: a Go-style duration (`500ms`, `5s`, `1m30s`, `1.5s`;
+/// units ns, us, µs, ms, s, m, h), or `0`; at most a minute, as a longer wait
+/// outlives the export timeouts of the senders it holds.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let text = s.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("{s:?} is not a duration: use a number with a unit, e.g. 500ms, 5s or 1m (0 refuses at once)");
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    if total > 60.0 {
+        return Err(format!("{s:?} is too long: the wait is at most 1m"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_wait;
+    use std::time::Duration;
+
+    #[test]
+    fn waits_read_as_go_durations() {
+        assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_wait("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_wait("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_wait("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_wait("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_wait("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_wait("1s500ms"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "5", "s", "5x", "-1s", "5 s", "1.2.3s"] {
+            assert!(parse_wait(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_wait("2m").unwrap_err().contains("at most 1m"));
+    }
 }
