@@ -170,7 +170,9 @@ impl Exporter {
         parts: &[Bytes],
         headers: &[(MetadataKey<Ascii>, MetadataValue<Ascii>)],
     ) -> Result<(), ExportError> {
-        let mut grpc = tonic::client::Grpc::new(channel);
+        // A collector may compress its answer (grpc-go answers in the
+        // request's encoding): always accept gzip, send it when configured.
+        let mut grpc = tonic::client::Grpc::new(channel).accept_compressed(CompressionEncoding::Gzip);
         if self.config.compression.value == Compression::Gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
