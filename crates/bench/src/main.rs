@@ -1,7 +1,8 @@
 //! `tern-bench`: the tools behind BENCHMARKS.md's relay benchmark.
 //!
 //! - `sink`: an OTLP/gRPC blackhole that counts the spans, log records and
-//!   metric data points it receives;
+//!   metric data points it receives, at any rate or at most `--rate` items a
+//!   second (a collector that keeps up only so far);
 //! - `load`: an OTLP/gRPC load generator sending Envoy-shaped spans, access
 //!   log records or metric points to a TCP address or a Unix socket, flat out
 //!   or at a fixed rate, reporting accepted items/s and latency percentiles
@@ -48,6 +49,11 @@ enum Cmd {
     Sink {
         #[arg(long)]
         listen: String,
+        /// Items (spans, log records, metric points) accepted per second at
+        /// most: each export is answered when its turn comes; unlimited when
+        /// absent.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
     },
     /// Send telemetry and report items/s and latency.
     Load {
@@ -63,9 +69,18 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Requests per second across all connections; flat out when absent.
+        /// Requests per second across all connections, every request
+        /// scheduled within --seconds sent, late if the target holds the
+        /// sender back (a burst is its requests, not a time window); flat
+        /// out until --seconds have passed when absent.
         #[arg(long)]
         rate: Option<u64>,
+        /// Requests each connection has in flight at most. 1 waits for each
+        /// answer before the next request (as the OpenTelemetry SDKs do);
+        /// more, with --rate, sends on schedule whatever is unanswered (as
+        /// Envoy's tracer does).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        in_flight: u32,
     },
     /// Send HTTP GETs at a fixed rate (keep-alive); print a JSON report.
     Http {
@@ -97,7 +112,34 @@ enum LoadSignal {
 
 /// Spans, log records and metric points received.
 #[derive(Clone, Default)]
-struct Sink(Arc<[AtomicU64; 3]>);
+struct Sink {
+    counts: Arc<[AtomicU64; 3]>,
+    pace: Option<Arc<Pace>>,
+}
+
+/// Acceptance at a fixed rate: exports take turns, each taking as long as
+/// its items need at the rate, so a busy sink answers later and later, as a
+/// collector at its limit does.
+struct Pace {
+    seconds_per_item: f64,
+    free_at: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Sink {
+    /// Waits for this export's turn (if paced), then counts its items.
+    async fn take(&self, signal: usize, items: usize) {
+        if let Some(pace) = &self.pace {
+            let done = {
+                let mut free_at = pace.free_at.lock().unwrap_or_else(|p| p.into_inner());
+                let start = (*free_at).max(tokio::time::Instant::now());
+                *free_at = start + Duration::from_secs_f64(pace.seconds_per_item * items as f64);
+                *free_at
+            };
+            tokio::time::sleep_until(done).await;
+        }
+        self.counts[signal].fetch_add(items as u64, Ordering::Relaxed);
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Sink {
@@ -106,7 +148,7 @@ impl TraceService for Sink {
         r: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let n: usize = r.get_ref().resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
-        self.0[0].fetch_add(n as u64, Ordering::Relaxed);
+        self.take(0, n).await;
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
@@ -119,7 +161,7 @@ impl LogsService for Sink {
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         let n: usize =
             r.get_ref().resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum();
-        self.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        self.take(1, n).await;
         Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
     }
 }
@@ -132,7 +174,7 @@ impl MetricsService for Sink {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let metrics = r.get_ref().resource_metrics.iter().flat_map(|rm| &rm.scope_metrics).flat_map(|sm| &sm.metrics);
         let n: usize = metrics.map(tern_pipe::data_points).sum();
-        self.0[2].fetch_add(n as u64, Ordering::Relaxed);
+        self.take(2, n).await;
         Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }
@@ -279,7 +321,19 @@ async fn connect(target: &str) -> Channel {
     }
 }
 
-async fn load(target: String, signal: LoadSignal, items: usize, connections: usize, seconds: u64, rate: Option<u64>) {
+/// What the load generator sends.
+#[derive(Clone, Copy)]
+struct LoadShape {
+    signal: LoadSignal,
+    items: usize,
+    connections: usize,
+    seconds: u64,
+    rate: Option<u64>,
+    in_flight: u32,
+}
+
+async fn load(target: String, shape: LoadShape) {
+    let LoadShape { signal, items, connections, seconds, rate, in_flight } = shape;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let per_conn_interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1) as f64));
     let mut tasks = Vec::new();
@@ -288,19 +342,43 @@ async fn load(target: String, signal: LoadSignal, items: usize, connections: usi
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let mut record = |answer: Result<Duration, tonic::Status>| match answer {
+                Ok(latency) => latencies.push(latency),
+                Err(_) => errors += 1,
+            };
+            let slots = Arc::new(tokio::sync::Semaphore::new(in_flight as usize));
+            let mut sends = tokio::task::JoinSet::new();
             let mut seq = c as u64 * 1_000_000_007;
             let mut next = Instant::now();
-            while Instant::now() < deadline {
+            loop {
                 if let Some(i) = per_conn_interval {
+                    if next >= deadline {
+                        break;
+                    }
                     tokio::time::sleep_until(next.into()).await;
                     next += i;
+                } else if Instant::now() >= deadline {
+                    break;
                 }
                 seq += 1;
                 let t = Instant::now();
-                match send(&channel, signal, items, seq).await {
-                    Ok(_) => latencies.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                if in_flight == 1 {
+                    record(send(&channel, signal, items, seq).await.map(|()| t.elapsed()));
+                    continue;
                 }
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                let channel = channel.clone();
+                sends.spawn(async move {
+                    let answer = send(&channel, signal, items, seq).await.map(|()| t.elapsed());
+                    drop(slot);
+                    answer
+                });
+                while let Some(done) = sends.try_join_next() {
+                    record(done.expect("send task"));
+                }
+            }
+            while let Some(done) = sends.join_next().await {
+                record(done.expect("send task"));
             }
             (latencies, errors)
         }));
@@ -392,9 +470,15 @@ async fn copy(listen: String, to: String) {
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
-        Cmd::Sink { listen } => {
-            let sink = Sink::default();
-            let counts = sink.0.clone();
+        Cmd::Sink { listen, rate } => {
+            let pace = rate.map(|r| {
+                Arc::new(Pace {
+                    seconds_per_item: 1.0 / r as f64,
+                    free_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+                })
+            });
+            let sink = Sink { counts: Arc::default(), pace };
+            let counts = sink.counts.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -418,8 +502,9 @@ async fn main() {
                 .await
                 .expect("sink serves");
         }
-        Cmd::Load { target, signal, items_per_request, connections, seconds, rate } => {
-            load(target, signal, items_per_request, connections, seconds, rate).await
+        Cmd::Load { target, signal, items_per_request, connections, seconds, rate, in_flight } => {
+            let shape = LoadShape { signal, items: items_per_request, connections, seconds, rate, in_flight };
+            load(target, shape).await
         }
         Cmd::Http { url, rate, connections, seconds } => http(url, rate, connections, seconds).await,
         Cmd::Copy { listen_unix, to } => copy(listen_unix, to).await,
