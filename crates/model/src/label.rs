@@ -5,7 +5,7 @@
 //! never carry a control character into a log line or a terminal.
 
 use crate::document::identifier_problem;
-use crate::resource::DISPLAY_NAME_LABEL;
+use crate::resource::{DISPLAY_NAME_LABEL, MESH_LABEL};
 use crate::violation::{FieldPath, Violations};
 use std::collections::BTreeMap;
 
@@ -68,28 +68,33 @@ pub fn value_problem(value: &str) -> Option<String> {
     None
 }
 
+/// Why `value` is not a valid value for label `key`. The labels Tern sets
+/// from names (`kuma.io/display-name`, `kuma.io/mesh`) may hold any valid
+/// resource or mesh name, which can be longer than a label value: a
+/// resource read back and applied again must pass.
+fn value_problem_for(key: &str, value: &str) -> Option<String> {
+    let problem = value_problem(value)?;
+    let holds_name = match key {
+        DISPLAY_NAME_LABEL => identifier_problem(value, false).is_none(),
+        MESH_LABEL => identifier_problem(value, true).is_none(),
+        _ => false,
+    };
+    (!holds_name).then_some(problem)
+}
+
 /// Checks every label of a resource; violations are reported at `at["key"]`.
 pub fn validate_labels(v: &mut Violations, at: &FieldPath, labels: &BTreeMap<String, String>) {
     for (key, value) in labels {
-        for problem in [key_problem(key), value_problem(value)].into_iter().flatten() {
+        for problem in [key_problem(key), value_problem_for(key, value)].into_iter().flatten() {
             v.add(&at.key(key), problem);
         }
     }
 }
 
-/// Checks a label selector (`backendRef.labels`). A selector on
-/// `kuma.io/display-name` may also name a resource: that label holds the
-/// resource's name, which can be longer than a label value.
+/// Checks a label selector (`backendRef.labels`), by the same rules: a
+/// selector on `kuma.io/display-name` may name a resource.
 pub fn validate_selector(v: &mut Violations, at: &FieldPath, selector: &BTreeMap<String, String>) {
-    for (key, value) in selector {
-        let value_problem = match value_problem(value) {
-            Some(_) if key == DISPLAY_NAME_LABEL && identifier_problem(value, false).is_none() => None,
-            p => p,
-        };
-        for problem in [key_problem(key), value_problem].into_iter().flatten() {
-            v.add(&at.key(key), problem);
-        }
-    }
+    validate_labels(v, at, selector)
 }
 
 #[cfg(test)]

@@ -366,3 +366,20 @@ fn labels_follow_kubernetes_rules_in_both_forms() {
     tern_model::label::validate_labels(&mut check, &tern_model::FieldPath::root("labels"), &parsed.resource.labels);
     assert!(check.is_empty(), "{check}");
 }
+
+#[test]
+fn long_names_survive_a_round_trip() {
+    // Names may be 253 characters; the labels Tern derives from them must not
+    // make the resource it prints invalid when applied again (found by fuzzing).
+    let (mesh, name) = ("m".repeat(70), "n".repeat(100));
+    for doc in
+        [format!("type: Mesh\nname: {name}\n"), format!("type: MeshOpenTelemetryBackend\nname: {name}\nmesh: {mesh}\n")]
+    {
+        let parsed = resource_from_document(&parse_documents(&doc).expect("yaml")[0].value).expect("valid");
+        let again = resource_from_document(&parsed.resource.to_json());
+        assert!(again.is_ok(), "{doc}: {:?}", again.err().map(|e| e.violations.to_string()));
+    }
+    // A user's own long label value is still refused.
+    let refused = violations(&format!("type: Mesh\nname: x\nlabels:\n  team: {name}\n"));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
