@@ -98,12 +98,25 @@ impl<S: ResourceStore> Reconciler<S> {
         self
     }
 
-    /// Runs until the store's change feed closes.
+    /// Runs until the store's change feed closes. A store error (listing the
+    /// meshes, or reconciling one) is retried with backoff, so no change is
+    /// left unapplied because the store hiccuped.
     pub async fn run(mut self) {
         let mut feed = self.store.subscribe();
-        let mut dirty = self.all_meshes().await;
+        let mut dirty: BTreeMap<String, Pending> = BTreeMap::new();
+        // Every mesh, at start and whenever the feed lagged.
+        let mut resync = true;
         let mut backoff = RETRY_FIRST;
         loop {
+            if resync {
+                match self.store.list(Kind::Mesh, &ListFilter::default()).await {
+                    Ok(meshes) => {
+                        dirty.extend(meshes.into_iter().map(|m| (m.name, Pending::everything())));
+                        resync = false;
+                    }
+                    Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot list meshes; retrying"),
+                }
+            }
             let mut failed = BTreeMap::new();
             for (mesh, pending) in std::mem::take(&mut dirty) {
                 if let Err(e) = self.reconcile_mesh(&mesh, pending).await {
@@ -113,7 +126,7 @@ impl<S: ResourceStore> Reconciler<S> {
             }
             // Wait for a change (or, after a failure, at most the backoff),
             // then gather whatever else arrives meanwhile.
-            let next = if failed.is_empty() {
+            let next = if failed.is_empty() && !resync {
                 backoff = RETRY_FIRST;
                 Some(feed.recv().await)
             } else {
@@ -125,26 +138,16 @@ impl<S: ResourceStore> Reconciler<S> {
             match next {
                 None => continue,
                 Some(Ok(change)) => note_change(&mut dirty, &change),
-                Some(Err(RecvError::Lagged(_))) => dirty = self.all_meshes().await,
+                Some(Err(RecvError::Lagged(_))) => resync = true,
                 Some(Err(RecvError::Closed)) => return,
             }
             let deadline = tokio::time::Instant::now() + DEBOUNCE;
             while let Ok(next) = tokio::time::timeout_at(deadline, feed.recv()).await {
                 match next {
                     Ok(change) => note_change(&mut dirty, &change),
-                    Err(RecvError::Lagged(_)) => dirty = self.all_meshes().await,
+                    Err(RecvError::Lagged(_)) => resync = true,
                     Err(RecvError::Closed) => return,
                 }
-            }
-        }
-    }
-
-    async fn all_meshes(&self) -> BTreeMap<String, Pending> {
-        match self.store.list(Kind::Mesh, &ListFilter::default()).await {
-            Ok(meshes) => meshes.into_iter().map(|m| (m.name, Pending::everything())).collect(),
-            Err(e) => {
-                warn!(error = %e, "cannot list meshes");
-                BTreeMap::new()
             }
         }
     }
