@@ -3,9 +3,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --release --locked --bins -p tern -p tern-bench >&2
+# tern-dp is its own package: name it, or an old binary would be measured.
+# CARGO_TARGET_DIR and CARGO_BUILD_JOBS are honoured as cargo does.
+cargo build --release --locked --bins -p tern -p tern-dp -p tern-bench >&2
 eval "$(scripts/install-tools.sh)"
-bin=$PWD/target/release
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 work=$(mktemp -d /tmp/tern-bench.XXXXXX)
 pids=()
 cleanup() {
@@ -27,14 +29,17 @@ machine() {
   echo "machine: $(nproc) cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 1024)) GiB"
 }
 
-# start_cp: a control plane with its API at $api and data-plane server at $dp.
+# start_cp [FLAGS...]: a control plane with its API at $api and data-plane server at $dp.
 start_cp() {
   api=$(port); dp=$(port)
-  $bin/tern-cp run --data-dir "$work/cp" --api-addr "127.0.0.1:$api" --dp-addr "127.0.0.1:$dp" 2> "$work/cp.log" & tern_cp=$!
+  $bin/tern-cp run --data-dir "$work/cp" --api-addr "127.0.0.1:$api" --api-tls-addr off --dp-addr "127.0.0.1:$dp" "$@" \
+    2> "$work/cp.log" & tern_cp=$!
   pids+=($tern_cp)
   wait_for "curl -sf http://127.0.0.1:$api/ >/dev/null"
 }
 ternctl() { $bin/ternctl --api "http://127.0.0.1:$api" "$@"; }
+# dp_token NAME: a data-plane token for dataplane NAME of mesh default, in a file; prints its path.
+dp_token() { ternctl generate dataplane-token --name "$1" > "$work/$1.token" && echo "$work/$1.token"; }
 
 # backend_yaml NAME PORT: a MeshOpenTelemetryBackend at 127.0.0.1:PORT.
 backend_yaml() {
@@ -70,7 +75,8 @@ start_pair() {
   dataplane web "$web_in" "$(port)" "$web_admin" "$web_out" > "$work/web.yaml"
   for name in api web; do
     env -u OTEL_EXPORTER_OTLP_ENDPOINT $bin/tern-dp run --cp-address "http://127.0.0.1:$dp" --dataplane-file "$work/$name.yaml" \
-      --work-dir "$work/$name" --envoy-binary "$TERN_TEST_ENVOY" 2> "$work/$name.log" & pids+=($!)
+      --work-dir "$work/$name" --dataplane-token-file "$(dp_token $name)" --envoy-binary "$TERN_TEST_ENVOY" \
+      2> "$work/$name.log" & pids+=($!)
     eval "dp_$name=\$!"
   done
   url="http://127.0.0.1:$web_out/"
