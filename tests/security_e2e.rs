@@ -142,10 +142,12 @@ async fn data_plane_and_envoy_reach_the_control_plane_over_tls() {
         .await
         .expect("start");
     assert!(cp.dp.starts_with("https://"), "{}", cp.dp);
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(cp.data_dir.join("tls/ca.key")).expect("CA key").permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600, "the CA key is private");
+    for private in ["tls/ca.key", "tern.db"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(cp.data_dir.join(private)).expect("file").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{private} is private");
+    }
 
     let yaml = dataplane("web-1", free_port());
     let cp = std::sync::Arc::new(cp);
