@@ -51,10 +51,11 @@ pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 /// get room as fast as the queue drains.
 pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
-/// How much one signal holds, counting requests being sent and requests
-/// waiting for room (see `receiver/queue.rs`): with a wait, one eighth of
-/// each bound is the waiting room. A request is refused when it would pass
-/// either bound, at once or after waiting `wait`.
+/// How much one signal's queue holds, counting requests being sent. With a
+/// wait, requests that find it full wait for room in a waiting room of one
+/// eighth of each bound, on top of it (see `receiver/queue.rs`). A request
+/// is refused when it would pass either bound and finds no place to wait, or
+/// after waiting `wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     pub requests: usize,

@@ -54,8 +54,8 @@ enum Command {
         /// Advertise feature-otel-via-kuma-dp (the OTLP pipe). `--otel-pipe false` acts like an older data plane.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TERN_DP_OTEL_PIPE")]
         otel_pipe: bool,
-        /// Export requests each signal holds (those being sent and those waiting for room included) while the
-        /// collector is unreachable; beyond it new requests are refused and counted as dropped.
+        /// Export requests each signal's queue holds (those being sent included) while the collector is unreachable;
+        /// beyond it new requests wait for room (see --otel-queue-wait) or are refused and counted as dropped.
         #[arg(long, default_value_t = tern_pipe::DEFAULT_QUEUE_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..))]
         otel_queue_requests: u32,
         /// Bytes of export requests each signal's queue holds (as received, encoded); the other bound
@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, default_value = "16M", value_parser = parse_size)]
         otel_queue_bytes: usize,
         /// How long a request that finds its queue full waits for room (its sender waits for the answer) before
-        /// it is refused; one eighth of both queue bounds is kept for waiting requests. A Go-style duration
+        /// it is refused; waiting requests may hold one eighth of each queue bound more. A Go-style duration
         /// (500ms, 5s, 1m); 0 refuses at once. At most 1m.
         #[arg(long, default_value = "5s", value_parser = parse_wait)]
         otel_queue_wait: std::time::Duration,

@@ -1,19 +1,19 @@
 //! A signal's queue, and the room where requests wait for it.
 //!
-//! [`QueueLimits`]' bounds cover every request byte a signal holds. With a
-//! wait set, one eighth of each bound is a waiting room ([`WAITING_SHARE`]):
-//! a request that finds the queue full takes a place in the waiting room and
+//! [`QueueLimits`]' bounds are the queue's. With a wait set, a waiting room
+//! of one eighth of each bound ([`WAITING_SHARE`]) stands in front of it: a
+//! request that finds the queue full takes a place in the waiting room and
 //! waits, up to the wait, for room in the queue, so its sender is held (and
 //! Envoy keeps the export in flight) instead of refused. Only when the
 //! waiting room is full too, or the wait runs out, is the request refused.
 //!
 //! Where a waiting request's bytes live: in the [`Payload`] the server has
-//! already read, held by the request's own future (the one tonic boxes for
-//! every request). Waiting adds no allocation: the semaphore's waiter node
+//! already read, held by the request's own future (boxed once per request
+//! by `Receiver::call`, wait or no wait). Waiting adds no allocation: the semaphore's waiter node
 //! and the timer entry are inline in that future, and the waiting room's
 //! permits count the payload's bytes and the request itself. So memory stays
-//! within the bounds: queued (and being sent) + waiting <= `bytes` and
-//! `requests`, whatever the load.
+//! within the bounds plus one eighth, whatever the load: queued (and being
+//! sent) <= `bytes` and `requests`, waiting <= an eighth of each.
 
 use crate::wire::Payload;
 use crate::QueueLimits;
@@ -22,11 +22,12 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
-/// The waiting room is `1 / WAITING_SHARE` of each bound. Senders that wait
-/// for their answer before sending again (the OpenTelemetry SDKs and
-/// Collector, load tools) need one place per connection, a few dozen at most;
-/// senders that do not (Envoy) gain only the waiting room's bytes, so it is
-/// kept small enough that the queue keeps most of the bound for an outage.
+/// The waiting room is `1 / WAITING_SHARE` of each bound, on top of it.
+/// Senders that wait for their answer before sending again (the
+/// OpenTelemetry SDKs and Collector, load tools) need one place per
+/// connection, a few dozen at most; senders that do not (Envoy) gain only the
+/// waiting room's bytes, so it is kept small: memory under overload stays
+/// within the bounds plus 12.5%.
 pub const WAITING_SHARE: usize = 8;
 
 /// A request in a signal's queue, holding its place and its share of the
@@ -108,8 +109,8 @@ pub struct Queue {
 
 impl Queue {
     /// A queue feeding `tx` (whose capacity must be at least
-    /// `limits.requests`), with `limits` shared between the queue and the
-    /// waiting room as [`split`] says.
+    /// `limits.requests`), with the queue and the waiting room [`split`]
+    /// gives.
     pub fn new(tx: mpsc::Sender<Queued>, limits: QueueLimits) -> Self {
         let (queue, waiting) = split(limits);
         Queue {
@@ -176,17 +177,17 @@ impl Queue {
     }
 }
 
-/// `(requests, bytes)` of the queue and of the waiting room. Without a wait
-/// the queue has the whole bounds; with one, the waiting room has
-/// `1 / WAITING_SHARE` of each (none if the request bound is under
-/// `WAITING_SHARE`, as a room for no request is no room).
+/// `(requests, bytes)` of the queue and of the waiting room. The queue has
+/// the bounds; with a wait, the waiting room has `1 / WAITING_SHARE` of each
+/// (none if the request bound is under `WAITING_SHARE`, as a room for no
+/// request is no room).
 pub fn split(limits: QueueLimits) -> ((usize, usize), (usize, usize)) {
+    let queue = (limits.requests, limits.bytes);
     let waiting_requests = limits.requests / WAITING_SHARE;
     if limits.wait.is_zero() || waiting_requests == 0 {
-        return ((limits.requests, limits.bytes), (0, 0));
+        return (queue, (0, 0));
     }
-    let waiting_bytes = limits.bytes / WAITING_SHARE;
-    ((limits.requests - waiting_requests, limits.bytes - waiting_bytes), (waiting_requests, waiting_bytes))
+    (queue, (waiting_requests, limits.bytes / WAITING_SHARE))
 }
 
 #[cfg(test)]
