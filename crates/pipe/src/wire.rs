@@ -325,19 +325,22 @@ mod tests {
         }
     }
 
-    /// Refreshes the seed corpus of the `wire` fuzz target with these
-    /// samples: `TERN_WIRE_CORPUS=$PWD/fuzz/corpus/wire cargo test -p
-    /// tern-pipe --lib -- --ignored write_fuzz_corpus`.
+    /// The `wire` fuzz target's seed corpus (`fuzz/corpus/wire`) holds these
+    /// samples, so fuzzing starts from what the pipe really receives. After a
+    /// change to the samples, rewrite it with
+    /// `TERN_WIRE_CORPUS_WRITE=1 cargo test -p tern-pipe --lib fuzz_corpus`.
     #[test]
-    #[ignore = "writes files; run by hand to refresh the fuzz corpus"]
-    fn write_fuzz_corpus() {
-        let dir =
-            std::path::PathBuf::from(std::env::var_os("TERN_WIRE_CORPUS").expect("TERN_WIRE_CORPUS names a directory"));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn fuzz_corpus_holds_the_samples() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wire");
+        let write = std::env::var_os("TERN_WIRE_CORPUS_WRITE").is_some();
         for seed in [1, 2, 4] {
             for request in samples(seed) {
-                let name = format!("{}-{seed}.pb", request.signal());
-                std::fs::write(dir.join(name), request.encode()).unwrap();
+                let path = dir.join(format!("{}-{seed}.pb", request.signal()));
+                if write {
+                    std::fs::write(&path, request.encode()).expect("corpus file written");
+                }
+                let stored = std::fs::read(&path).expect("corpus file present");
+                assert_eq!(stored, request.encode(), "{} is stale: rewrite the corpus", path.display());
             }
         }
     }
