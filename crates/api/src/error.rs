@@ -28,6 +28,23 @@ impl ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, title: title.into(), detail: detail.into(), invalid }
     }
 
+    /// A 400 naming one field of a request body and the rule it broke.
+    pub fn field(title: &str, field: &str, reason: impl Into<String>) -> Self {
+        let invalid = vec![InvalidParameter { field: field.into(), reason: reason.into(), document: None }];
+        Self::bad_request(title, "the request is not valid", invalid)
+    }
+
+    /// Reads a typed JSON body; a bad one is a 400 naming the field (its
+    /// path in the body) and what is wrong with it.
+    pub fn decode<T: serde::de::DeserializeOwned>(title: &str, body: &[u8]) -> Result<T, Self> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "" } else { path.as_str() };
+            Self::field(title, field, e.into_inner().to_string())
+        })
+    }
+
     /// A 400 listing every violation of one resource.
     pub fn invalid(title: &str, violations: &Violations, document: Option<usize>) -> Self {
         Self::bad_request(title, "Resource is not valid", parameters(violations, document))

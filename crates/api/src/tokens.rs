@@ -2,7 +2,7 @@
 //! Tern's signing-key rotation and revocation. Every route here but the key
 //! listing is a write, so off loopback it needs the API token.
 
-use crate::error::{ApiError, InvalidParameter};
+use crate::error::ApiError;
 use crate::ApiState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -20,21 +20,11 @@ fn keys<S: ResourceStore>(state: &ApiState<S>) -> TokenKeys<S> {
     TokenKeys::new(state.store.clone())
 }
 
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        bad("Invalid request", if field == "." { String::new() } else { field }, e.into_inner().to_string())
-    })
-}
-
-fn bad(title: &str, field: String, reason: String) -> ApiError {
-    ApiError::bad_request(title, "the request is not valid", vec![InvalidParameter { field, reason, document: None }])
-}
+const INVALID: &str = "Invalid request";
 
 fn key_error(e: KeyError) -> ApiError {
     match e {
-        KeyError::Invalid { field, reason } => bad("Invalid request", field, reason),
+        KeyError::Invalid { field, reason } => ApiError::field(INVALID, &field, reason),
         KeyError::NotFound(detail) => ApiError::not_found(detail),
         KeyError::Store(e) => ApiError::from_store(e, None),
         KeyError::Token(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e.to_string()),
@@ -46,7 +36,7 @@ pub async fn generate_dataplane_token<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: DataplaneTokenRequest = decode(&body)?;
+    let req: DataplaneTokenRequest = ApiError::decode(INVALID, &body)?;
     let token = keys(&state).issue(&req).await.map_err(key_error)?;
     tracing::info!(mesh = %req.mesh, dataplane = %req.name, "data-plane token issued");
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
@@ -57,7 +47,7 @@ pub async fn revoke_dataplane_token<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let req: TokenRevocation = decode(&body)?;
+    let req: TokenRevocation = ApiError::decode(INVALID, &body)?;
     keys(&state).revoke(&req.id).await.map_err(key_error)?;
     tracing::info!(token = %req.id, "data-plane token revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -81,8 +71,7 @@ pub async fn remove_signing_key<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
     Path(serial): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let serial: u32 =
-        serial.parse().map_err(|_| bad("Invalid request", "serial".into(), "must be a whole number".into()))?;
+    let serial: u32 = serial.parse().map_err(|_| ApiError::field(INVALID, "serial", "must be a whole number"))?;
     keys(&state).remove(serial).await.map_err(key_error)?;
     tracing::info!(serial, "data-plane token signing key removed");
     Ok(StatusCode::NO_CONTENT)

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tern_api::error::{ApiError, InvalidParameter};
+use tern_api::error::ApiError;
 use tern_model::spec::DataplaneSpec;
 use tern_model::{resource_from_document, Kind, Meta, Resource, ResourceKey};
 use tern_protocol::{BootstrapRequest, BootstrapResponse, DeliveryReport, PlanResponse};
@@ -104,16 +104,6 @@ pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<R
         .with_state(Arc::new(DpState { store, hub, runtime, auth }))
 }
 
-/// Reads a typed body; a bad one is a 400 naming the field.
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        invalid(&field, e.into_inner().to_string())
-    })
-}
-
 /// `POST /delivery/{mesh}/{name}`: a data plane's delivery counts (names and
 /// numbers only; no configuration values).
 async fn delivery<S: ResourceStore>(
@@ -123,19 +113,17 @@ async fn delivery<S: ResourceStore>(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     state.auth.allow(&headers, &mesh, &name).await?;
-    let report: DeliveryReport = decode(&body)?;
-    report.check().map_err(|(field, reason)| invalid(&field, reason))?;
+    let report: DeliveryReport = ApiError::decode(REPORT_REFUSED, &body)?;
+    report.check().map_err(|(field, reason)| ApiError::field(REPORT_REFUSED, &field, reason))?;
     registered(&state, &mesh, &name).await?;
     state.runtime.record_delivery(&mesh, &name, report);
     Ok(StatusCode::NO_CONTENT)
 }
 
+const REPORT_REFUSED: &str = "Delivery report refused";
+
 fn invalid(field: &str, reason: String) -> ApiError {
-    ApiError::bad_request(
-        "Bootstrap refused",
-        "the request is not valid",
-        vec![InvalidParameter { field: field.into(), reason, document: None }],
-    )
+    ApiError::field("Bootstrap refused", field, reason)
 }
 
 async fn bootstrap<S: ResourceStore>(
@@ -144,7 +132,7 @@ async fn bootstrap<S: ResourceStore>(
     body: Bytes,
 ) -> Result<Json<BootstrapResponse>, ApiError> {
     let identity = state.auth.identity(&headers).await?;
-    let req: BootstrapRequest = decode(&body)?;
+    let req: BootstrapRequest = ApiError::decode("Bootstrap refused", &body)?;
     req.otel_env.check_received().map_err(|reason| invalid("otelEnv", reason))?;
     if req.work_dir.is_empty() {
         return Err(invalid("workDir", "must not be empty".into()));
