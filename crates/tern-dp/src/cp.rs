@@ -10,8 +10,8 @@ use tracing::warn;
 /// How to reach and authenticate to the control plane.
 #[derive(Clone)]
 pub struct Settings {
-    /// `http://HOST:PORT` (loopback) or `https://HOST:PORT`.
-    pub address: String,
+    /// `http://HOST:PORT` (loopback) or `https://HOST:PORT` ([`parse_address`]).
+    pub address: url::Url,
     /// The data-plane token (never logged).
     pub token: Option<String>,
     /// The CA that signed the control plane's certificate (PEM).
@@ -39,6 +39,18 @@ pub enum PollError {
     Transient(String),
 }
 
+/// `--cp-address`: an http or https URL with a host and a port (given or the scheme's).
+pub fn parse_address(text: &str) -> Result<url::Url, String> {
+    let bad = || "must be http://HOST:PORT (loopback) or https://HOST:PORT, without credentials".to_string();
+    let url = url::Url::parse(text).map_err(|_| bad())?;
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.port_or_known_default().is_some()
+        && url.username().is_empty()
+        && url.password().is_none();
+    ok.then_some(url).ok_or_else(bad)
+}
+
 #[derive(Clone)]
 pub struct ControlPlane {
     base: String,
@@ -50,12 +62,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl ControlPlane {
     pub fn connect(settings: &Settings) -> Result<ControlPlane, String> {
-        let base = settings.address.trim_end_matches('/').to_string();
-        let url = url::Url::parse(&base)
-            .map_err(|_| "--cp-address must be http://HOST:PORT or https://HOST:PORT".to_string())?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err("--cp-address must be http://HOST:PORT or https://HOST:PORT".into());
-        }
+        let base = settings.address.as_str().trim_end_matches('/').to_string();
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(45));
         if let Some(path) = &settings.ca_cert {
             let pem = std::fs::read(path).map_err(|e| format!("reading --ca-cert-file {}: {e}", path.display()))?;
@@ -137,4 +144,19 @@ pub fn root_cause(e: &dyn std::error::Error) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_address;
+
+    #[test]
+    fn control_plane_addresses() {
+        assert_eq!(parse_address("https://cp.internal:5678").map(|u| u.port()), Ok(Some(5678)));
+        assert!(parse_address("http://[::1]:5678").is_ok());
+        for bad in ["ftp://cp:5678", "cp:5678", "http://", "", "https://é:s3cr3t@cp:5678\u{1b}"] {
+            let err = parse_address(bad).expect_err(bad);
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
+    }
 }

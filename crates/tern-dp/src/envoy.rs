@@ -39,9 +39,10 @@ pub fn setup(
         warn!("no Envoy binary (--envoy-binary, or envoy on PATH): running without a sidecar proxy");
         return Ok(None);
     };
-    let url = url::Url::parse(&args.cp.address).map_err(|_| "--cp-address must be http(s)://HOST:PORT".to_string())?;
+    let url = &args.cp.address;
     let cp_host = url.host_str().map(|h| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
-    let cp_port = url.port_or_known_default().ok_or("--cp-address must name a port")?;
+    // parse_address made sure of a port.
+    let cp_port = url.port_or_known_default().unwrap_or(5678);
     let ca_file = match &args.cp.ca_cert {
         Some(p) => Some(std::fs::canonicalize(p).map_err(|e| format!("--ca-cert-file {}: {e}", p.display()))?),
         None => None,
@@ -151,21 +152,13 @@ fn control_plane_tls(s: &EnvoySetup, tls: &CpTls, cp_is_ip: bool) -> Value {
     json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }
 
-/// Writes a file only its owner may read (Envoy's bootstrap holds the token).
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(content.as_bytes())
-}
-
 /// Runs Envoy until `stop` turns true, restarting it with backoff when it
 /// exits on its own. Fails only when Envoy cannot be started at all.
 pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) -> Result<(), String> {
     let bootstrap_path = setup.work_dir.join("envoy-bootstrap.json");
     let log_path = setup.work_dir.join("envoy.log");
-    write_private(&bootstrap_path, &bootstrap(&setup).to_string())
+    // Envoy's bootstrap holds the token: owner only.
+    tern_process::write_private(&bootstrap_path, bootstrap(&setup).to_string().as_bytes())
         .map_err(|e| format!("writing Envoy's bootstrap {}: {e}", bootstrap_path.display()))?;
     let mut backoff = Duration::from_secs(1);
     loop {

@@ -31,8 +31,8 @@ enum Command {
     /// Register with the control plane and follow the OpenTelemetry plan.
     Run {
         /// The control plane's data-plane server: http://HOST:PORT on loopback, else https://HOST:PORT.
-        #[arg(long, default_value = "http://127.0.0.1:5678", env = "TERN_CP_ADDRESS")]
-        cp_address: String,
+        #[arg(long, default_value = "http://127.0.0.1:5678", env = "TERN_CP_ADDRESS", value_parser = cp::parse_address)]
+        cp_address: url::Url,
         /// The CA (PEM) the control plane's certificate chains to (tern-cp's data directory: tls/ca.crt).
         #[arg(long, env = "TERN_CA_CERT_FILE")]
         ca_cert_file: Option<PathBuf>,

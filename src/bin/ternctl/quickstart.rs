@@ -111,15 +111,6 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
     Ok(Proc(Some(child)))
 }
 
-/// Writes a file only its owner may read.
-fn write_private(path: &Path, content: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(content.as_bytes())?;
-    Ok(())
-}
-
 fn dataplane(name: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u16, &str)>) -> String {
     let outbound = outbound
         .map(|(port, service)| {
@@ -223,7 +214,7 @@ async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
             .await
             .context("generating a data-plane token")?;
         let token_file = dir.join("dataplane-token");
-        write_private(&token_file, token.as_str().unwrap_or_default())?;
+        tern_process::write_private(&token_file, token.as_str().unwrap_or_default().as_bytes())?;
         sidecars.push(spawn(
             Command::new(&tern_dp)
                 .args(["run", "--cp-address", &format!("http://127.0.0.1:{dp_port}"), "--dataplane-file"])
