@@ -85,3 +85,68 @@ start_pair() {
 }
 # cpu_sum PID...: CPU seconds the processes have used so far, together.
 cpu_sum() { local p files=(); for p in "$@"; do files+=("/proc/$p/stat"); done; awk -v t="$tck" '{s += ($14+$15)/t} END {print s}' "${files[@]}"; }
+
+# tracing.py WANT LOGS < config_dump: exit 0 when Envoy's config has no OTel
+# tracer (WANT=absent) or one with overall sampling WANT percent, and has
+# (LOGS=yes) or has not (LOGS=no) an OpenTelemetry access logger.
+cat > "$work/tracing.py" <<'PY'
+import json, sys
+want, logs = sys.argv[1:3]
+found, loggers = [], []
+def walk(v):
+    if isinstance(v, dict):
+        if v.get("name") == "envoy.tracers.opentelemetry" and "typed_config" in v:
+            found.append(None)
+        if v.get("name") == "envoy.access_loggers.open_telemetry" and "typed_config" in v:
+            loggers.append(None)
+        if "overall_sampling" in v:
+            found.append(float(v["overall_sampling"].get("value", 0)))
+        for x in v.values():
+            walk(x)
+    elif isinstance(v, list):
+        for x in v:
+            walk(x)
+walk(json.load(sys.stdin))
+ok = not found if want == "absent" else (None in found and float(want) in found)
+sys.exit(0 if ok and bool(loggers) == (logs == "yes") else 1)
+PY
+
+# set_telemetry SETTING: applies the policies of one sidecar-benchmark setting
+# and waits until both Envoys of start_pair run the matching tracer
+# configuration. SETTING: none (no policies); all-N (MeshTrace at N%
+# sampling, MeshAccessLog and MeshMetric); traces-N (MeshTrace alone); logs
+# (MeshAccessLog alone); metrics (MeshMetric alone); a -envoy-batching suffix
+# sets Envoy's own tracer batching instead of tern-dp's.
+set_telemetry() {
+  local want logs=no flush=50 interval=1000
+  case $1 in
+    *-envoy-batching) flush=5; interval=5000 ;;
+  esac
+  for admin in $web_admin $api_admin; do
+    curl -sf -X POST "http://127.0.0.1:$admin/runtime_modify?tracing.opentelemetry.min_flush_spans=$flush&tracing.opentelemetry.flush_interval_ms=$interval" >/dev/null
+  done
+  local base=${1%-envoy-batching}
+  case $base in
+    none) ternctl delete meshtrace bench-traces >/dev/null 2>&1 || true
+          ternctl delete meshaccesslog bench-logs >/dev/null 2>&1 || true
+          ternctl delete meshmetric bench-metrics >/dev/null 2>&1 || true
+          want=absent ;;
+    all-*) telemetry_yaml sink "${base#all-}" 10s | ternctl apply -f - >/dev/null; want=${base#all-}; logs=yes ;;
+    traces-* | logs | metrics)
+      local pct=10 kind keep
+      case $base in
+        traces-*) keep=meshtrace; pct=${base#traces-}; want=$pct ;;
+        logs) keep=meshaccesslog; want=absent; logs=yes ;;
+        metrics) keep=meshmetric; want=absent ;;
+      esac
+      telemetry_yaml sink "$pct" 10s | ternctl apply -f - >/dev/null
+      for kind in meshtrace:bench-traces meshaccesslog:bench-logs meshmetric:bench-metrics; do
+        [ "${kind%%:*}" = "$keep" ] || ternctl delete "${kind%%:*}" "${kind#*:}" >/dev/null
+      done ;;
+    *) echo "unknown setting $1" >&2; return 1 ;;
+  esac
+  for admin in $web_admin $api_admin; do
+    wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 $work/tracing.py $want $logs"
+  done
+  sleep 1
+}

@@ -21,58 +21,6 @@ command -v wrk >/dev/null || { apt-get install -y wrk >&2 || sudo apt-get instal
 
 start_pair
 
-# tracing.py WANT < config_dump: exit 0 when Envoy's config has no OTel
-# tracer (WANT=absent) or one with overall sampling WANT percent.
-cat > "$work/tracing.py" <<'PY'
-import json, sys
-want = sys.argv[1]
-found = []
-def walk(v):
-    if isinstance(v, dict):
-        if v.get("name") == "envoy.tracers.opentelemetry" and "typed_config" in v:
-            found.append(None)
-        if "overall_sampling" in v:
-            found.append(float(v["overall_sampling"].get("value", 0)))
-        for x in v.values():
-            walk(x)
-    elif isinstance(v, list):
-        for x in v:
-            walk(x)
-walk(json.load(sys.stdin))
-ok = not found if want == "absent" else (None in found and float(want) in found)
-sys.exit(0 if ok else 1)
-PY
-
-# set_telemetry none|all-100|all-10|all-10-envoy-batching: applies the
-# policies and waits until both Envoys run the matching tracer configuration.
-set_telemetry() {
-  local want flush=50 interval=1000
-  case $1 in
-    *-envoy-batching) flush=5; interval=5000 ;;
-  esac
-  for admin in $web_admin $api_admin; do
-    curl -sf -X POST "http://127.0.0.1:$admin/runtime_modify?tracing.opentelemetry.min_flush_spans=$flush&tracing.opentelemetry.flush_interval_ms=$interval" >/dev/null
-  done
-  local base=${1%-envoy-batching}
-  case $base in
-    none) ternctl delete meshtrace bench-traces >/dev/null 2>&1 || true
-          ternctl delete meshaccesslog bench-logs >/dev/null 2>&1 || true
-          ternctl delete meshmetric bench-metrics >/dev/null 2>&1 || true
-          want=absent ;;
-    all-*) telemetry_yaml sink "${base#all-}" 10s | ternctl apply -f - >/dev/null; want=${base#all-} ;;
-    traces-* | logs)
-      local pct=${base#traces-}; [ "$base" = logs ] && pct=10
-      telemetry_yaml sink "$pct" 10s | ternctl apply -f - >/dev/null
-      ternctl delete meshmetric bench-metrics >/dev/null
-      if [ "$base" = logs ]; then ternctl delete meshtrace bench-traces >/dev/null; want=absent
-      else ternctl delete meshaccesslog bench-logs >/dev/null; want=$pct; fi ;;
-  esac
-  for admin in $web_admin $api_admin; do
-    wait_for "curl -sf http://127.0.0.1:$admin/config_dump | python3 $work/tracing.py $want"
-  done
-  sleep 1
-}
-
 # run_wrk SETTING: one flat-out wrk run; one JSON line.
 # CPU seconds per 10k requests are reported per process group, so the cost
 # of telemetry can be placed: Envoy, tern-dp, and the sink (which in a real

@@ -7,8 +7,12 @@
 //!   log records or metric points to a TCP address or a Unix socket, flat out
 //!   or at a fixed rate, reporting accepted items/s and latency percentiles
 //!   as JSON;
+//! - `http`: HTTP/1.1 load at a fixed rate with latency percentiles (the
+//!   sidecar benchmarks);
 //! - `copy`: copies bytes from a Unix socket to a TCP address with no parsing
 //!   at all (the physical reference a relay is compared with).
+
+mod http_load;
 
 use clap::{Parser, Subcommand};
 use hyper_util::rt::TokioIo;
@@ -82,16 +86,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         in_flight: u32,
     },
-    /// Send HTTP GETs at a fixed rate (keep-alive); print a JSON report.
+    /// Send HTTP/1.1 GETs over keep-alive connections at a fixed rate (open
+    /// loop: latency counts from when each request was due) or flat out;
+    /// print one JSON report with latency percentiles.
     Http {
         #[arg(long)]
-        url: String,
-        /// Requests per second across all connections.
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
-        #[arg(long, default_value_t = 8)]
+        url: hyper::Uri,
+        /// Requests per second across all connections; flat out when absent.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         connections: u64,
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         seconds: u64,
     },
     /// Copy bytes from a Unix socket to a TCP address.
@@ -412,45 +418,6 @@ async fn load(target: String, shape: LoadShape) {
 
 /// Fixed-rate HTTP load: each connection sends on its own schedule; a
 /// request that is late does not make the next one wait.
-async fn http(url: String, rate: u64, connections: u64, seconds: u64) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1) as f64);
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, 0u64);
-                let mut ticks = tokio::time::interval(interval);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                while Instant::now() < deadline {
-                    ticks.tick().await;
-                    let done = match client.get(&url).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if done {
-                        ok += 1;
-                    } else {
-                        failed += 1;
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
-    let (mut ok, mut failed) = (0, 0);
-    for t in tasks {
-        let (o, f) = t.await.expect("http task");
-        ok += o;
-        failed += f;
-    }
-    println!(
-        "{}",
-        serde_json::json!({"requests": ok, "failed": failed, "requests_per_sec": ok as f64 / seconds as f64})
-    );
-}
-
 async fn copy(listen: String, to: String) {
     let _ = std::fs::remove_file(&listen);
     let listener = tokio::net::UnixListener::bind(&listen).expect("bind unix");
@@ -506,7 +473,16 @@ async fn main() {
             let shape = LoadShape { signal, items: items_per_request, connections, seconds, rate, in_flight };
             load(target, shape).await
         }
-        Cmd::Http { url, rate, connections, seconds } => http(url, rate, connections, seconds).await,
+        Cmd::Http { url, rate, connections, seconds } => {
+            let load = http_load::Load { url, rate, connections: connections as usize, seconds };
+            match http_load::run(load).await {
+                Ok(report) => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                Err(e) => {
+                    eprintln!("tern-bench http: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Cmd::Copy { listen_unix, to } => copy(listen_unix, to).await,
     }
 }

@@ -308,7 +308,9 @@ async fn report_delivery(
 
 /// MeshMetric on the data plane: Envoy's statistics, scraped from its admin
 /// endpoint every `refreshInterval` (default 1m) per backend, pushed through
-/// that backend's pipe as OTLP metrics.
+/// that backend's pipe as OTLP metrics. Only statistics Envoy has used
+/// (`usedonly`, as Kuma's data-plane agent asks): the hundreds that never
+/// moved would be encoded, sent and stored for nothing.
 async fn envoy_metrics(
     pipe: Arc<Mutex<PipeManager>>,
     plan: watch::Receiver<OtelPlan>,
@@ -318,7 +320,7 @@ async fn envoy_metrics(
     let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut warned_cap = false;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let url = format!("http://127.0.0.1:{admin}/stats/prometheus");
+    let url = format!("http://127.0.0.1:{admin}/stats/prometheus?usedonly");
     let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
