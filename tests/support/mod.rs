@@ -2,6 +2,8 @@
 //! `ternctl`, and make a fresh PostgreSQL database when a test needs one.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -190,24 +192,26 @@ impl Run {
 
 pub fn ternctl_with(api: &str, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(TERNCTL);
-    cmd.args(args)
-        .env("TERN_API", api)
-        .env_remove("TERN_TOKEN")
-        .env("TERNCTL_CONFIG", "/nonexistent/ternctl.yaml")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).env("TERN_API", api).env_remove("TERN_TOKEN");
     // Tests never read the developer's own config file.
     cmd.env_remove("TERNCTL_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("ternctl runs");
+    run_with_stdin(cmd, stdin)
+}
+
+/// Runs a command to the end with `stdin` piped in, capturing its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: Option<&str>) -> Run {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{:?} runs: {e}", cmd.get_program()));
     if let Some(text) = stdin {
         use std::io::Write;
         child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
     }
-    let Output { status, stdout, stderr } = child.wait_with_output().expect("ternctl finishes");
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("the command finishes");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

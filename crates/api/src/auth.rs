@@ -1,4 +1,5 @@
-//! Who may write: anyone on loopback; with a bearer token otherwise.
+//! Who may write: anyone on loopback; with a bearer token otherwise; and
+//! nobody, through the API, to resources that live in Kubernetes.
 
 use crate::error::ApiError;
 use axum::extract::{Request, State};
@@ -12,10 +13,28 @@ use std::sync::Arc;
 pub struct WriteAuth {
     /// When set, every write must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// When set, resource writes (`PUT`/`DELETE` under `/meshes`, `/_apply`)
+    /// are refused with this message: on Kubernetes resources are written
+    /// with kubectl, as in Kuma. Tokens and signing keys stay writable.
+    pub resources_read_only: Option<String>,
 }
+
+/// Kuma's message, in Tern's words, for a resource write on Kubernetes.
+pub const KUBERNETES_READ_ONLY: &str = "On Kubernetes you cannot change the state of Tern resources with 'ternctl \
+    apply' or via the HTTP API. As a best practice, you should always be using 'kubectl apply' instead. You can still \
+    use 'ternctl' or the HTTP API to make read-only operations. On Universal this limitation does not apply.";
 
 /// Refuses writes without the right bearer token when one is required.
 pub async fn require_token(State(auth): State<Arc<WriteAuth>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(message) = &auth.resources_read_only {
+        let path = req.uri().path();
+        let method = req.method();
+        let resource_write = (path == "/_apply" && method == Method::POST)
+            || ((path == "/meshes" || path.starts_with("/meshes/")) && matches!(*method, Method::PUT | Method::DELETE));
+        if resource_write {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", message));
+        }
+    }
     let Some(expected) = &auth.token else { return Ok(next.run(req).await) };
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(next.run(req).await);

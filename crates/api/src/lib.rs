@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tern_store::ResourceStore;
 
 pub use apply::{ApplyRequest, ApplyResponse, ApplyResult};
-pub use auth::WriteAuth;
+pub use auth::{WriteAuth, KUBERNETES_READ_ONLY};
 pub use error::{ErrorBody, InvalidParameter};
 
 /// What the handlers share.

@@ -334,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite:{}", dir.path().join("tern.db").display());
         let store = Arc::new(SqlStore::open(&url).await.expect("store opens"));
-        (router(store, WriteAuth { token: token.map(str::to_string) }, None), dir)
+        (router(store, WriteAuth { token: token.map(str::to_string), resources_read_only: None }, None), dir)
     }
 
     async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
@@ -501,5 +501,33 @@ mod tests {
         assert!(resp.headers().contains_key(header::ALLOW), "the Allow header survives");
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
         kuma_error(StatusCode::METHOD_NOT_ALLOWED, &serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+    }
+
+    /// On Kubernetes, resources are written with kubectl: the API refuses
+    /// resource writes with Kuma's explanation, and still serves reads and
+    /// data-plane tokens.
+    #[tokio::test]
+    async fn resources_are_read_only_on_kubernetes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("tern.db").display());
+        let store = Arc::new(SqlStore::open(&url).await.expect("store opens"));
+        let auth = WriteAuth { token: None, resources_read_only: Some(crate::KUBERNETES_READ_ONLY.into()) };
+        let app = router(store, auth, None);
+        let mesh = json!({"type": "Mesh", "name": "m"});
+        for req in [
+            request(Method::PUT, "/meshes/m", &[], Some(&mesh)),
+            request(Method::DELETE, "/meshes/default", &[], None),
+            request(Method::POST, "/_apply", &[], Some(&json!({"resources": []}))),
+        ] {
+            let (status, body) = call(&app, req).await;
+            let err = kuma_error(status, &body);
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+            assert!(err.detail.contains("'kubectl apply'"), "{}", err.detail);
+        }
+        let (status, _) = call(&app, request(Method::GET, "/meshes/default", &[], None)).await;
+        assert_eq!(status, StatusCode::OK);
+        let token = json!({"name": "web", "mesh": "default"});
+        let (status, body) = call(&app, request(Method::POST, "/tokens/dataplane", &[], Some(&token))).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     }
 }

@@ -3,6 +3,7 @@
 //! data-plane tokens) and the reconciler, run as one supervised set of tasks.
 
 mod files;
+mod kubernetes;
 mod tls;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use tern_api::WriteAuth;
 use tern_dp_server::DpAuth;
 use tern_reconcile::{PlanHub, Reconciler};
-use tern_store::SqlStore;
+use tern_store::{ResourceStore, SqlStore};
 use tls::TlsSource;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -67,6 +68,12 @@ struct RunArgs {
     /// `sqlite:PATH` (default: sqlite under the data directory) or `postgres://USER@HOST/DB`.
     #[arg(long, env = "TERN_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// Where resources live: `universal` (the store above) or `kubernetes` (the apiserver:
+    /// CRDs, kubectl, the admission webhook).
+    #[arg(long, default_value = "universal", env = "TERN_ENVIRONMENT", value_parser = ["universal", "kubernetes"])]
+    environment: String,
+    #[command(flatten)]
+    kube: kubernetes::KubeArgs,
 }
 
 #[derive(Clone, Copy)]
@@ -132,10 +139,22 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding the {what} to {addr} (is another tern-cp running?)"))
 }
 
+/// A running part of the control plane: its name and how it ended.
+type PartFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (&'static str, Result<()>)> + Send>>;
+/// A part run beside the common ones (the Kubernetes change feed, the
+/// admission webhook), started with the stop signal; it ends only on
+/// failure or stop.
+type Part = Box<dyn FnOnce(watch::Receiver<bool>) -> PartFuture + Send>;
+
 async fn run(args: RunArgs) -> Result<()> {
     check_exposure(&args)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     files::create_private_dir(&data_dir)?;
+    if args.environment == "kubernetes" {
+        let tls = tls_source(&args);
+        let (store, parts) = kubernetes::start(&args.kube, &tls, &data_dir).await?;
+        return serve_control_plane(args, data_dir, store, parts).await;
+    }
     let sqlite_path = data_dir.join("tern.db");
     let store_url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", sqlite_path.display()));
     let store =
@@ -144,17 +163,29 @@ async fn run(args: RunArgs) -> Result<()> {
         files::restrict(&sqlite_path)?;
     }
     info!(store = %redact_url(&store_url), "store open");
-    let store = Arc::new(store);
+    serve_control_plane(args, data_dir, Arc::new(store), Vec::new()).await
+}
 
+fn tls_source(args: &RunArgs) -> TlsSource {
+    TlsSource {
+        cert_file: args.tls_cert_file.clone(),
+        key_file: args.tls_key_file.clone(),
+        sans: args.tls_sans.clone(),
+    }
+}
+
+/// Runs the API, the data-plane server, the reconciler and `parts` over
+/// `store`, the same in every environment, until one fails or SIGTERM.
+async fn serve_control_plane<S: ResourceStore>(
+    args: RunArgs,
+    data_dir: PathBuf,
+    store: Arc<S>,
+    parts: Vec<Part>,
+) -> Result<()> {
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
     let api_tls = args.api_tls_addr.0;
     let tls = if dp_tls || api_tls.is_some() {
-        let source = TlsSource {
-            cert_file: args.tls_cert_file.clone(),
-            key_file: args.tls_key_file.clone(),
-            sans: args.tls_sans.clone(),
-        };
-        let config = tls::server_config(&source, &data_dir)?;
+        let config = tls::server_config(&tls_source(&args), &data_dir)?;
         if args.tls_cert_file.is_none() {
             info!(ca = %tls::ca_path(&data_dir).display(), "TLS with a generated CA: give this file to tern-dp --ca-cert-file and ternctl --ca-cert");
         }
@@ -173,6 +204,7 @@ async fn run(args: RunArgs) -> Result<()> {
             DpAuth::Tokens(Arc::new(tern_tokens::Verifier::new(store.clone())))
         }
     };
+    let read_only = (args.environment == "kubernetes").then(|| tern_api::KUBERNETES_READ_ONLY.to_string());
     let tls_write_auth = match api_tls {
         Some(addr) if !addr.ip().is_loopback() => {
             let (token, path) = load_or_create_token(&data_dir)?;
@@ -181,9 +213,9 @@ async fn run(args: RunArgs) -> Result<()> {
                 token_file = %path.display(),
                 "the HTTPS API listens beyond loopback: every write needs `Authorization: Bearer <token>` (ternctl: TERN_TOKEN or its config file)"
             );
-            WriteAuth { token: Some(token) }
+            WriteAuth { token: Some(token), resources_read_only: read_only.clone() }
         }
-        _ => WriteAuth { token: None },
+        _ => WriteAuth { token: None, resources_read_only: read_only.clone() },
     };
 
     let api_listener = bind(args.api_addr, "API").await?;
@@ -204,7 +236,11 @@ async fn run(args: RunArgs) -> Result<()> {
     // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
     let ads = tonic::service::Routes::new(xds.service(ads_auth)).into_axum_router();
     let dp_router = tern_dp_server::router(store.clone(), hub, runtime.clone(), dp_auth).merge(ads);
-    let api_router = tern_api::router(store.clone(), WriteAuth { token: None }, Some(runtime.clone()));
+    let api_router = tern_api::router(
+        store.clone(),
+        WriteAuth { token: None, resources_read_only: read_only },
+        Some(runtime.clone()),
+    );
     let api_tls_router = tern_api::router(store.clone(), tls_write_auth, Some(runtime));
 
     let mut listening = format!("api={}", api_listener.local_addr()?);
@@ -224,7 +260,10 @@ async fn run(args: RunArgs) -> Result<()> {
         tasks.spawn(serve("HTTPS API", l, api_tls_router, tls.clone(), stop_rx.clone()));
     }
     let dp_tls_config = if dp_tls { tls.clone() } else { None };
-    tasks.spawn(serve("data-plane server", dp_listener, dp_router, dp_tls_config, stop_rx));
+    tasks.spawn(serve("data-plane server", dp_listener, dp_router, dp_tls_config, stop_rx.clone()));
+    for part in parts {
+        tasks.spawn(part(stop_rx.clone()));
+    }
     info!("tern-cp listening {listening}");
 
     // Any part ending on its own is fatal: stop the rest and exit non-zero.

@@ -109,12 +109,31 @@ enum Command {
     /// Revoke a credential: `dataplane-token`.
     #[command(subcommand)]
     Revoke(RevokeCommand),
+    /// Print Kubernetes manifests to pipe into `kubectl apply -f -`.
+    #[command(subcommand)]
+    Install(InstallCommand),
     /// Delete one resource (or `signing-key SERIAL`).
     Delete {
         kind: String,
         name: String,
         #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
         mesh: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InstallCommand {
+    /// The CustomResourceDefinitions of every Tern kind (group kuma.io).
+    Crds,
+    /// The system namespace, the CRDs, RBAC, the control plane's Deployment and Service.
+    ControlPlane {
+        #[arg(long, default_value = "kuma-system")]
+        namespace: String,
+        /// The tern-cp image.
+        #[arg(long, default_value = "tern/tern-cp:latest")]
+        image: String,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+        replicas: u32,
     },
 }
 
@@ -331,6 +350,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Otel(OtelCommand::Tail { collector, signal }) => {
             return quickstart::tail(collector, signal.as_deref()).await
         }
+        Command::Install(InstallCommand::Crds) => {
+            print!("{}", tern_kube::crd::crds_yaml());
+            return Ok(());
+        }
+        Command::Install(InstallCommand::ControlPlane { namespace, image, replicas }) => {
+            let options = tern_kube::install::InstallOptions {
+                namespace: namespace.clone(),
+                image: image.clone(),
+                replicas: *replicas,
+            };
+            print!("{}", tern_kube::install::to_yaml(&tern_kube::install::control_plane(&options)));
+            return Ok(());
+        }
         Command::DemoApp { listen, body, call } => {
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             demo::serve(listener, body.clone(), call.clone());
@@ -346,7 +378,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get { kind, name, mesh, all_meshes, output } => {
             get(&client, parse_kind(&kind)?, name, &mesh, all_meshes, output).await
         }
-        Command::Quickstart { .. } | Command::Otel(_) | Command::DemoApp { .. } => unreachable!("handled above"),
+        Command::Quickstart { .. } | Command::Otel(_) | Command::DemoApp { .. } | Command::Install(_) => {
+            unreachable!("handled above")
+        }
         Command::Inspect { what, name, mesh, output } => match Kind::from_cli_arg(&what) {
             Some(Kind::Dataplane) => inspect::dataplane(&client, &mesh, &name, output).await,
             _ => bail!("ternctl inspect supports `dataplane NAME`, not {what:?}"),

@@ -7,6 +7,7 @@ use crate::violation::FieldPath;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshTraceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,6 +17,7 @@ pub struct MeshTraceSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshTraceConf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,6 +29,7 @@ pub struct MeshTraceConf {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TraceBackend {
     #[serde(rename = "type", default)]
@@ -41,6 +44,7 @@ pub struct TraceBackend {
 
 /// The OpenTelemetry block of a MeshTrace backend.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TraceOtelBackend {
     /// Deprecated inline `host:port`; use `backendRef`.
@@ -61,6 +65,7 @@ impl OtelBackendBlock for TraceOtelBackend {
 
 /// A custom tag on spans: a literal or a request header.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TraceTag {
     #[serde(default)]
@@ -72,6 +77,7 @@ pub struct TraceTag {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderTag {
     pub name: String,
@@ -81,6 +87,7 @@ pub struct HeaderTag {
 
 /// Sampling percentages, as Envoy's HCM tracing has them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sampling {
     #[serde(default, skip_serializing_if = "Option::is_none")]

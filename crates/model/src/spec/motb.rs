@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_OTLP_PORT: u16 = 4317;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshOpenTelemetryBackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,6 +22,7 @@ pub struct MeshOpenTelemetryBackendSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +35,7 @@ pub struct Endpoint {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +48,7 @@ pub struct EnvPolicy {
 
 /// Transport between the data plane and the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Grpc,
@@ -53,6 +57,7 @@ pub enum Protocol {
 
 /// Whether `OTEL_EXPORTER_OTLP_*` variables take part in the merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EnvMode {
     Disabled,
     Optional,
@@ -61,6 +66,7 @@ pub enum EnvMode {
 
 /// Which source wins when both an explicit field and a variable are present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Precedence {
     ExplicitFirst,
     EnvFirst,
@@ -69,6 +75,7 @@ pub enum Precedence {
 /// The env policy with seed 000's defaults applied
 /// (`Optional`, `EnvFirst`, `allowSignalOverrides: true`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveEnvPolicy {
     pub mode: EnvMode,
@@ -174,6 +181,7 @@ impl MeshOpenTelemetryBackendSpec {
 
 /// `status` of a backend: conditions written by the control plane.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshOpenTelemetryBackendStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -182,6 +190,7 @@ pub struct MeshOpenTelemetryBackendStatus {
 
 /// A Kubernetes-style condition (`type`, `status`, `reason`, `message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     #[serde(rename = "type")]

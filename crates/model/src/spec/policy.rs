@@ -18,6 +18,7 @@ pub const BACKEND_REF_KIND: &str = "MeshOpenTelemetryBackend";
 
 /// Which dataplanes a policy applies to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetRef {
     #[serde(default)]
@@ -94,6 +95,7 @@ impl TargetRef {
 
 /// A reference from a policy to a `MeshOpenTelemetryBackend`, by name or by labels.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
     #[serde(default)]
@@ -185,6 +187,7 @@ fn is_host_port(text: &str, port_required: bool) -> bool {
 
 /// A percentage given as a number or a numeric string (Kuma's IntOrString).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum Percentage {
     Number(serde_json::Number),

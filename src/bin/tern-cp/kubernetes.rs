@@ -1,0 +1,104 @@
+//! `tern-cp run --environment kubernetes`: the apiserver is the store, its
+//! watch the change feed, and the admission webhook (served over TLS,
+//! registered with the CA that signs the serving certificate) validates
+//! every `kubectl apply`. Everything else is the Universal control plane.
+
+use super::{serve, tls, Part, PartFuture};
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tern_kube::kube;
+use tern_kube::webhook::{self, WebhookClient};
+use tern_kube::KubeStore;
+use tracing::info;
+
+#[derive(clap::Args)]
+pub struct KubeArgs {
+    /// Kubernetes: the kubeconfig to reach the apiserver with (default: in-cluster, or
+    /// KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "TERN_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes: Kuma's system namespace (MeshOpenTelemetryBackends, global secrets).
+    #[arg(long, default_value = "kuma-system", env = "TERN_SYSTEM_NAMESPACE")]
+    system_namespace: String,
+    /// Kubernetes: where the admission webhook listens (always TLS; Kuma's port 5443).
+    #[arg(long, default_value = "0.0.0.0:5443", env = "TERN_WEBHOOK_ADDR")]
+    webhook_addr: SocketAddr,
+    /// Kubernetes: the URL the apiserver calls the webhook at, for a control plane outside
+    /// the cluster; without it, the Service --webhook-service in the system namespace.
+    #[arg(long, env = "TERN_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Kubernetes: the Service in front of the webhook (what `ternctl install control-plane` creates).
+    #[arg(long, default_value = "tern-control-plane", env = "TERN_WEBHOOK_SERVICE")]
+    webhook_service: String,
+    /// Kubernetes: the CA (PEM) that signed --tls-cert-file, which the apiserver is told to
+    /// trust for the webhook; without --tls-cert-file the generated CA is used.
+    #[arg(long, env = "TERN_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// Connects to the apiserver and prepares the Kubernetes parts: the store,
+/// its change feed and the admission webhook (registered before it returns).
+pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Result<(Arc<KubeStore>, Vec<Part>)> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?
+        }
+        None => {
+            kube::Config::infer().await.context("finding the apiserver (in-cluster, KUBECONFIG or ~/.kube/config)")?
+        }
+    };
+    let apiserver = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).context("making the Kubernetes client")?;
+    let store = KubeStore::connect(client.clone(), &args.system_namespace)
+        .await
+        .with_context(|| format!("connecting to the apiserver {apiserver}"))?;
+    info!(apiserver = %apiserver, namespace = %args.system_namespace, "store: Kubernetes");
+    let store = Arc::new(store);
+
+    let server_config = tls::server_config(tls, data_dir)?;
+    let ca_pem = webhook_ca(args, tls, data_dir)?;
+    let at = match &args.webhook_url {
+        Some(url) => WebhookClient::Url(url.clone()),
+        None => WebhookClient::Service {
+            namespace: args.system_namespace.clone(),
+            name: args.webhook_service.clone(),
+            port: args.webhook_addr.port(),
+        },
+    };
+    webhook::ensure_registered(&client, &at, &ca_pem).await.context("registering the admission webhook")?;
+    let listener = super::bind(args.webhook_addr, "admission webhook").await?;
+    info!(addr = %listener.local_addr()?, "admission webhook listening");
+
+    let feed_store = store.clone();
+    let feed: Part = Box::new(move |_stop| -> PartFuture {
+        Box::pin(async move {
+            let ended = feed_store.feed().await;
+            ("Kubernetes change feed", ended.context("watching the apiserver"))
+        })
+    });
+    let webhook_part: Part = Box::new(move |stop| -> PartFuture {
+        Box::pin(serve("admission webhook", listener, webhook::router(), Some(server_config), stop))
+    });
+    Ok((store, vec![feed, webhook_part]))
+}
+
+/// The CA the apiserver must trust to call the webhook.
+fn webhook_ca(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Result<String> {
+    match (&tls.cert_file, &args.tls_ca_file) {
+        (_, Some(ca)) => std::fs::read_to_string(ca).with_context(|| format!("reading --tls-ca-file {}", ca.display())),
+        (None, None) => {
+            let ca = tls::ca_path(data_dir);
+            std::fs::read_to_string(&ca).with_context(|| format!("reading the generated CA {}", ca.display()))
+        }
+        (Some(_), None) => bail!(
+            "--environment kubernetes with --tls-cert-file needs --tls-ca-file: the apiserver must be told which CA \
+             to trust when it calls the admission webhook"
+        ),
+    }
+}

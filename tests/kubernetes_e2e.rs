@@ -1,0 +1,188 @@
+//! Kubernetes mode against a real kube-apiserver and etcd (built by
+//! scripts/install-tools.sh; no kubelet, so Pods are never run): the CRDs,
+//! `kubectl apply` of seed 000 with the admission webhook, status through the
+//! status subresource, the REST API read-only for resources, and a real
+//! `tern-dp` bootstrapping against the control plane in Kubernetes mode.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+use support::kube::KubeCluster;
+use support::{eventually, free_port, repo_path, ternctl_with, ControlPlane, DataPlane};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A cluster with Tern's CRDs and the system namespace, and `tern-cp` on it.
+struct Env {
+    cluster: KubeCluster,
+    cp: ControlPlane,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = KubeCluster::start(&dir.path().join("kube"));
+    let crds = ternctl_with("http://127.0.0.1:1", &["install", "crds"], None, &[]).ok().stdout;
+    cluster.kubectl(&["apply", "-f", "-"], Some(&crds)).ok();
+    cluster.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None).ok();
+    cluster.kubectl(&["create", "namespace", "kuma-system"], None).ok();
+    let cp = start_cp(&cluster, &dir.path().join("cp"));
+    Env { cluster, cp, _dir: dir }
+}
+
+fn start_cp(cluster: &KubeCluster, data_dir: &Path) -> ControlPlane {
+    let webhook = format!("127.0.0.1:{}", free_port());
+    let url = format!("https://{webhook}");
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let args = ["--environment", "kubernetes", "--kubeconfig", &kubeconfig, "--webhook-addr", &webhook];
+    let mut args = args.to_vec();
+    args.extend(["--webhook-url", &url]);
+    ControlPlane::start_args(data_dir, None, "127.0.0.1", &args)
+}
+
+fn kubectl_json(env: &Env, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&env.cluster.kubectl(&all, None).ok().stdout).expect("kubectl JSON")
+}
+
+fn condition(resource: &Value, type_: &str) -> Value {
+    let conditions = resource["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    conditions.into_iter().find(|c| c["type"] == type_).unwrap_or(Value::Null)
+}
+
+#[test]
+fn seed_000_applies_with_kubectl_and_shows_its_conditions() {
+    let env = start();
+    let seed = std::fs::read_to_string(repo_path("examples/kubernetes/single-collector.yaml")).expect("seed");
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&seed)).ok();
+
+    eventually(WAIT, "ReferencedByPolicies on the backend", || {
+        let motb = kubectl_json(&env, &["get", "motb", "main-collector", "-n", "kuma-system"]);
+        let c = condition(&motb, "ReferencedByPolicies");
+        (c["status"] == "True").then_some(()).ok_or(motb["status"].to_string())
+    });
+    eventually(WAIT, "BackendRefsResolved on the policy", || {
+        let trace = kubectl_json(&env, &["get", "meshtrace", "all-traces", "-n", "kuma-system"]);
+        let c = condition(&trace, "BackendRefsResolved");
+        (c["status"] == "True").then_some(()).ok_or(trace["status"].to_string())
+    });
+    let table = env.cluster.kubectl(&["get", "motb", "-n", "kuma-system"], None).ok().stdout;
+    assert!(table.contains("REFERENCED") && table.contains("main-collector"), "{table}");
+
+    // The API serves the same resources, and refuses to write them.
+    let listed = env.cp.ternctl(&["get", "meshtraces"]).ok().stdout;
+    assert!(listed.contains("all-traces"), "{listed}");
+    let refused = env.cp.ternctl_stdin(&["apply", "-f", "-"], &seed).fails();
+    assert!(refused.stderr.contains("kubectl apply"), "{}", refused.stderr);
+
+    // A policy edited with kubectl to reference a missing backend says so.
+    let metric = seed.split("---").find(|d| d.contains("kind: MeshMetric")).expect("the seed's MeshMetric");
+    let broken = metric.replace("name: main-collector", "name: gone");
+    assert_ne!(broken, metric, "the seed's MeshMetric names main-collector");
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&broken)).ok();
+    eventually(WAIT, "the MeshMetric's unresolved reference", || {
+        let metric = kubectl_json(&env, &["get", "meshmetric", "all-metrics", "-n", "kuma-system"]);
+        let c = condition(&metric, "BackendRefsResolved");
+        (c["status"] == "False").then_some(()).ok_or(metric["status"].to_string())
+    });
+}
+
+#[test]
+fn the_webhook_refuses_invalid_documents_with_kumas_messages_and_stores_nothing() {
+    let env = start();
+    let motb = |namespace: &str, name: &str, spec: &str| {
+        format!(
+            "apiVersion: kuma.io/v1alpha1\nkind: MeshOpenTelemetryBackend\nmetadata:\n  name: {name}\n  namespace: \
+             {namespace}\n  labels: {{kuma.io/mesh: default}}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        ("bad-port", motb("kuma-system", "bad-port", "  endpoint: {port: 70000}\n"), "spec.endpoint.port"),
+        (
+            "grpc-path",
+            motb("kuma-system", "grpc-path", "  endpoint: {address: c, path: /otlp}\n  protocol: grpc\n"),
+            "spec.endpoint.path",
+        ),
+        ("outside", motb("default", "outside", "  endpoint: {port: 4317}\n"), "only in the system namespace"),
+        ("unknown", motb("kuma-system", "unknown", "  endpoint: {port: 4317, colour: blue}\n"), "colour"),
+    ];
+    for (name, yaml, expected) in cases {
+        let run = env.cluster.kubectl(&["apply", "-f", "-"], Some(&yaml)).fails();
+        assert!(run.stderr.contains(expected), "{name}: {}", run.stderr);
+    }
+    // Every violation of one document at once.
+    let many = motb("default", "many", "  endpoint: {port: 0, path: /x}\n  protocol: grpc\n");
+    let run = env.cluster.kubectl(&["apply", "-f", "-"], Some(&many)).fails();
+    for expected in ["metadata.namespace", "spec.endpoint.port", "spec.endpoint.path"] {
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
+    }
+    let stored = env.cluster.kubectl(&["get", "motb", "-A", "-o", "name"], None).ok().stdout;
+    assert!(stored.trim().is_empty(), "nothing is stored: {stored}");
+}
+
+#[test]
+fn the_install_manifests_pass_the_apiservers_dry_run() {
+    let env = start();
+    let manifests = ternctl_with("http://127.0.0.1:1", &["install", "control-plane"], None, &[]).ok().stdout;
+    let run = env.cluster.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifests)).ok();
+    for object in ["deployment.apps/tern-control-plane", "service/tern-control-plane", "clusterrole"] {
+        assert!(run.stdout.contains(object), "{object}: {}", run.stdout);
+    }
+}
+
+/// A real tern-dp against the control plane in Kubernetes mode: its
+/// Dataplane and DataplaneInsight are objects in the dataplane's namespace,
+/// and the insight's status is seed 001's: a node-local backend is `ready`
+/// through `HOST_IP`, and `missing` its endpoint when `HOST_IP` is absent.
+#[test]
+fn a_data_plane_bootstraps_and_its_status_is_in_the_dataplane_insight() {
+    let env = start();
+    env.cluster.kubectl(&["create", "namespace", "shop"], None).ok();
+    let seed = std::fs::read_to_string(repo_path("examples/kubernetes/node-local-collector.yaml")).expect("seed");
+    let trace = "---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: node-traces\n  namespace: \
+                 kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    \
+                 backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: \
+                 MeshOpenTelemetryBackend, name: node-collector}\n";
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{trace}"))).ok();
+
+    let root = env._dir.path().join("dps");
+    let dataplane = |name: &str| {
+        format!(
+            "type: Dataplane\nname: {name}.shop\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - \
+             port: {}\n      servicePort: {}\n      tags: {{kuma.io/service: {name}}}\n",
+            free_port(),
+            free_port()
+        )
+    };
+    let k8s = [("KUBERNETES_SERVICE_HOST", "10.0.0.1")];
+    let _ready = DataPlane::start(&env.cp, &root, "web", &dataplane("web"), &[k8s[0], ("HOST_IP", "127.0.0.1")], &[]);
+    let _missing = DataPlane::start(&env.cp, &root, "api", &dataplane("api"), &k8s, &[]);
+
+    let traces_of = |name: &str| -> Result<Value, String> {
+        let run = env.cluster.kubectl(&["get", "dataplaneinsight", name, "-n", "shop", "-o", "json"], None);
+        let insight: Value = serde_json::from_str(&run.stdout).map_err(|_| run.stderr.clone())?;
+        let backends = insight["status"]["openTelemetry"]["backends"].as_array().cloned().unwrap_or_default();
+        let found = backends.iter().find(|b| b["name"] == "node-collector").map(|b| b["traces"].clone());
+        found.ok_or(insight["status"].to_string())
+    };
+    eventually(WAIT, "web's traces ready through HOST_IP", || {
+        let t = traces_of("web")?;
+        (t["state"] == "ready").then_some(()).ok_or(t.to_string())
+    });
+    eventually(WAIT, "api's traces missing their endpoint", || {
+        let t = traces_of("api")?;
+        let missing = t["missingFields"].as_array().is_some_and(|f| f.iter().any(|x| x == "endpoint"));
+        (t["state"] == "missing" && missing).then_some(()).ok_or(t.to_string())
+    });
+    let dataplanes = env.cluster.kubectl(&["get", "dataplanes", "-n", "shop", "-o", "name"], None).ok().stdout;
+    assert!(
+        dataplanes.contains("dataplane.kuma.io/web") && dataplanes.contains("dataplane.kuma.io/api"),
+        "{dataplanes}"
+    );
+    // ternctl inspects it by its Kubernetes name, NAME.NAMESPACE.
+    let inspect = env.cp.ternctl(&["inspect", "dataplane", "web.shop"]).ok().stdout;
+    assert!(inspect.contains("node-collector"), "{inspect}");
+}
