@@ -186,3 +186,110 @@ fn a_data_plane_bootstraps_and_its_status_is_in_the_dataplane_insight() {
     let inspect = env.cp.ternctl(&["inspect", "dataplane", "web.shop"]).ok().stdout;
     assert!(inspect.contains("node-collector"), "{inspect}");
 }
+
+/// Two replicas on one apiserver: one holds the Lease and writes status;
+/// after SIGKILL of the leader the other takes over within 15 s, and a
+/// change made meanwhile gets its status.
+#[test]
+fn a_second_replica_takes_over_the_leadership_and_the_status() {
+    let mut env = start();
+    let lease_holder = |env: &Env| {
+        let run = env.cluster.kubectl(&["get", "lease", "tern-cp-leader", "-n", "kuma-system", "-o", "json"], None);
+        let lease: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string()
+    };
+    let first = eventually(WAIT, "a leader", || {
+        let holder = lease_holder(&env);
+        (!holder.is_empty()).then_some(holder).ok_or("no holder".to_string())
+    });
+    let mut second = start_cp(&env.cluster, &env._dir.path().join("cp-2"));
+    let seed = std::fs::read_to_string(repo_path("examples/kubernetes/single-collector.yaml")).expect("seed");
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&seed)).ok();
+    eventually(WAIT, "status from the leader", || {
+        let trace = kubectl_json(&env, &["get", "meshtrace", "all-traces", "-n", "kuma-system"]);
+        (condition(&trace, "BackendRefsResolved")["status"] == "True").then_some(()).ok_or(trace.to_string())
+    });
+    assert_eq!(lease_holder(&env), first, "the first replica keeps the lease while it lives");
+    assert!(env.cp.log_text().contains("became the leader"), "{}", env.cp.log_text());
+    assert!(!second.log_text().contains("became the leader"), "{}", second.log_text());
+
+    env.cp.kill();
+    let killed = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "the second replica takes the lease", || {
+        let holder = lease_holder(&env);
+        (holder != first && !holder.is_empty()).then_some(()).ok_or(holder)
+    });
+    eprintln!("leadership moved {:?} after SIGKILL", killed.elapsed());
+    let metric = seed.split("---").find(|d| d.contains("kind: MeshMetric")).expect("the seed's MeshMetric");
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&metric.replace("name: main-collector", "name: gone"))).ok();
+    eventually(WAIT, "the new leader writes the status", || {
+        let metric = kubectl_json(&env, &["get", "meshmetric", "all-metrics", "-n", "kuma-system"]);
+        (condition(&metric, "BackendRefsResolved")["status"] == "False").then_some(()).ok_or(metric.to_string())
+    });
+    assert!(second.log_text().contains("became the leader"), "{}", second.log_text());
+    second.stop();
+}
+
+/// Dataplanes from Pods: a Pod in an injection-enabled namespace, selected by
+/// a Service, gets its Dataplane once the test (playing the kubelet) gives it
+/// an IP; a tern-dp started as that Pod's sidecar would be (by name, with
+/// HOST_IP) registers against it, and its DataplaneInsight shows the status;
+/// deleting the Pod removes the Dataplane and the DataplaneInsight.
+#[test]
+fn dataplanes_follow_pods_and_services() {
+    let env = start();
+    let objects = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {kuma.io/sidecar-injection: \
+                   enabled}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  \
+                   selector: {app: web}\n  ports:\n    - {port: 80, targetPort: http, appProtocol: http}\n---\napiVersion: \
+                   v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {app: web, version: v2}\nspec:\n  \
+                   containers:\n    - name: app\n      image: registry.invalid/web:1\n      ports: [{name: http, \
+                   containerPort: 8080}]\n";
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(objects)).ok();
+    let seed = std::fs::read_to_string(repo_path("examples/kubernetes/node-local-collector.yaml")).expect("seed");
+    let trace = "---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: node-traces\n  namespace: \
+                 kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    \
+                 backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: \
+                 MeshOpenTelemetryBackend, name: node-collector}\n";
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{trace}"))).ok();
+    let dataplane = || env.cluster.kubectl(&["get", "dataplane", "web-1", "-n", "shop", "-o", "json"], None);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_ne!(dataplane().code, 0, "no Dataplane before the Pod has an IP");
+
+    // The kubelet's part: the Pod runs at 127.0.0.1 on a node at 127.0.0.1.
+    let status = r#"{"status":{"podIP":"127.0.0.1","hostIP":"127.0.0.1","phase":"Running"}}"#;
+    env.cluster
+        .kubectl(&["patch", "pod", "web-1", "-n", "shop", "--subresource=status", "--type=merge", "-p", status], None)
+        .ok();
+    let stored: Value = eventually(WAIT, "the Pod's Dataplane", || {
+        let run = dataplane();
+        serde_json::from_str(&run.stdout).map_err(|_| run.stderr)
+    });
+    let inbound = &stored["spec"]["networking"]["inbound"][0];
+    assert_eq!(stored["spec"]["networking"]["address"], "127.0.0.1");
+    assert_eq!(inbound["port"], 8080);
+    assert_eq!(inbound["tags"]["kuma.io/service"], "web_shop_svc_80");
+    assert_eq!(inbound["tags"]["k8s.kuma.io/namespace"], "shop");
+    assert_eq!(inbound["tags"]["version"], "v2");
+
+    // tern-dp as the Pod's sidecar: by name, in a Pod's environment.
+    let token = env.cp.dataplane_token("default", "web-1.shop", &[]);
+    let root = env._dir.path().join("dps");
+    let token_arg = token.display().to_string();
+    let args = ["--name", "web-1.shop", "--mesh", "default", "--dataplane-token-file", &token_arg];
+    let pod_env = [("KUBERNETES_SERVICE_HOST", "10.0.0.1"), ("HOST_IP", "127.0.0.1")];
+    let _sidecar = DataPlane::start_stored(&env.cp, &root, "web-1", &pod_env, &args);
+    eventually(WAIT, "the sidecar's status in its DataplaneInsight", || {
+        let run = env.cluster.kubectl(&["get", "dataplaneinsight", "web-1", "-n", "shop", "-o", "json"], None);
+        let insight: Value = serde_json::from_str(&run.stdout).map_err(|_| run.stderr.clone())?;
+        let backends = insight["status"]["openTelemetry"]["backends"].as_array().cloned().unwrap_or_default();
+        let ready = backends.iter().any(|b| b["name"] == "node-collector" && b["traces"]["state"] == "ready");
+        ready.then_some(()).ok_or(insight["status"].to_string())
+    });
+
+    env.cluster.kubectl(&["delete", "pod", "web-1", "-n", "shop"], None).ok();
+    eventually(WAIT, "the Dataplane and the DataplaneInsight are gone with the Pod", || {
+        let dp = dataplane();
+        let insight = env.cluster.kubectl(&["get", "dataplaneinsight", "web-1", "-n", "shop"], None);
+        (dp.code != 0 && insight.code != 0).then_some(()).ok_or(format!("{}{}", dp.stdout, insight.stdout))
+    });
+}

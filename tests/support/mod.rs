@@ -126,6 +126,14 @@ impl ControlPlane {
         }
     }
 
+    /// Kills the process (SIGKILL): no clean-up, as a crashed node.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops and starts again on the same data directory and store.
     pub fn restart(&mut self) {
         self.stop();
@@ -281,6 +289,19 @@ impl DataPlane {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        DataPlane { child: Some(cmd.spawn().expect("tern-dp starts")), work_dir, log }
+    }
+
+    /// Starts `tern-dp run` for a Dataplane the control plane already has,
+    /// with exactly `env` and `args` (which name it: `--name`, `--mesh`, the token).
+    pub fn start_stored(cp: &ControlPlane, root: &Path, dir: &str, env: &[(&str, &str)], args: &[&str]) -> DataPlane {
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir).expect("dp dir");
+        let (work_dir, log) = (dir.join("work"), dir.join("tern-dp.log"));
+        let mut cmd = Command::new(tern_dp());
+        cmd.args(["run", "--cp-address", &cp.dp, "--work-dir"]).arg(&work_dir).args(args);
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().copied());
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
         DataPlane { child: Some(cmd.spawn().expect("tern-dp starts")), work_dir, log }
     }
 

@@ -197,6 +197,7 @@ async fn bootstrap<S: ResourceStore>(
     );
     Ok(Json(BootstrapResponse {
         plan_path: format!("/otel/{}/{}", dataplane.mesh, dataplane.name),
+        dataplane: Some(dataplane.to_json()),
         mesh: dataplane.mesh,
         name: dataplane.name,
     }))

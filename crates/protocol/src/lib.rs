@@ -46,6 +46,10 @@ pub struct BootstrapResponse {
     pub name: String,
     /// Where to long-poll for the plan.
     pub plan_path: String,
+    /// The Dataplane as stored (Universal form), for a data plane that
+    /// registered by mesh and name (on Kubernetes, made from its Pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<serde_json::Value>,
 }
 
 /// A delivered plan (`GET /otel/{mesh}/{name}`).

@@ -25,6 +25,7 @@ use tern_resolve::{
 use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
 use tern_xds::{ServiceEndpoint, ServiceMap, XdsHub};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 /// How long the loop gathers changes before recomputing (a multi-document
@@ -76,6 +77,11 @@ pub struct Reconciler<S> {
     logged_unresolved: BTreeMap<String, BTreeSet<UnresolvedRef>>,
     /// Dataplanes already logged as lacking the pipe feature.
     logged_no_feature: HashSet<(String, String)>,
+    /// With several replicas, whether this one leads (writes status, cleans
+    /// up insights); always when `None`.
+    leader: Option<watch::Receiver<bool>>,
+    /// Leadership as of the last pass, to recompute everything when gained.
+    led: bool,
 }
 
 impl<S: ResourceStore> Reconciler<S> {
@@ -89,6 +95,50 @@ impl<S: ResourceStore> Reconciler<S> {
             previous: BTreeMap::new(),
             logged_unresolved: BTreeMap::new(),
             logged_no_feature: HashSet::new(),
+            leader: None,
+            led: true,
+        }
+    }
+
+    /// Writes status and cleans up insights only while `leader` is true (one
+    /// replica among several); on becoming the leader it recomputes and
+    /// writes every mesh, so nothing another leader left stays stale.
+    pub fn with_leadership(mut self, leader: watch::Receiver<bool>) -> Self {
+        self.led = *leader.borrow();
+        self.leader = Some(leader);
+        self
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    /// The next change; `None` after `timeout` or when leadership changes.
+    async fn next_change(
+        &mut self,
+        feed: &mut broadcast::Receiver<tern_store::Change>,
+        timeout: Option<Duration>,
+    ) -> Option<Result<tern_store::Change, RecvError>> {
+        let leadership = async {
+            let changed = match &mut self.leader {
+                Some(l) => l.changed().await.is_ok(),
+                None => false,
+            };
+            // Without a leadership source, or once it is gone, it never changes again.
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
+        let expired = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            change = feed.recv() => Some(change),
+            _ = leadership => None,
+            _ = expired => None,
         }
     }
 
@@ -108,6 +158,13 @@ impl<S: ResourceStore> Reconciler<S> {
         let mut resync = true;
         let mut backoff = RETRY_FIRST;
         loop {
+            let leads = self.is_leader();
+            if leads && !self.led {
+                // Statuses may be stale from the last leader: write them all.
+                resync = true;
+                self.previous.clear();
+            }
+            self.led = leads;
             if resync {
                 match self.store.list(Kind::Mesh, &ListFilter::default()).await {
                     Ok(meshes) => {
@@ -128,10 +185,10 @@ impl<S: ResourceStore> Reconciler<S> {
             // then gather whatever else arrives meanwhile.
             let next = if failed.is_empty() && !resync {
                 backoff = RETRY_FIRST;
-                Some(feed.recv().await)
+                self.next_change(&mut feed, None).await
             } else {
                 dirty = failed;
-                let waited = tokio::time::timeout(backoff, feed.recv()).await.ok();
+                let waited = self.next_change(&mut feed, Some(backoff)).await;
                 backoff = (backoff * 2).min(RETRY_MAX);
                 waited
             };
@@ -181,8 +238,8 @@ impl<S: ResourceStore> Reconciler<S> {
 
         self.log_unresolved(mesh, &resolution.unresolved);
         let names: Vec<&str> = dataplanes.iter().map(|d| d.name.as_str()).collect();
-        // An insight outlives its dataplane only until here.
-        for (name, insight) in &insights {
+        // An insight outlives its dataplane only until here (the leader's job).
+        for (name, insight) in insights.iter().filter(|_| self.is_leader()) {
             if !names.contains(&name.as_str()) {
                 match self.store.delete(&insight.key(), Precondition::Version(insight.meta.version)).await {
                     Ok(()) => info!(mesh = %mesh, dataplane = %name, "dataplane deleted; its insight removed"),
@@ -284,7 +341,7 @@ impl<S: ResourceStore> Reconciler<S> {
     }
 
     async fn write_status(&self, r: &Resource, status: Option<Value>) {
-        if r.status == status {
+        if r.status == status || !self.is_leader() {
             return;
         }
         let key: ResourceKey = r.key();

@@ -32,6 +32,7 @@ pub struct CpTls {
 /// What Envoy needs, if an Envoy binary is available.
 pub fn setup(
     args: &crate::run::RunArgs,
+    dp: &tern_model::Resource,
     spec: &tern_model::spec::DataplaneSpec,
     work_dir: &Path,
 ) -> Result<Option<EnvoySetup>, String> {
@@ -47,7 +48,6 @@ pub fn setup(
         Some(p) => Some(std::fs::canonicalize(p).map_err(|e| format!("--ca-cert-file {}: {e}", p.display()))?),
         None => None,
     };
-    let dp = &args.dataplane;
     Ok(Some(EnvoySetup {
         binary,
         work_dir: work_dir.to_path_buf(),

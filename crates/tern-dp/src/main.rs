@@ -42,9 +42,17 @@ enum Command {
         /// This data plane's token itself (prefer the file: arguments are visible to other local users).
         #[arg(long, env = "TERN_DATAPLANE_TOKEN", hide_env_values = true)]
         dataplane_token: Option<String>,
-        /// This sidecar's Dataplane resource (Universal or Kubernetes form).
-        #[arg(long)]
-        dataplane_file: PathBuf,
+        /// This sidecar's Dataplane resource (Universal or Kubernetes form), registered with the
+        /// control plane.
+        #[arg(long, required_unless_present = "name", conflicts_with_all = ["name", "mesh"])]
+        dataplane_file: Option<PathBuf>,
+        /// Or the name of a Dataplane the control plane already has (on Kubernetes, made from the
+        /// Pod: POD.NAMESPACE).
+        #[arg(long, env = "TERN_DATAPLANE_NAME", requires = "mesh")]
+        name: Option<String>,
+        /// The mesh of --name.
+        #[arg(long, env = "TERN_MESH")]
+        mesh: Option<String>,
         /// Envoy to run as the sidecar proxy (default: `envoy` on PATH; without one, only the OTLP pipe runs).
         #[arg(long, env = "TERN_ENVOY_BINARY")]
         envoy_binary: Option<PathBuf>,
@@ -157,6 +165,8 @@ fn main() {
             dataplane_token_file,
             dataplane_token,
             dataplane_file,
+            name,
+            mesh,
             envoy_binary,
             work_dir,
             otel_pipe,
@@ -183,7 +193,12 @@ fn main() {
                     wait: otel_queue_wait,
                 },
             };
-            token.and_then(|t| read_dataplane(&dataplane_file).and_then(|dp| run_agent(args(dp, cp(t)))))
+            let dataplane = match (dataplane_file, name, mesh) {
+                (Some(file), _, _) => read_dataplane(&file).map(|dp| run::DataplaneSource::File(Box::new(dp))),
+                (None, Some(name), Some(mesh)) => Ok(run::DataplaneSource::Stored { mesh, name }),
+                _ => Err("give --dataplane-file, or --name and --mesh".to_string()),
+            };
+            token.and_then(|t| dataplane.and_then(|dp| run_agent(args(dp, cp(t)))))
         }
         Command::Otel(OtelCommand::Inventory) => otel::inventory().map(|s| s + "\n"),
         Command::Otel(OtelCommand::Resolve { plan }) => otel::resolve(&plan).map(|s| s + "\n"),

@@ -22,10 +22,18 @@ pub struct RunArgs {
     pub cp: crate::cp::Settings,
     pub envoy_binary: Option<PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
-    pub dataplane: Resource,
+    pub dataplane: DataplaneSource,
     pub work_dir: Option<PathBuf>,
     pub otel_pipe: bool,
     pub queue: tern_pipe::QueueLimits,
+}
+
+/// Where this data plane's Dataplane comes from.
+pub enum DataplaneSource {
+    /// Given (`--dataplane-file`): registered with the control plane.
+    File(Box<Resource>),
+    /// Already stored (`--name`, `--mesh`): read back at registration.
+    Stored { mesh: String, name: String },
 }
 
 /// The file the current plan is written to, inside the work directory.
@@ -41,13 +49,34 @@ type Part = (&'static str, Result<(), String>);
 
 /// Runs every part until `stop` turns true or one of them fails.
 pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), String> {
-    let dp = args.dataplane.clone();
-    let spec = dataplane_spec(&dp)?;
-    let work_dir =
-        args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(&dp.mesh).join(&dp.name));
-    std::fs::create_dir_all(&work_dir).map_err(|e| format!("creating work directory {}: {e}", work_dir.display()))?;
     let cp = ControlPlane::connect(&args.cp)?;
     let (values, parsed, inventory) = Inventory::discover(&ProcessEnv);
+    let features: Vec<String> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE.to_string()] } else { vec![] };
+    let mut request = BootstrapRequest {
+        dataplane: None,
+        mesh: None,
+        name: None,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        features,
+        work_dir: String::new(),
+        otel_env: inventory.clone(),
+    };
+    let dp = match &args.dataplane {
+        DataplaneSource::File(dp) => (**dp).clone(),
+        DataplaneSource::Stored { mesh, name } => {
+            let work_dir = work_dir_of(&args, mesh, name);
+            request.work_dir = work_dir.to_string_lossy().into_owned();
+            (request.mesh, request.name) = (Some(mesh.clone()), Some(name.clone()));
+            stored_dataplane(&cp, &request, &work_dir).await?
+        }
+    };
+    let spec = dataplane_spec(&dp)?;
+    let work_dir = work_dir_of(&args, &dp.mesh, &dp.name);
+    std::fs::create_dir_all(&work_dir).map_err(|e| format!("creating work directory {}: {e}", work_dir.display()))?;
+    request.work_dir = work_dir.to_string_lossy().into_owned();
+    if let DataplaneSource::File(dp) = &args.dataplane {
+        request.dataplane = Some(dp.to_json());
+    }
     let pipe = Arc::new(Mutex::new(PipeManager::new(
         LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
         args.queue,
@@ -62,7 +91,7 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
 
     let (halt_tx, halt) = watch::channel(false);
     let mut parts: JoinSet<Part> = JoinSet::new();
-    let envoy = crate::envoy::setup(&args, &spec, &work_dir)?;
+    let envoy = crate::envoy::setup(&args, &dp, &spec, &work_dir)?;
     let admin = envoy.as_ref().map(|e| e.admin_port);
     if let Some(setup) = envoy {
         parts.spawn(named("Envoy", crate::envoy::supervise(setup, halt.clone())));
@@ -81,16 +110,6 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         halt.clone(),
         report_delivery(pipe.clone(), stats_path, cp.clone(), dp.clone()),
     ));
-    let features: Vec<String> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE.to_string()] } else { vec![] };
-    let request = BootstrapRequest {
-        dataplane: Some(dp.to_json()),
-        mesh: None,
-        name: None,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        features,
-        work_dir: work_dir.to_string_lossy().into_owned(),
-        otel_env: inventory.clone(),
-    };
     let follower = follow_plan(cp, request, work_dir, inventory, pipe.clone(), plan_tx);
     parts.spawn(until_halt("plan follower", halt.clone(), follower));
 
@@ -113,6 +132,34 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
     }
     pipe.lock().await.shutdown();
     outcome
+}
+
+fn work_dir_of(args: &RunArgs, mesh: &str, name: &str) -> PathBuf {
+    args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("tern-dp").join(mesh).join(name))
+}
+
+/// Registers by mesh and name and reads back the stored Dataplane, retrying
+/// while the control plane cannot be reached or does not have it yet (on
+/// Kubernetes the Pod controller makes it once the Pod has its IP).
+async fn stored_dataplane(cp: &ControlPlane, request: &BootstrapRequest, work_dir: &Path) -> Result<Resource, String> {
+    std::fs::create_dir_all(work_dir).map_err(|e| format!("creating work directory {}: {e}", work_dir.display()))?;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match cp.bootstrap(request).await {
+            Ok(registered) => {
+                let doc = registered.dataplane.ok_or("the control plane did not send the stored Dataplane")?;
+                let parsed = tern_model::resource_from_document(&doc)
+                    .map_err(|e| format!("the stored Dataplane is not valid: {}", e.violations))?;
+                return Ok(parsed.resource);
+            }
+            Err(refused) if refused.0.contains("not found") => {
+                warn!(error = %refused.0, retry_in = ?backoff, "the Dataplane is not stored yet; waiting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(refused) => return Err(refused.0),
+        }
+    }
 }
 
 async fn named(part: &'static str, fut: impl Future<Output = Result<(), String>> + Send + 'static) -> Part {

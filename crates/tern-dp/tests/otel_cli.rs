@@ -157,3 +157,18 @@ fn non_ascii_values_neither_panic_nor_leak() {
         assert!(!err.contains("panicked"), "{endpoint:?}: {err}");
     }
 }
+
+/// `run` needs its Dataplane: a file, or the name and mesh of a stored one;
+/// never both, never half of the second.
+#[test]
+fn run_names_its_dataplane_by_file_or_by_name_and_mesh() {
+    for (args, expected) in [
+        (&["run"][..], "--dataplane-file"),
+        (&["run", "--name", "web-1.shop"][..], "--mesh"),
+        (&["run", "--dataplane-file", "dp.yaml", "--name", "web-1.shop", "--mesh", "default"][..], "cannot be used"),
+    ] {
+        let (code, _, stderr) = tern_dp(args, &[]);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

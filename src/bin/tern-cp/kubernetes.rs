@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tern_kube::kube;
+use tern_kube::lease::LeaderElection;
 use tern_kube::webhook::{self, WebhookClient};
 use tern_kube::KubeStore;
+use tokio::sync::watch;
 use tracing::info;
 
 #[derive(clap::Args)]
@@ -38,9 +40,19 @@ pub struct KubeArgs {
     tls_ca_file: Option<PathBuf>,
 }
 
+/// What Kubernetes mode adds to the control plane.
+pub struct Kubernetes {
+    pub store: Arc<KubeStore>,
+    /// The change feed, the admission webhook, the Pod controller and the leader election.
+    pub parts: Vec<Part>,
+    /// Whether this replica holds the leader Lease.
+    pub leader: watch::Receiver<bool>,
+}
+
 /// Connects to the apiserver and prepares the Kubernetes parts: the store,
-/// its change feed and the admission webhook (registered before it returns).
-pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Result<(Arc<KubeStore>, Vec<Part>)> {
+/// its change feed, the admission webhook (registered before it returns)
+/// and the leader election.
+pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Result<Kubernetes> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -85,7 +97,29 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
     let webhook_part: Part = Box::new(move |stop| -> PartFuture {
         Box::pin(serve("admission webhook", listener, webhook::router(), Some(server_config), stop))
     });
-    Ok((store, vec![feed, webhook_part]))
+    let pods = tern_kube::pods::PodController::new(client.clone(), store.clone());
+    let pods_part: Part = Box::new(move |_stop| -> PartFuture {
+        Box::pin(async move { ("Pod controller", pods.run().await.context("following Pods and Services")) })
+    });
+    let election = LeaderElection::new(client, &args.system_namespace, replica_identity());
+    info!(identity = %election.identity(), lease = tern_kube::lease::LEASE_NAME, "competing for leadership");
+    let (leader_tx, leader) = watch::channel(false);
+    let election_part: Part = Box::new(move |mut stop| -> PartFuture {
+        Box::pin(async move {
+            tokio::select! {
+                _ = election.run(leader_tx) => ("leader election", Err(anyhow::anyhow!("nobody follows the leadership"))),
+                _ = stop.wait_for(|s| *s) => ("leader election", Ok(())),
+            }
+        })
+    });
+    Ok(Kubernetes { store, parts: vec![feed, webhook_part, pods_part, election_part], leader })
+}
+
+/// This replica's name in the Lease: the host (in a Pod, the Pod's name) and
+/// the process.
+fn replica_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// The CA the apiserver must trust to call the webhook.

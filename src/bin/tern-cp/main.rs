@@ -152,8 +152,8 @@ async fn run(args: RunArgs) -> Result<()> {
     files::create_private_dir(&data_dir)?;
     if args.environment == "kubernetes" {
         let tls = tls_source(&args);
-        let (store, parts) = kubernetes::start(&args.kube, &tls, &data_dir).await?;
-        return serve_control_plane(args, data_dir, store, parts).await;
+        let k = kubernetes::start(&args.kube, &tls, &data_dir).await?;
+        return serve_control_plane(args, data_dir, k.store, k.parts, Some(k.leader)).await;
     }
     let sqlite_path = data_dir.join("tern.db");
     let store_url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", sqlite_path.display()));
@@ -163,7 +163,7 @@ async fn run(args: RunArgs) -> Result<()> {
         files::restrict(&sqlite_path)?;
     }
     info!(store = %redact_url(&store_url), "store open");
-    serve_control_plane(args, data_dir, Arc::new(store), Vec::new()).await
+    serve_control_plane(args, data_dir, Arc::new(store), Vec::new(), None).await
 }
 
 fn tls_source(args: &RunArgs) -> TlsSource {
@@ -176,11 +176,13 @@ fn tls_source(args: &RunArgs) -> TlsSource {
 
 /// Runs the API, the data-plane server, the reconciler and `parts` over
 /// `store`, the same in every environment, until one fails or SIGTERM.
+/// With `leader`, only the replica that leads writes status.
 async fn serve_control_plane<S: ResourceStore>(
     args: RunArgs,
     data_dir: PathBuf,
     store: Arc<S>,
     parts: Vec<Part>,
+    leader: Option<watch::Receiver<bool>>,
 ) -> Result<()> {
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
     let api_tls = args.api_tls_addr.0;
@@ -228,7 +230,10 @@ async fn serve_control_plane<S: ResourceStore>(
     let hub = Arc::new(PlanHub::default());
     let xds = Arc::new(tern_xds::XdsHub::default());
     let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
-    let reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone()).with_state(runtime.clone());
+    let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone()).with_state(runtime.clone());
+    if let Some(leader) = leader {
+        reconciler = reconciler.with_leadership(leader);
+    }
     let ads_auth = match &dp_auth {
         DpAuth::Tokens(v) => Some(v.clone()),
         DpAuth::Off => None,
