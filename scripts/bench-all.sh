@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark in BENCHMARKS.md, one after the other (never two at
 # once: they share the cores), and keeps each one's output under
-# bench-results/<UTC time>/. About 50 minutes with the 30-minute soak.
+# bench-results/<UTC time>/. About 75 minutes with the 30-minute soak.
 # Usage: scripts/bench-all.sh   (each script's BENCH_* variables pass through)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,6 @@ run resolve cargo bench -p tern-resolve --bench resolve
 run relay scripts/bench-relay.sh
 run overload scripts/bench-overload.sh
 run sidecar scripts/bench-sidecar.sh
+run sidecar-rate scripts/bench-sidecar-rate.sh
 run soak scripts/bench-soak.sh
 echo "results in $out" >&2
