@@ -6,10 +6,9 @@
 # proxy), once per release and source, into ${XDG_CACHE_HOME:-~/.cache}/tern/
 # (outside the clone, so fresh clones and CI runs on the same machine reuse
 # them): the OpenTelemetry Collector (tools/otelcol) into otelcol-<release>/,
-# linked from .tools/otelcol, and kube-apiserver and etcd (tools/kube) into
-# kube-<Kubernetes release>/, linked from .tools/kube-apiserver and
-# .tools/etcd. Prints the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL,
-# TERN_TEST_OTELCOL, TERN_TEST_KUBE_APISERVER and TERN_TEST_ETCD:
+# linked from .tools/otelcol, and kube-apiserver, kubectl and etcd
+# (tools/kube) into kube-<Kubernetes release>/, linked from .tools/. Prints the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL,
+# TERN_TEST_OTELCOL, TERN_TEST_KUBE_APISERVER, TERN_TEST_KUBECTL and TERN_TEST_ETCD:
 #   eval "$(scripts/install-tools.sh)"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,14 +115,19 @@ kube_ldflags=
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_release -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
 done
-build_go_tools "kube-apiserver $kube_release and etcd" "$kube_src" "$kube_dir" "${kube_ldflags# }" \
+build_go_tools "kube-apiserver and kubectl $kube_release, and etcd" "$kube_src" "$kube_dir" "${kube_ldflags# }" \
   kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver \
+  kubectl k8s.io/kubernetes/cmd/kubectl \
   etcd ./etcd
 kube_apiserver=$kube_dir/kube-apiserver
 etcd=$kube_dir/etcd
+kubectl=$kube_dir/kubectl
 "$kube_apiserver" --version >/dev/null
 "$etcd" --version >/dev/null
+"$kubectl" version --client >/dev/null
 ln -sfn "$kube_apiserver" .tools/kube-apiserver
 ln -sfn "$etcd" .tools/etcd
+ln -sfn "$kubectl" .tools/kubectl
 echo "export TERN_TEST_KUBE_APISERVER=$kube_apiserver"
 echo "export TERN_TEST_ETCD=$etcd"
+echo "export TERN_TEST_KUBECTL=$kubectl"

@@ -5,15 +5,15 @@
 # test of the control plane Tern's Kubernetes end-to-end tests run against.
 #   scripts/kube-smoke.sh          # builds the binaries first if needed
 #   KEEP=1 scripts/kube-smoke.sh   # leaves the temp dir (certs, logs) behind
-# Uses TERN_TEST_KUBE_APISERVER and TERN_TEST_ETCD when set; needs openssl,
-# curl and kubectl.
+# Uses TERN_TEST_KUBE_APISERVER, TERN_TEST_ETCD and TERN_TEST_KUBECTL when
+# set; needs openssl and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${TERN_TEST_KUBE_APISERVER:-}" ] || [ -z "${TERN_TEST_ETCD:-}" ]; then
+if [ -z "${TERN_TEST_KUBE_APISERVER:-}" ] || [ -z "${TERN_TEST_ETCD:-}" ] || [ -z "${TERN_TEST_KUBECTL:-}" ]; then
   eval "$(scripts/install-tools.sh)"
 fi
-for tool in openssl curl kubectl; do
+for tool in openssl curl; do
   command -v "$tool" >/dev/null || { echo "kube-smoke needs $tool" >&2; exit 1; }
 done
 
@@ -129,7 +129,7 @@ echo "etcd healthy after ${etcd_ready} ms; kube-apiserver /readyz ok after $((no
 
 # kubectl with nothing but flags: no kubeconfig of the user's is read.
 export KUBECONFIG=$dir/kubeconfig-unused
-kc=(kubectl --server "https://127.0.0.1:$apiserver_port" --token "$token" --certificate-authority "$pki/ca.crt")
+kc=("$TERN_TEST_KUBECTL" --server "https://127.0.0.1:$apiserver_port" --token "$token" --certificate-authority "$pki/ca.crt")
 "${kc[@]}" version 2>&1 | grep -i server >&2 || true
 "${kc[@]}" create namespace tern-kube-smoke
 "${kc[@]}" get ns

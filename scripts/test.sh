@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every Tern test: starts a throwaway PostgreSQL
 # cluster (installing Debian's postgresql if missing), installs Envoy, rotel,
-# and builds the OpenTelemetry Collector, kube-apiserver and etcd into .tools/
+# and builds the OpenTelemetry Collector, kube-apiserver, kubectl and etcd into .tools/
 # (scripts/install-tools.sh; cached), runs the whole workspace's tests, and
 # removes the cluster.
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh --test api_e2e).
@@ -20,7 +20,7 @@ trap cleanup EXIT
 eval "$(scripts/postgres.sh start "$pgdir")"
 export TERN_TEST_POSTGRES_URL
 eval "$(scripts/install-tools.sh)"
-export TERN_TEST_ENVOY TERN_TEST_ROTEL TERN_TEST_OTELCOL TERN_TEST_KUBE_APISERVER TERN_TEST_ETCD
+export TERN_TEST_ENVOY TERN_TEST_ROTEL TERN_TEST_OTELCOL TERN_TEST_KUBE_APISERVER TERN_TEST_KUBECTL TERN_TEST_ETCD
 
 # The data plane builds without the control plane's database stack.
 if cargo tree -p tern-dp -e normal,build --locked | grep -q ' sqlx'; then

@@ -4,6 +4,8 @@
 //! status subresource, the REST API read-only for resources, and a real
 //! `tern-dp` bootstrapping against the control plane in Kubernetes mode.
 
+#[path = "support/collector.rs"]
+mod collector;
 mod support;
 
 use serde_json::Value;
@@ -13,6 +15,12 @@ use support::kube::KubeCluster;
 use support::{eventually, free_port, repo_path, ternctl_with, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// A MeshTrace for the whole mesh to seed 000's node-local backend.
+const NODE_TRACES: &str = "---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: node-traces\n  namespace: \
+                           kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    \
+                           backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: \
+                           MeshOpenTelemetryBackend, name: node-collector}\n";
 
 /// A cluster with Tern's CRDs and the system namespace, and `tern-cp` on it.
 struct Env {
@@ -142,11 +150,7 @@ fn a_data_plane_bootstraps_and_its_status_is_in_the_dataplane_insight() {
     let env = start();
     env.cluster.kubectl(&["create", "namespace", "shop"], None).ok();
     let seed = std::fs::read_to_string(repo_path("examples/kubernetes/node-local-collector.yaml")).expect("seed");
-    let trace = "---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: node-traces\n  namespace: \
-                 kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    \
-                 backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: \
-                 MeshOpenTelemetryBackend, name: node-collector}\n";
-    env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{trace}"))).ok();
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{NODE_TRACES}"))).ok();
 
     let root = env._dir.path().join("dps");
     let dataplane = |name: &str| {
@@ -246,11 +250,7 @@ fn dataplanes_follow_pods_and_services() {
                    containerPort: 8080}]\n";
     env.cluster.kubectl(&["apply", "-f", "-"], Some(objects)).ok();
     let seed = std::fs::read_to_string(repo_path("examples/kubernetes/node-local-collector.yaml")).expect("seed");
-    let trace = "---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: node-traces\n  namespace: \
-                 kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    \
-                 backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: \
-                 MeshOpenTelemetryBackend, name: node-collector}\n";
-    env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{trace}"))).ok();
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{NODE_TRACES}"))).ok();
     let dataplane = || env.cluster.kubectl(&["get", "dataplane", "web-1", "-n", "shop", "-o", "json"], None);
     std::thread::sleep(Duration::from_secs(1));
     assert_ne!(dataplane().code, 0, "no Dataplane before the Pod has an IP");
@@ -292,4 +292,96 @@ fn dataplanes_follow_pods_and_services() {
         let insight = env.cluster.kubectl(&["get", "dataplaneinsight", "web-1", "-n", "shop"], None);
         (dp.code != 0 && insight.code != 0).then_some(()).ok_or(format!("{}{}", dp.stdout, insight.stdout))
     });
+}
+
+/// One plain HTTP/1.1 GET; the status code, or why there is none.
+fn http_get(port: u16, path: &str) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(answer)
+}
+
+/// Real Envoy sidecars run by tern-dp, configured over ADS by the control
+/// plane in Kubernetes mode from seed 000 applied with kubectl: spans from
+/// both services and access log records reach the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoy_telemetry_flows_with_the_control_plane_in_kubernetes_mode() {
+    let collector = collector::Collector::start().await;
+    let env = tokio::task::spawn_blocking(start).await.expect("cluster");
+    let seed = std::fs::read_to_string(repo_path("examples/kubernetes/single-collector.yaml"))
+        .expect("seed")
+        .replace("address: otel-collector.observability", "address: 127.0.0.1")
+        .replace("port: 4317", &format!("port: {}", collector.port))
+        .replace("overall: 80", "overall: 100");
+    env.cluster.kubectl(&["apply", "-f", "-"], Some(&seed)).ok();
+    env.cluster.kubectl(&["create", "namespace", "shop"], None).ok();
+
+    let envoy = support::envoy_binary();
+    let (web_in, web_admin, web_out) = (free_port(), free_port(), free_port());
+    let (api_in, api_app, api_admin) = (free_port(), free_port(), free_port());
+    let _api_app = demo_app(api_app);
+    let dataplane = |name: &str, inbound: u16, app: u16, admin: u16, outbound: &str| {
+        format!(
+            "type: Dataplane\nname: {name}.shop\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  admin: {{port: \
+             {admin}}}\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n      tags: {{kuma.io/service: \
+             {name}, kuma.io/protocol: http}}\n{outbound}"
+        )
+    };
+    let to_api = format!("  outbound:\n    - port: {web_out}\n      tags: {{kuma.io/service: api}}\n");
+    let root = env._dir.path().join("dps");
+    let extra = ["--envoy-binary", envoy.as_str()];
+    let _api = DataPlane::start(&env.cp, &root, "api", &dataplane("api", api_in, api_app, api_admin, ""), &[], &extra);
+    let _web = DataPlane::start(
+        &env.cp,
+        &root,
+        "web",
+        &dataplane("web", web_in, free_port(), web_admin, &to_api),
+        &[],
+        &extra,
+    );
+
+    // web's outbound listener -> api's inbound listener -> the api service.
+    eventually(WAIT, "a request through both Envoys", || {
+        let code = http_get(web_out, "/items")?;
+        (code == 200).then_some(()).ok_or(format!("status {code}"))
+    });
+    for _ in 0..4 {
+        assert_eq!(http_get(web_out, "/items"), Ok(200));
+    }
+    eventually(WAIT, "spans from web and api, and access log records", || {
+        let (services, logs) = collector.with(|r| {
+            let services: std::collections::BTreeSet<String> =
+                r.span_records.iter().map(|s| s.service.clone()).collect();
+            (services, r.log_bodies.len())
+        });
+        (services.contains("web") && services.contains("api") && logs > 0)
+            .then_some(())
+            .ok_or(format!("services {services:?}, {logs} log records"))
+    });
+    tokio::task::spawn_blocking(move || drop(env)).await.expect("cluster stops");
+}
+
+/// The quickstart's demo service (`ternctl demo-app`), stopped when dropped.
+struct DemoApp(std::process::Child);
+
+impl Drop for DemoApp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn demo_app(port: u16) -> DemoApp {
+    let child = std::process::Command::new(support::TERNCTL)
+        .args(["demo-app", "--listen", &format!("127.0.0.1:{port}"), "--body", "api ok"])
+        .spawn()
+        .expect("demo app starts");
+    eventually(WAIT, "the demo app listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
+    });
+    DemoApp(child)
 }

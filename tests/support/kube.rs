@@ -1,6 +1,7 @@
 //! A real Kubernetes control plane for the tests, the way controller-runtime's
 //! envtest runs one: etcd and kube-apiserver (built from the Go module proxy
-//! by scripts/install-tools.sh: TERN_TEST_ETCD, TERN_TEST_KUBE_APISERVER) on
+//! by scripts/install-tools.sh: TERN_TEST_ETCD, TERN_TEST_KUBE_APISERVER, and
+//! kubectl of the same release, TERN_TEST_KUBECTL) on
 //! free loopback ports, with a CA and serving certificate made here, a
 //! service-account key pair, an admin bearer token (group system:masters)
 //! and a kubeconfig for it. No kubelet: Pods are stored objects only.
@@ -22,7 +23,7 @@ pub struct KubeCluster {
 
 fn tool(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the tests through scripts/test.sh, which builds etcd and kube-apiserver")
+        panic!("{var} is not set: run the tests through scripts/test.sh, which builds etcd, kube-apiserver and kubectl")
     })
 }
 
@@ -103,7 +104,7 @@ impl KubeCluster {
 
     /// Runs kubectl as the admin, with `stdin` piped in.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Run {
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = Command::new(tool("TERN_TEST_KUBECTL"));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         super::run_with_stdin(cmd, stdin)
     }

@@ -21,18 +21,6 @@ use tern_store::{Change, ChangeOp, ListFilter, Precondition, ResourceStore, Stor
 use tokio::sync::broadcast;
 use tracing::warn;
 
-/// Every kind the store holds, global secrets included.
-const KINDS: [Kind; 8] = [
-    Kind::Mesh,
-    Kind::Dataplane,
-    Kind::DataplaneInsight,
-    Kind::MeshOpenTelemetryBackend,
-    Kind::MeshTrace,
-    Kind::MeshMetric,
-    Kind::MeshAccessLog,
-    Kind::GlobalSecret,
-];
-
 /// Marks, in a ConfigMap of the system namespace, that the default mesh was
 /// created once, so deleting it sticks.
 const DEFAULTS_CONFIG_MAP: &str = "tern-defaults";
@@ -249,7 +237,9 @@ impl KubeStore {
     pub async fn feed(&self) -> Result<(), StoreError> {
         let mut known: HashMap<ResourceKey, (i64, String)> = HashMap::new();
         let mut listing: HashMap<Kind, HashSet<ResourceKey>> = HashMap::new();
-        let mut events = futures::stream::select_all(KINDS.map(|kind| self.watch(kind)));
+        // Every kind the store holds, global secrets included.
+        let kinds = Kind::ALL.into_iter().chain([Kind::GlobalSecret]);
+        let mut events = futures::stream::select_all(kinds.map(|kind| self.watch(kind)));
         while let Some((kind, event)) = events.next().await {
             let event = match event {
                 Ok(e) => e,
