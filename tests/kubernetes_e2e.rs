@@ -234,9 +234,9 @@ fn a_second_replica_takes_over_the_leadership_and_the_status() {
     second.stop();
 }
 
-/// Dataplanes from Pods: a Pod in an injection-enabled namespace, selected by
-/// a Service, gets its Dataplane once the test (playing the kubelet) gives it
-/// an IP; a tern-dp started as that Pod's sidecar would be (by name, with
+/// Dataplanes from Pods: a Pod in an injection-enabled namespace is stored
+/// with the injected sidecar; selected by a Service, it gets its Dataplane
+/// once the test (playing the kubelet) gives it an IP; a tern-dp started as that Pod's sidecar would be (by name, with
 /// HOST_IP) registers against it, and its DataplaneInsight shows the status;
 /// deleting the Pod removes the Dataplane and the DataplaneInsight.
 #[test]
@@ -247,10 +247,29 @@ fn dataplanes_follow_pods_and_services() {
                    selector: {app: web}\n  ports:\n    - {port: 80, targetPort: http, appProtocol: http}\n---\napiVersion: \
                    v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {app: web, version: v2}\nspec:\n  \
                    containers:\n    - name: app\n      image: registry.invalid/web:1\n      ports: [{name: http, \
-                   containerPort: 8080}]\n";
+                   containerPort: 8080}]\n      env: [{name: OTEL_EXPORTER_OTLP_ENDPOINT, value: \
+                   'http://collector.observability:4318'}]\n";
     env.cluster.kubectl(&["apply", "-f", "-"], Some(objects)).ok();
     let seed = std::fs::read_to_string(repo_path("examples/kubernetes/node-local-collector.yaml")).expect("seed");
     env.cluster.kubectl(&["apply", "-f", "-"], Some(&format!("{seed}{NODE_TRACES}"))).ok();
+    // Stored with the sidecar the injector added: HOST_IP from the Downward
+    // API, the application's OTLP variable passed on, its Dataplane by name.
+    let pod = kubectl_json(&env, &["get", "pod", "web-1", "-n", "shop"]);
+    let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let sidecar = containers.iter().find(|c| c["name"] == "tern-dp").unwrap_or_else(|| panic!("no sidecar: {pod}"));
+    let var = |name: &str| {
+        let vars = sidecar["env"].as_array().cloned().unwrap_or_default();
+        vars.into_iter().find(|e| e["name"] == name).unwrap_or(Value::Null)
+    };
+    assert_eq!(var("HOST_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP", "{sidecar}");
+    assert_eq!(var("OTEL_EXPORTER_OTLP_ENDPOINT")["value"], "http://collector.observability:4318");
+    assert_eq!(var("TERN_DATAPLANE_NAME")["value"], "$(POD_NAME).$(POD_NAMESPACE)");
+    assert_eq!(pod["metadata"]["annotations"]["kuma.io/sidecar-injected"], "true");
+    // A Pod outside injection-enabled namespaces is left alone.
+    env.cluster.kubectl(&["run", "plain", "-n", "default", "--image=registry.invalid/x:1"], None).ok();
+    let plain = kubectl_json(&env, &["get", "pod", "plain", "-n", "default"]);
+    assert_eq!(plain["spec"]["containers"].as_array().map(Vec::len), Some(1), "{plain}");
+
     let dataplane = || env.cluster.kubectl(&["get", "dataplane", "web-1", "-n", "shop", "-o", "json"], None);
     std::thread::sleep(Duration::from_secs(1));
     assert_ne!(dataplane().code, 0, "no Dataplane before the Pod has an IP");

@@ -9,12 +9,16 @@
 //!   on every kind as the change feed);
 //! - `crd.rs`: the CRDs, generated from the specs' Rust types;
 //! - `webhook.rs`: the validating admission webhook (Universal's validator,
-//!   every violation at once) and its registration with the apiserver;
+//!   every violation at once), the sidecar injector's route, and their
+//!   registration with the apiserver;
+//! - `inject.rs`: the sidecar injector (the `tern-dp` container, `HOST_IP`,
+//!   the application's `OTEL_EXPORTER_OTLP_*`);
 //! - `lease.rs`: leader election among replicas through a coordination Lease;
 //! - `pods.rs`: Dataplanes from Pods and the Services that select them;
 //! - `install.rs`: the manifests `ternctl install control-plane` prints.
 
 pub mod crd;
+pub mod inject;
 pub mod install;
 pub mod lease;
 pub mod pods;

@@ -8,9 +8,11 @@
 //! its ValidatingWebhookConfiguration with the CA that signs its serving
 //! certificate, so the apiserver trusts it without a manual step.
 
+use crate::inject::Injector;
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
@@ -24,10 +26,26 @@ pub const VALIDATING_CONFIGURATION: &str = "tern-validating-webhook";
 const VALIDATOR_NAME: &str = "validator.tern.kuma.io";
 /// The path the webhook serves on.
 pub const VALIDATE_PATH: &str = "/validate";
+/// The sidecar injector's configuration and path.
+pub const MUTATING_CONFIGURATION: &str = "tern-sidecar-injector";
+const INJECTOR_NAME: &str = "injector.tern.kuma.io";
+pub const INJECT_PATH: &str = "/inject";
 
-/// The webhook's routes (served over TLS by the control plane).
-pub fn router() -> Router {
-    Router::new().route(VALIDATE_PATH, post(validate))
+/// The webhooks' routes (served over TLS by the control plane): validation
+/// of Tern's resources and the sidecar injector for Pods.
+pub fn router(injector: Injector) -> Router {
+    Router::new().route(VALIDATE_PATH, post(validate)).route(INJECT_PATH, post(inject)).with_state(injector)
+}
+
+async fn inject(
+    State(injector): State<Injector>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => return Json(AdmissionResponse::invalid(format!("not an admission request: {e}")).into_review()),
+    };
+    Json(injector.review(&request).into_review())
 }
 
 async fn validate(Json(review): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
@@ -87,28 +105,57 @@ pub enum WebhookClient {
 }
 
 /// Writes (server-side apply) the ValidatingWebhookConfiguration for Tern's
-/// resources, trusting `ca_pem`.
+/// resources and the MutatingWebhookConfiguration of the sidecar injector,
+/// trusting `ca_pem`.
 pub async fn ensure_registered(client: &Client, at: &WebhookClient, ca_pem: &str) -> Result<(), kube::Error> {
-    let configuration = validating_configuration(at, ca_pem);
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let params = PatchParams::apply("tern-cp").force();
-    api.patch(VALIDATING_CONFIGURATION, &params, &Patch::Apply(&configuration)).await.map(|_| ())
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let configuration = validating_configuration(at, ca_pem);
+    validating.patch(VALIDATING_CONFIGURATION, &params, &Patch::Apply(&configuration)).await?;
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let configuration = mutating_configuration(at, ca_pem);
+    mutating.patch(MUTATING_CONFIGURATION, &params, &Patch::Apply(&configuration)).await.map(|_| ())
+}
+
+/// How the apiserver reaches one webhook path.
+fn client_config(at: &WebhookClient, ca_pem: &str, path: &str) -> Value {
+    use base64::Engine;
+    let mut config = json!({"caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem)});
+    match at {
+        WebhookClient::Url(url) => config["url"] = json!(format!("{}{path}", url.trim_end_matches('/'))),
+        WebhookClient::Service { namespace, name, port } => {
+            config["service"] = json!({"namespace": namespace, "name": name, "port": port, "path": path});
+        }
+    }
+    config
+}
+
+/// The injector: Pods created in namespaces labelled for injection; one
+/// that cannot be reached refuses those Pods (fail closed, never a Pod
+/// without its sidecar).
+pub fn mutating_configuration(at: &WebhookClient, ca_pem: &str) -> MutatingWebhookConfiguration {
+    let value = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": MUTATING_CONFIGURATION},
+        "webhooks": [{
+            "name": INJECTOR_NAME,
+            "clientConfig": client_config(at, ca_pem, INJECT_PATH),
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {crate::pods::INJECTION_LABEL: "enabled"}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "reinvocationPolicy": "Never",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    });
+    serde_json::from_value(value).expect("the injector configuration literal matches k8s-openapi's type")
 }
 
 /// The configuration: every `kuma.io` resource of Tern's, on create and
 /// update; a webhook that cannot be reached refuses the write (fail closed).
 pub fn validating_configuration(at: &WebhookClient, ca_pem: &str) -> ValidatingWebhookConfiguration {
-    use base64::Engine;
-    let mut client_config = json!({"caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem)});
-    match at {
-        WebhookClient::Url(url) => {
-            client_config["url"] = json!(format!("{}{VALIDATE_PATH}", url.trim_end_matches('/')))
-        }
-        WebhookClient::Service { namespace, name, port } => {
-            client_config["service"] =
-                json!({"namespace": namespace, "name": name, "port": port, "path": VALIDATE_PATH});
-        }
-    }
     let resources: Vec<String> = Kind::ALL.iter().map(|k| crate::resources::plural(*k)).collect();
     let value = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -116,7 +163,7 @@ pub fn validating_configuration(at: &WebhookClient, ca_pem: &str) -> ValidatingW
         "metadata": {"name": VALIDATING_CONFIGURATION},
         "webhooks": [{
             "name": VALIDATOR_NAME,
-            "clientConfig": client_config,
+            "clientConfig": client_config(at, ca_pem, VALIDATE_PATH),
             "rules": [{
                 "apiGroups": [crate::resources::GROUP],
                 "apiVersions": [crate::resources::VERSION],
@@ -194,5 +241,18 @@ mod tests {
         assert_eq!(hook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()), Some(&b"PEM"[..]));
         assert_eq!(hook.rules.as_ref().unwrap()[0].resources.as_ref().unwrap().len(), Kind::ALL.len());
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    }
+
+    #[test]
+    fn the_injector_is_registered_for_pods_in_injection_enabled_namespaces() {
+        let at =
+            WebhookClient::Service { namespace: "kuma-system".into(), name: "tern-control-plane".into(), port: 5443 };
+        let c = mutating_configuration(&at, "PEM");
+        let hook = &c.webhooks.unwrap()[0];
+        let service = hook.client_config.service.as_ref().unwrap();
+        assert_eq!((service.name.as_str(), service.path.as_deref()), ("tern-control-plane", Some(INJECT_PATH)));
+        let selector = hook.namespace_selector.as_ref().and_then(|s| s.match_labels.clone()).unwrap();
+        assert_eq!(selector.get("kuma.io/sidecar-injection").map(String::as_str), Some("enabled"));
+        assert_eq!(hook.rules.as_ref().unwrap()[0].resources, Some(vec!["pods".to_string()]));
     }
 }

@@ -38,6 +38,13 @@ pub struct KubeArgs {
     /// trust for the webhook; without --tls-cert-file the generated CA is used.
     #[arg(long, env = "TERN_TLS_CA_FILE")]
     tls_ca_file: Option<PathBuf>,
+    /// Kubernetes: the tern-dp image the injector adds to Pods.
+    #[arg(long, default_value = "tern/tern-dp:latest", env = "TERN_SIDECAR_IMAGE")]
+    sidecar_image: String,
+    /// Kubernetes: the data-plane server as injected sidecars reach it (default: the
+    /// --webhook-service Service in the system namespace, port 5678).
+    #[arg(long, env = "TERN_SIDECAR_CP_ADDRESS")]
+    sidecar_cp_address: Option<String>,
 }
 
 /// What Kubernetes mode adds to the control plane.
@@ -94,8 +101,15 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
             ("Kubernetes change feed", ended.context("watching the apiserver"))
         })
     });
+    let injector = tern_kube::inject::Injector {
+        image: args.sidecar_image.clone(),
+        cp_address: args
+            .sidecar_cp_address
+            .clone()
+            .unwrap_or_else(|| format!("https://{}.{}.svc:5678", args.webhook_service, args.system_namespace)),
+    };
     let webhook_part: Part = Box::new(move |stop| -> PartFuture {
-        Box::pin(serve("admission webhook", listener, webhook::router(), Some(server_config), stop))
+        Box::pin(serve("admission webhooks", listener, webhook::router(injector), Some(server_config), stop))
     });
     let pods = tern_kube::pods::PodController::new(client.clone(), store.clone());
     let pods_part: Part = Box::new(move |_stop| -> PartFuture {
