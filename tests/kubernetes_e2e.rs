@@ -191,9 +191,9 @@ fn a_data_plane_bootstraps_and_its_status_is_in_the_dataplane_insight() {
     assert!(inspect.contains("node-collector"), "{inspect}");
 }
 
-/// Two replicas on one apiserver: one holds the Lease and writes status;
-/// after SIGKILL of the leader the other takes over within 15 s, and a
-/// change made meanwhile gets its status.
+/// Two replicas on one apiserver: they share one CA; one holds the Lease and
+/// writes status; after SIGKILL of the leader the other takes over within
+/// 15 s, and a change made meanwhile gets its status.
 #[test]
 fn a_second_replica_takes_over_the_leadership_and_the_status() {
     let mut env = start();
@@ -216,6 +216,10 @@ fn a_second_replica_takes_over_the_leadership_and_the_status() {
     assert_eq!(lease_holder(&env), first, "the first replica keeps the lease while it lives");
     assert!(env.cp.log_text().contains("became the leader"), "{}", env.cp.log_text());
     assert!(!second.log_text().contains("became the leader"), "{}", second.log_text());
+    // One CA for both (kept in a Secret), so either may answer the webhooks.
+    let ca = |cp: &ControlPlane| std::fs::read_to_string(&cp.ca).expect("ca.crt");
+    assert_eq!(ca(&env.cp), ca(&second), "the replicas share the generated CA");
+    env.cluster.kubectl(&["get", "secret", "tern-control-plane-ca", "-n", "kuma-system"], None).ok();
 
     env.cp.kill();
     let killed = std::time::Instant::now();

@@ -28,4 +28,5 @@ pub mod webhook;
 
 pub use store::KubeStore;
 // The client library, for the binaries that connect (one version for all).
+pub use k8s_openapi;
 pub use kube;

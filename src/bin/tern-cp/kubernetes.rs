@@ -80,6 +80,9 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
     info!(apiserver = %apiserver, namespace = %args.system_namespace, "store: Kubernetes");
     let store = Arc::new(store);
 
+    if tls.cert_file.is_none() {
+        shared_ca(&client, &args.system_namespace, data_dir).await?;
+    }
     let server_config = tls::server_config(tls, data_dir)?;
     let ca_pem = webhook_ca(args, tls, data_dir)?;
     let at = match &args.webhook_url {
@@ -134,6 +137,52 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
 fn replica_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// The Secret in the system namespace that holds the generated CA.
+const CA_SECRET: &str = "tern-control-plane-ca";
+
+/// Makes every replica sign its serving certificate with one CA, kept in the
+/// Secret `tern-control-plane-ca` of the system namespace: the first replica
+/// stores the CA it generated, the others (and restarts, whose data
+/// directory may be new) write it into their data directory, so the CA
+/// bundle each registers for the webhooks is the same.
+async fn shared_ca(client: &kube::Client, namespace: &str, data_dir: &Path) -> Result<()> {
+    use tern_kube::k8s_openapi::api::core::v1::Secret;
+    use tern_kube::k8s_openapi::ByteString;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let context = || format!("reading or writing Secret {CA_SECRET} in {namespace}");
+    let files = [tls::ca_path(data_dir), data_dir.join("tls").join("ca.key")];
+    let take = |secret: Secret| -> Result<()> {
+        crate::files::create_private_dir(&data_dir.join("tls"))?;
+        let data = secret.data.unwrap_or_default();
+        for (file, key) in files.iter().zip(["ca.crt", "ca.key"]) {
+            let value = data.get(key).with_context(|| format!("Secret {CA_SECRET} has no {key}"))?;
+            crate::files::write_private(file, &value.0)?;
+        }
+        Ok(())
+    };
+    if let Some(secret) = secrets.get_opt(CA_SECRET).await.with_context(context)? {
+        return take(secret);
+    }
+    // The first replica: the CA it generates (or has) becomes everyone's.
+    tls::server_config(&tls::TlsSource { cert_file: None, key_file: None, sans: vec![] }, data_dir)?;
+    let mut data = std::collections::BTreeMap::new();
+    for (file, key) in files.iter().zip(["ca.crt", "ca.key"]) {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        data.insert(key.to_string(), ByteString(bytes));
+    }
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some(CA_SECRET.into()), ..Default::default() },
+        data: Some(data),
+        ..Default::default()
+    };
+    match secrets.create(&Default::default(), &secret).await {
+        Ok(_) => Ok(()),
+        // Another replica stored its CA first: take that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => take(secrets.get(CA_SECRET).await.with_context(context)?),
+        Err(e) => Err(e).with_context(context),
+    }
 }
 
 /// The CA the apiserver must trust to call the webhook.
