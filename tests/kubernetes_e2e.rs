@@ -240,17 +240,20 @@ fn a_second_replica_takes_over_the_leadership_and_the_status() {
 
 /// Dataplanes from Pods: a Pod in an injection-enabled namespace is stored
 /// with the injected sidecar; selected by a Service, it gets its Dataplane
-/// once the test (playing the kubelet) gives it an IP; a tern-dp started as that Pod's sidecar would be (by name, with
-/// HOST_IP) registers against it, and its DataplaneInsight shows the status;
-/// deleting the Pod removes the Dataplane and the DataplaneInsight.
+/// once the test (playing the kubelet) gives it an IP; a tern-dp started as
+/// that Pod's sidecar would be (by name, with HOST_IP and the Pod's bound
+/// ServiceAccount token; an unbound one is refused) registers against it,
+/// and its DataplaneInsight shows the status; deleting the Pod removes the
+/// Dataplane and the DataplaneInsight.
 #[test]
 fn dataplanes_follow_pods_and_services() {
     let env = start();
     let objects = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {kuma.io/sidecar-injection: \
-                   enabled}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  \
+                   enabled}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: web\n  namespace: \
+                   shop\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  \
                    selector: {app: web}\n  ports:\n    - {port: 80, targetPort: http, appProtocol: http}\n---\napiVersion: \
                    v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {app: web, version: v2}\nspec:\n  \
-                   containers:\n    - name: app\n      image: registry.invalid/web:1\n      ports: [{name: http, \
+                   serviceAccountName: web\n  containers:\n    - name: app\n      image: registry.invalid/web:1\n      ports: [{name: http, \
                    containerPort: 8080}]\n      env: [{name: OTEL_EXPORTER_OTLP_ENDPOINT, value: \
                    'http://collector.observability:4318'}]\n";
     env.cluster.kubectl(&["apply", "-f", "-"], Some(objects)).ok();
@@ -268,6 +271,7 @@ fn dataplanes_follow_pods_and_services() {
     assert_eq!(var("HOST_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP", "{sidecar}");
     assert_eq!(var("OTEL_EXPORTER_OTLP_ENDPOINT")["value"], "http://collector.observability:4318");
     assert_eq!(var("TERN_DATAPLANE_NAME")["value"], "$(POD_NAME).$(POD_NAMESPACE)");
+    assert_eq!(var("TERN_DATAPLANE_TOKEN_FILE")["value"], "/var/run/secrets/kubernetes.io/serviceaccount/token");
     assert_eq!(pod["metadata"]["annotations"]["kuma.io/sidecar-injected"], "true");
     // A Pod outside injection-enabled namespaces is left alone.
     env.cluster.kubectl(&["run", "plain", "-n", "default", "--image=registry.invalid/x:1"], None).ok();
@@ -294,10 +298,27 @@ fn dataplanes_follow_pods_and_services() {
     assert_eq!(inbound["tags"]["k8s.kuma.io/namespace"], "shop");
     assert_eq!(inbound["tags"]["version"], "v2");
 
-    // tern-dp as the Pod's sidecar: by name, in a Pod's environment.
-    let token = env.cp.dataplane_token("default", "web-1.shop", &[]);
+    // tern-dp as the Pod's sidecar: by name, in a Pod's environment, with the
+    // Pod's ServiceAccount token (what the kubelet would mount).
     let root = env._dir.path().join("dps");
-    let token_arg = token.display().to_string();
+    std::fs::create_dir_all(&root).expect("dps dir");
+    let sa_token = |bound: bool, file: &str| {
+        let mut args = vec!["create", "token", "web", "-n", "shop"];
+        if bound {
+            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", "web-1"]);
+        }
+        let token = env.cluster.kubectl(&args, None).ok().stdout;
+        let path = root.join(file);
+        std::fs::write(&path, token.trim()).expect("token file");
+        path.display().to_string()
+    };
+    // A token not bound to the Pod is refused, and says why.
+    let unbound = sa_token(false, "unbound.token");
+    let args = ["--name", "web-1.shop", "--mesh", "default", "--dataplane-token-file", &unbound];
+    let mut refused = DataPlane::start_stored(&env.cp, &root, "unbound", &[], &args);
+    assert!(refused.wait_exit(WAIT).is_some_and(|s| !s.success()), "{}", refused.log_text());
+    assert!(refused.log_text().contains("not bound to a Pod"), "{}", refused.log_text());
+    let token_arg = sa_token(true, "web-1.token");
     let args = ["--name", "web-1.shop", "--mesh", "default", "--dataplane-token-file", &token_arg];
     let pod_env = [("KUBERNETES_SERVICE_HOST", "10.0.0.1"), ("HOST_IP", "127.0.0.1")];
     let _sidecar = DataPlane::start_stored(&env.cp, &root, "web-1", &pod_env, &args);

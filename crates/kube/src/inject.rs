@@ -5,7 +5,8 @@
 //! with `HOST_IP` from the Downward API (`status.hostIP`: a node-local
 //! collector is `HOST_IP:4317`) and the application's own
 //! `OTEL_EXPORTER_OTLP_*` variables passed on unchanged, so the sidecar
-//! exports where the application was told to.
+//! exports where the application was told to; it proves who it is with the
+//! Pod's ServiceAccount token.
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::DynamicObject;
@@ -15,6 +16,8 @@ use tern_model::DEFAULT_MESH;
 
 /// The injected container's name.
 pub const SIDECAR: &str = "tern-dp";
+/// Where Kubernetes mounts a Pod's ServiceAccount token.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// What the injected sidecar runs and where it registers.
 #[derive(Debug, Clone)]
@@ -75,6 +78,9 @@ impl Injector {
             json!({"name": "TERN_DATAPLANE_NAME", "value": "$(POD_NAME).$(POD_NAMESPACE)"}),
             json!({"name": "TERN_MESH", "value": mesh}),
             json!({"name": "TERN_CP_ADDRESS", "value": self.cp_address}),
+            // The Pod's own ServiceAccount token, which Kubernetes mounts and
+            // the control plane checks with the apiserver (auth.rs).
+            json!({"name": "TERN_DATAPLANE_TOKEN_FILE", "value": SERVICE_ACCOUNT_TOKEN}),
         ];
         env.extend(otel_env(app_containers));
         json!({

@@ -58,6 +58,8 @@ fn rbac(o: &InstallOptions) -> Vec<Value> {
                 rule(&["admissionregistration.k8s.io"], &["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
                      &["get", "list", "watch", "create", "update", "patch"]),
                 rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], &["get", "list", "watch"]),
+                // Data planes' ServiceAccount tokens are checked with the apiserver.
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
             ],
         }),
         json!({

@@ -13,10 +13,13 @@
 //!   registration with the apiserver;
 //! - `inject.rs`: the sidecar injector (the `tern-dp` container, `HOST_IP`,
 //!   the application's `OTEL_EXPORTER_OTLP_*`);
+//! - `auth.rs`: data planes in Pods authenticated by their ServiceAccount
+//!   token (TokenReview), beside data-plane tokens;
 //! - `lease.rs`: leader election among replicas through a coordination Lease;
 //! - `pods.rs`: Dataplanes from Pods and the Services that select them;
 //! - `install.rs`: the manifests `ternctl install control-plane` prints.
 
+pub mod auth;
 pub mod crd;
 pub mod inject;
 pub mod install;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use keys::TokenKeys;
-pub use verify::{Authenticate, Verifier};
+pub use verify::{bearer, Authenticate, Verifier};
 
 /// What a data-plane token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,9 @@ pub enum TokenError {
     Revoked(String),
     #[error("cannot check data-plane tokens: {0}")]
     Store(String),
+    /// A Kubernetes ServiceAccount token the apiserver did not vouch for as a Pod's.
+    #[error("the ServiceAccount token was refused: {0}")]
+    ServiceAccount(String),
 }
 
 impl TokenError {

@@ -61,7 +61,7 @@ impl<S: ResourceStore> Authenticate for Verifier<S> {
 }
 
 /// The token in `Bearer <token>` (the scheme is case-insensitive).
-fn bearer(value: Option<&str>) -> Option<&str> {
+pub fn bearer(value: Option<&str>) -> Option<&str> {
     let (scheme, token) = value?.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }

@@ -54,6 +54,8 @@ pub struct Kubernetes {
     pub parts: Vec<Part>,
     /// Whether this replica holds the leader Lease.
     pub leader: watch::Receiver<bool>,
+    /// Data planes by their Pod's ServiceAccount token, or a data-plane token.
+    pub authenticate: Arc<dyn tern_tokens::Authenticate>,
 }
 
 /// Connects to the apiserver and prepares the Kubernetes parts: the store,
@@ -118,6 +120,7 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
     let pods_part: Part = Box::new(move |_stop| -> PartFuture {
         Box::pin(async move { ("Pod controller", pods.run().await.context("following Pods and Services")) })
     });
+    let client_for_auth = client.clone();
     let election = LeaderElection::new(client, &args.system_namespace, replica_identity());
     info!(identity = %election.identity(), lease = tern_kube::lease::LEASE_NAME, "competing for leadership");
     let (leader_tx, leader) = watch::channel(false);
@@ -129,7 +132,9 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
             }
         })
     });
-    Ok(Kubernetes { store, parts: vec![feed, webhook_part, pods_part, election_part], leader })
+    let tokens = Arc::new(tern_tokens::Verifier::new(store.clone()));
+    let authenticate = Arc::new(tern_kube::auth::ServiceAccountAuth::new(client_for_auth, tokens));
+    Ok(Kubernetes { store, parts: vec![feed, webhook_part, pods_part, election_part], leader, authenticate })
 }
 
 /// This replica's name in the Lease: the host (in a Pod, the Pod's name) and

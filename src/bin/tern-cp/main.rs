@@ -153,7 +153,8 @@ async fn run(args: RunArgs) -> Result<()> {
     if args.environment == "kubernetes" {
         let tls = tls_source(&args);
         let k = kubernetes::start(&args.kube, &tls, &data_dir).await?;
-        return serve_control_plane(args, data_dir, k.store, k.parts, Some(k.leader)).await;
+        let extras = Extras { parts: k.parts, leader: Some(k.leader), authenticate: Some(k.authenticate) };
+        return serve_control_plane(args, data_dir, k.store, extras).await;
     }
     let sqlite_path = data_dir.join("tern.db");
     let store_url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", sqlite_path.display()));
@@ -163,7 +164,7 @@ async fn run(args: RunArgs) -> Result<()> {
         files::restrict(&sqlite_path)?;
     }
     info!(store = %redact_url(&store_url), "store open");
-    serve_control_plane(args, data_dir, Arc::new(store), Vec::new(), None).await
+    serve_control_plane(args, data_dir, Arc::new(store), Extras::default()).await
 }
 
 fn tls_source(args: &RunArgs) -> TlsSource {
@@ -174,16 +175,26 @@ fn tls_source(args: &RunArgs) -> TlsSource {
     }
 }
 
-/// Runs the API, the data-plane server, the reconciler and `parts` over
-/// `store`, the same in every environment, until one fails or SIGTERM.
-/// With `leader`, only the replica that leads writes status.
+/// What an environment adds to the common control plane.
+#[derive(Default)]
+struct Extras {
+    /// Parts run beside the common ones.
+    parts: Vec<Part>,
+    /// With several replicas, whether this one leads (only the leader writes status).
+    leader: Option<watch::Receiver<bool>>,
+    /// How data planes prove who they are, when not only by data-plane tokens.
+    authenticate: Option<Arc<dyn tern_tokens::Authenticate>>,
+}
+
+/// Runs the API, the data-plane server, the reconciler and the extra parts
+/// over `store`, the same in every environment, until one fails or SIGTERM.
 async fn serve_control_plane<S: ResourceStore>(
     args: RunArgs,
     data_dir: PathBuf,
     store: Arc<S>,
-    parts: Vec<Part>,
-    leader: Option<watch::Receiver<bool>>,
+    extras: Extras,
 ) -> Result<()> {
+    let Extras { parts, leader, authenticate } = extras;
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
     let api_tls = args.api_tls_addr.0;
     let tls = if dp_tls || api_tls.is_some() {
@@ -203,7 +214,7 @@ async fn serve_control_plane<S: ResourceStore>(
         }
         _ => {
             tern_tokens::TokenKeys::new(store.clone()).ensure_key().await.context("creating the token signing key")?;
-            DpAuth::Tokens(Arc::new(tern_tokens::Verifier::new(store.clone())))
+            DpAuth::Tokens(authenticate.unwrap_or_else(|| Arc::new(tern_tokens::Verifier::new(store.clone()))))
         }
     };
     let read_only = (args.environment == "kubernetes").then(|| tern_api::KUBERNETES_READ_ONLY.to_string());
