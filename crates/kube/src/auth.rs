@@ -13,8 +13,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_model::resource::MESH_LABEL;
-use tern_model::DEFAULT_MESH;
 use tern_tokens::{bearer, Authenticate, Identity, TokenError};
 use tokio::sync::Mutex;
 
@@ -92,11 +90,7 @@ impl ServiceAccountAuth {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let found = pods.get_opt(&pod).await.map_err(|e| TokenError::Store(format!("reading Pod {pod}: {e}")))?;
         let Some(found) = found else { return Ok(Err(format!("its Pod {pod} in {namespace} does not exist"))) };
-        let mesh = [&found.metadata.annotations, &found.metadata.labels]
-            .into_iter()
-            .flatten()
-            .find_map(|m| m.get(MESH_LABEL).cloned())
-            .unwrap_or_else(|| DEFAULT_MESH.into());
+        let mesh = crate::pods::mesh_of(&found.metadata);
         Ok(Ok(Identity { mesh, name: format!("{pod}.{namespace}"), tags: Default::default() }))
     }
 }

@@ -11,8 +11,6 @@
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::DynamicObject;
 use serde_json::{json, Value};
-use tern_model::resource::MESH_LABEL;
-use tern_model::DEFAULT_MESH;
 
 /// The injected container's name.
 pub const SIDECAR: &str = "tern-dp";
@@ -52,11 +50,7 @@ impl Injector {
         if containers.iter().any(|c| c["name"] == SIDECAR) {
             return None;
         }
-        let mesh = [&pod.metadata.annotations, &pod.metadata.labels]
-            .into_iter()
-            .flatten()
-            .find_map(|m| m.get(MESH_LABEL).cloned())
-            .unwrap_or_else(|| DEFAULT_MESH.into());
+        let mesh = crate::pods::mesh_of(&pod.metadata);
         let work = json!({"name": "tern-dp-work", "emptyDir": {}});
         let volume = match pod.data["spec"].get("volumes") {
             Some(Value::Array(_)) => json!({"op": "add", "path": "/spec/volumes/-", "value": work}),

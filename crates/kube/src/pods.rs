@@ -139,6 +139,15 @@ fn namespaces_of<K>(event: watcher::Event<K>, namespace: impl Fn(&K) -> Option<S
     }
 }
 
+/// A Pod's mesh: its `kuma.io/mesh` annotation, else label, else `default`.
+pub fn mesh_of(pod: &kube::api::ObjectMeta) -> String {
+    [&pod.annotations, &pod.labels]
+        .into_iter()
+        .flatten()
+        .find_map(|m| m.get(MESH_LABEL).cloned())
+        .unwrap_or_else(|| DEFAULT_MESH.into())
+}
+
 fn injection_enabled(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels.and_then(|l| l.get(INJECTION_LABEL)).is_some_and(|v| v == "enabled" || v == "true")
 }
@@ -153,8 +162,7 @@ pub fn dataplane_for(pod: &Pod, services: &[Service]) -> Option<Resource> {
     }
     let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
     let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let mesh = annotations.get(MESH_LABEL).or(labels.get(MESH_LABEL)).cloned().unwrap_or_else(|| DEFAULT_MESH.into());
+    let mesh = mesh_of(&pod.metadata);
     let inbound: Vec<serde_json::Value> =
         services.iter().filter(|s| selects(s, &labels)).flat_map(|s| inbounds(s, pod, ns, &labels)).collect();
     if inbound.is_empty() {

@@ -97,7 +97,9 @@ impl KubeStore {
             status: None,
             meta: Default::default(),
         };
-        match self.write_one(&Write { resource: mesh, precondition: Precondition::MustNotExist }).await {
+        let write = Write { resource: mesh, precondition: Precondition::MustNotExist };
+        let stored = self.find(&write.resource.key()).await?;
+        match self.write_one(&write, stored).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -166,9 +168,13 @@ impl KubeStore {
         }
     }
 
-    async fn write_one(&self, w: &Write) -> Result<WriteOutcome, StoreError> {
+    /// Writes one resource over what `find` returned for it.
+    async fn write_one(
+        &self,
+        w: &Write,
+        stored: Option<(Location, DynamicObject)>,
+    ) -> Result<WriteOutcome, StoreError> {
         let key = w.resource.key();
-        let stored = self.find(&key).await?;
         Self::check_precondition(&key, w.precondition, stored.as_ref().map(|(_, o)| o))?;
         let at = stored.as_ref().map(|(at, _)| at.clone()).unwrap_or_else(|| self.naming.location(key.kind, &key.name));
         let mut obj = self.naming.to_object(&w.resource, &at);
@@ -354,6 +360,7 @@ impl ResourceStore for KubeStore {
 
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut meshes = HashSet::new();
+        let mut found = Vec::with_capacity(writes.len());
         for w in &writes {
             let key = w.resource.key();
             self.check_mesh(&key, &meshes).await?;
@@ -362,10 +369,11 @@ impl ResourceStore for KubeStore {
             if key.kind == Kind::Mesh {
                 meshes.insert(key.name.clone());
             }
+            found.push(stored);
         }
         let mut outcomes = Vec::with_capacity(writes.len());
-        for w in &writes {
-            outcomes.push(self.write_one(w).await?);
+        for (w, stored) in writes.iter().zip(found) {
+            outcomes.push(self.write_one(w, stored).await?);
         }
         Ok(outcomes)
     }

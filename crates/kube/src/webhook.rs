@@ -41,19 +41,24 @@ async fn inject(
     State(injector): State<Injector>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => return Json(AdmissionResponse::invalid(format!("not an admission request: {e}")).into_review()),
+    answer(review, |request| injector.review(request))
+}
+
+/// The review's answer, or `invalid` when it carries no request.
+fn answer(
+    review: AdmissionReview<DynamicObject>,
+    decide: impl FnOnce(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+    let response = match request {
+        Ok(request) => decide(&request),
+        Err(e) => AdmissionResponse::invalid(format!("not an admission request: {e}")),
     };
-    Json(injector.review(&request).into_review())
+    Json(response.into_review())
 }
 
 async fn validate(Json(review): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => return Json(AdmissionResponse::invalid(format!("not an admission request: {e}")).into_review()),
-    };
-    Json(review_request(&request).into_review())
+    answer(review, review_request)
 }
 
 /// The answer to one admission request.
@@ -254,5 +259,22 @@ mod tests {
         let selector = hook.namespace_selector.as_ref().and_then(|s| s.match_labels.clone()).unwrap();
         assert_eq!(selector.get("kuma.io/sidecar-injection").map(String::as_str), Some("enabled"));
         assert_eq!(hook.rules.as_ref().unwrap()[0].resources, Some(vec!["pods".to_string()]));
+    }
+
+    /// Hostile reviews: an internal kind, a non-ASCII name, a review with
+    /// no request: each is answered, none panics.
+    #[test]
+    fn hostile_reviews_are_refused_not_crashed() {
+        let secret = request("GlobalSecret", "kuma-system", json!({"key": "x"}));
+        assert!(!review_request(&secret).allowed, "an internal kind is never admitted as a resource");
+        let mut odd = request("MeshOpenTelemetryBackend", "kuma-system", json!({}));
+        odd.object.as_mut().unwrap().metadata.name = Some("ünïcødé✓".into());
+        let r = review_request(&odd);
+        assert!(!r.allowed && r.result.message.contains("metadata.name"), "{}", r.result.message);
+        let empty: AdmissionReview<DynamicObject> =
+            serde_json::from_value(json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})).unwrap();
+        let Json(answer) = answer(empty, review_request);
+        let answer = serde_json::to_value(answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
     }
 }

@@ -33,6 +33,23 @@ impl std::fmt::Debug for Settings {
 #[derive(Debug)]
 pub struct Refused(pub String);
 
+/// Why a bootstrap did not register this data plane.
+#[derive(Debug)]
+pub enum BootstrapError {
+    /// The Dataplane named by mesh and name is not stored (yet: on
+    /// Kubernetes the Pod controller makes it once the Pod has its IP).
+    NotStored(String),
+    Refused(Refused),
+}
+
+impl BootstrapError {
+    pub fn into_message(self) -> String {
+        match self {
+            BootstrapError::NotStored(why) | BootstrapError::Refused(Refused(why)) => why,
+        }
+    }
+}
+
 pub enum PollError {
     NotRegistered,
     Refused(Refused),
@@ -83,15 +100,22 @@ impl ControlPlane {
     }
 
     /// Registers, retrying while the control plane is unreachable.
-    pub async fn bootstrap(&self, request: &BootstrapRequest) -> Result<BootstrapResponse, Refused> {
+    pub async fn bootstrap(&self, request: &BootstrapRequest) -> Result<BootstrapResponse, BootstrapError> {
         let mut backoff = Duration::from_millis(200);
         loop {
             match self.request(reqwest::Method::POST, "/bootstrap").json(request).send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    return resp.json().await.map_err(|e| Refused(format!("reading the bootstrap answer: {e}")));
+                    return resp
+                        .json()
+                        .await
+                        .map_err(|e| BootstrapError::Refused(Refused(format!("reading the bootstrap answer: {e}"))));
+                }
+                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                    return Err(BootstrapError::NotStored(problem(resp).await));
                 }
                 Ok(resp) if resp.status().is_client_error() => {
-                    return Err(Refused(format!("the control plane refused this data plane: {}", problem(resp).await)));
+                    let why = format!("the control plane refused this data plane: {}", problem(resp).await);
+                    return Err(BootstrapError::Refused(Refused(why)));
                 }
                 Ok(resp) => warn!(status = resp.status().as_u16(), "bootstrap failed; retrying"),
                 Err(e) => warn!(cp = %self.base, error = %root_cause(&e), "control plane unreachable; retrying"),

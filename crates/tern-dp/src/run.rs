@@ -3,7 +3,7 @@
 //! under one supervisor ([`run`]): any part failing stops the others
 //! (Envoy gets SIGTERM) and `tern-dp` exits non-zero with the cause.
 
-use crate::cp::{ControlPlane, Refused};
+use crate::cp::{BootstrapError, ControlPlane, Refused};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -152,12 +152,12 @@ async fn stored_dataplane(cp: &ControlPlane, request: &BootstrapRequest, work_di
                     .map_err(|e| format!("the stored Dataplane is not valid: {}", e.violations))?;
                 return Ok(parsed.resource);
             }
-            Err(refused) if refused.0.contains("not found") => {
-                warn!(error = %refused.0, retry_in = ?backoff, "the Dataplane is not stored yet; waiting");
+            Err(BootstrapError::NotStored(why)) => {
+                warn!(error = %why, retry_in = ?backoff, "the Dataplane is not stored yet; waiting");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(refused) => return Err(refused.0),
+            Err(refused) => return Err(refused.into_message()),
         }
     }
 }
@@ -228,7 +228,7 @@ async fn follow_plan(
 ) -> Result<(), String> {
     let mut version = 0u64;
     loop {
-        let registered = cp.bootstrap(&request).await.map_err(|r| r.0)?;
+        let registered = cp.bootstrap(&request).await.map_err(BootstrapError::into_message)?;
         info!(mesh = %registered.mesh, dataplane = %registered.name, work_dir = %work_dir.display(), "registered with the control plane");
         let mut backoff = Duration::from_millis(200);
         loop {

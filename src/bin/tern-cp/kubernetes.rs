@@ -171,7 +171,7 @@ async fn shared_ca(client: &kube::Client, namespace: &str, data_dir: &Path) -> R
         return take(secret);
     }
     // The first replica: the CA it generates (or has) becomes everyone's.
-    tls::server_config(&tls::TlsSource { cert_file: None, key_file: None, sans: vec![] }, data_dir)?;
+    tls::ensure_ca(data_dir)?;
     let mut data = std::collections::BTreeMap::new();
     for (file, key) in files.iter().zip(["ca.crt", "ca.key"]) {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;

@@ -60,8 +60,9 @@ pub fn server_config(source: &TlsSource, data_dir: &Path) -> Result<Arc<rustls::
     Ok(Arc::new(config))
 }
 
-/// A serving certificate signed by the data directory's CA (made once).
-fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<(Vec<u8>, Vec<u8>)> {
+/// The data directory's CA (`tls/ca.crt`, key `tls/ca.key` 0600), made the
+/// first time; returns it with its key for signing.
+pub fn ensure_ca(data_dir: &Path) -> Result<(rcgen::Certificate, rcgen::KeyPair)> {
     let dir = data_dir.join("tls");
     crate::files::create_private_dir(&dir)?;
     let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
@@ -82,7 +83,12 @@ fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<(Vec<u8>, Vec<u8>
     if !ca_cert.exists() {
         std::fs::write(&ca_cert, ca.pem()).with_context(|| format!("writing {}", ca_cert.display()))?;
     }
+    Ok((ca, ca_key_pair))
+}
 
+/// A serving certificate signed by the data directory's CA (made once).
+fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (ca, ca_key_pair) = ensure_ca(data_dir)?;
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         sans.push(host.trim().to_string());
