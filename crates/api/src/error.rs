@@ -80,6 +80,9 @@ impl ApiError {
             e @ (StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
                 Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
+            e @ StoreError::ReadOnly { .. } => {
+                Self::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", e.to_string())
+            }
             StoreError::Backend(msg) => {
                 tracing::error!(error = %msg, "store failure");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", format!("store failure: {msg}"))

@@ -60,7 +60,7 @@ pub fn crd(kind: Kind) -> CustomResourceDefinition {
         "spec": {
             "group": GROUP,
             "names": names,
-            "scope": if kind == Kind::Mesh { "Cluster" } else { "Namespaced" },
+            "scope": if crate::resources::is_namespaced(kind) { "Namespaced" } else { "Cluster" },
             "versions": [{
                 "name": VERSION,
                 "served": true,
@@ -78,7 +78,7 @@ pub fn crd(kind: Kind) -> CustomResourceDefinition {
 fn short_name(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Mesh => Some("m"),
-        Kind::DataplaneInsight => None,
+        Kind::DataplaneInsight | Kind::Zone | Kind::ZoneInsight => None,
         other => other.short_name(),
     }
 }

@@ -62,7 +62,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
 
 /// Whether the kind's objects live in a namespace.
 pub fn is_namespaced(kind: Kind) -> bool {
-    kind != Kind::Mesh
+    kind.is_mesh_scoped() || kind == Kind::GlobalSecret
 }
 
 /// Where one object is: its namespace (none for cluster-scoped kinds) and name.

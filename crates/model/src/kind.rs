@@ -13,6 +13,11 @@ pub enum Kind {
     MeshTrace,
     MeshMetric,
     MeshAccessLog,
+    /// A zone of a multi-zone deployment, on the global control plane
+    /// (Kuma's `enabled` switch; created when the zone first connects).
+    Zone,
+    /// What the global control plane knows of a zone's sync connections.
+    ZoneInsight,
     /// Control-plane secrets (data-plane token signing keys, the revocation
     /// list). Internal: no REST path, no CLI name, never accepted in a document.
     GlobalSecret,
@@ -53,12 +58,14 @@ const KINDS: &[KindInfo] = &[
         short: Some("mal"),
         internal: false,
     },
+    KindInfo { kind: Kind::Zone, name: "Zone", plural: "zones", short: None, internal: false },
+    KindInfo { kind: Kind::ZoneInsight, name: "ZoneInsight", plural: "zone-insights", short: None, internal: false },
     KindInfo { kind: Kind::GlobalSecret, name: "GlobalSecret", plural: "global-secrets", short: None, internal: true },
 ];
 
 impl Kind {
     /// Every kind users read and write, in a stable order (internal kinds left out).
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Mesh,
         Kind::Dataplane,
         Kind::DataplaneInsight,
@@ -66,6 +73,8 @@ impl Kind {
         Kind::MeshTrace,
         Kind::MeshMetric,
         Kind::MeshAccessLog,
+        Kind::Zone,
+        Kind::ZoneInsight,
     ];
 
     fn info(self) -> &'static KindInfo {
@@ -116,10 +125,10 @@ impl Kind {
             .map(|i| i.kind)
     }
 
-    /// Whether resources of this kind live inside a mesh. `Mesh` and
-    /// `GlobalSecret` do not.
+    /// Whether resources of this kind live inside a mesh. `Mesh`, `Zone`,
+    /// `ZoneInsight` and `GlobalSecret` do not.
     pub fn is_mesh_scoped(self) -> bool {
-        !matches!(self, Kind::Mesh | Kind::GlobalSecret)
+        !matches!(self, Kind::Mesh | Kind::Zone | Kind::ZoneInsight | Kind::GlobalSecret)
     }
 
     /// Whether only the control plane itself reads and writes this kind: not
@@ -131,7 +140,7 @@ impl Kind {
     /// Kuma's older kinds (Mesh, Dataplane, DataplaneInsight) put their spec
     /// fields at the top level of a Universal document instead of under `spec`.
     pub fn spec_is_inlined(self) -> bool {
-        matches!(self, Kind::Mesh | Kind::Dataplane | Kind::DataplaneInsight)
+        matches!(self, Kind::Mesh | Kind::Dataplane | Kind::DataplaneInsight | Kind::Zone | Kind::ZoneInsight)
     }
 
     /// Whether the kind is an observability policy with a `targetRef`.
@@ -141,7 +150,7 @@ impl Kind {
 
     /// Whether only the control plane writes this kind.
     pub fn is_read_only(self) -> bool {
-        self == Kind::DataplaneInsight
+        matches!(self, Kind::DataplaneInsight | Kind::ZoneInsight)
     }
 
     /// The names a user may type for this kind, for help and error messages.

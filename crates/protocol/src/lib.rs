@@ -177,6 +177,82 @@ pub struct DataplaneTokenRequest {
     pub valid_for: Option<String>,
 }
 
+/// `POST /tokens/zone` (on the global control plane): a token that admits
+/// one zone control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneTokenRequest {
+    pub zone: String,
+    /// How long the token is valid, as a Go duration (`24h`, `8760h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for: Option<String>,
+}
+
+/// The spec of a ZoneInsight, written by the global control plane: one entry
+/// per sync connection of the zone (the last ten), as Kuma's `subscriptions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneInsightSpec {
+    #[serde(default)]
+    pub subscriptions: Vec<KdsSubscription>,
+    /// The zone's last health check (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_time: Option<String>,
+}
+
+impl ZoneInsightSpec {
+    /// Kuma's rule: online while the newest connection has not ended.
+    pub fn is_online(&self) -> bool {
+        self.subscriptions.last().is_some_and(|s| s.disconnect_time.is_none())
+    }
+}
+
+/// One sync connection of a zone (Kuma's `KDSSubscription`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KdsSubscription {
+    pub id: String,
+    pub global_instance_id: String,
+    pub zone_instance_id: String,
+    /// RFC 3339.
+    pub connect_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect_time: Option<String>,
+    pub status: KdsStatus,
+    /// The zone control plane's version.
+    pub version: String,
+    pub auth_token_provided: bool,
+}
+
+/// What went over one connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KdsStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<String>,
+    /// Global to zone, all kinds: what the global sent and the zone
+    /// acknowledged or rejected.
+    pub total: KdsCounts,
+    /// Global to zone, per kind.
+    #[serde(default)]
+    pub stat: BTreeMap<String, KdsCounts>,
+    /// Zone to global: what the zone sent and the global applied or rejected.
+    #[serde(default)]
+    pub zone_to_global: KdsCounts,
+    /// The last rejection (NACK) on either stream, as its receiver gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Responses of one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KdsCounts {
+    pub responses_sent: u64,
+    pub responses_acknowledged: u64,
+    pub responses_rejected: u64,
+}
+
 /// `POST /tokens/dataplane/revocations`: refuse a token from now on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -381,7 +381,7 @@ fn service_map(dataplanes: &[Resource]) -> ServiceMap {
 }
 
 fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Change) {
-    if change.op == ChangeOp::StatusUpdated || change.key.kind == Kind::GlobalSecret {
+    if change.op == ChangeOp::StatusUpdated || !change.key.kind.is_mesh_scoped() && change.key.kind != Kind::Mesh {
         return;
     }
     let key = &change.key;
@@ -395,6 +395,6 @@ fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Chang
             pending.backends.insert(key.name.clone());
         }
         Kind::Mesh | Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => pending.everything = true,
-        Kind::GlobalSecret => {}
+        Kind::Zone | Kind::ZoneInsight | Kind::GlobalSecret => {}
     }
 }

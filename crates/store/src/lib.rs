@@ -97,6 +97,10 @@ pub enum StoreError {
     /// Kuma's rule: a mesh with data planes in it stays until they are gone.
     #[error("unable to delete mesh, there are still some dataplanes attached")]
     MeshHasDataplanes { mesh: String },
+    /// The write belongs to another control plane (multi-zone): the reason
+    /// says where to make it.
+    #[error("{reason}")]
+    ReadOnly { key: ResourceKey, reason: String },
     #[error("store backend error: {0}")]
     Backend(String),
 }

@@ -43,6 +43,12 @@ impl SqlStore {
     /// Opens `sqlite:PATH` (created if missing) or `postgres://...`, creates
     /// the schema, and creates the `default` mesh the first time.
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// [`Self::open`], creating the `default` mesh only if `default_mesh`
+    /// (a zone control plane gets its meshes from the global one).
+    pub async fn open_with(url: &str, default_mesh: bool) -> Result<SqlStore, StoreError> {
         sqlx::any::install_default_drivers();
         let (url, max) = if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
@@ -63,7 +69,9 @@ impl SqlStore {
         }
         let (changes, _) = broadcast::channel(4096);
         let store = SqlStore { pool, write_lock: Mutex::new(()), changes };
-        store.ensure_default_mesh().await?;
+        if default_mesh {
+            store.ensure_default_mesh().await?;
+        }
         Ok(store)
     }
 

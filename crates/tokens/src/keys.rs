@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tern_model::{Kind, Meta, Resource, ResourceKey};
-use tern_protocol::{DataplaneTokenRequest, SigningKeyInfo};
+use tern_protocol::{DataplaneTokenRequest, SigningKeyInfo, ZoneTokenRequest};
 use tern_store::{ListFilter, Precondition, ResourceStore, StoreError, Write};
 
 const KEY_PREFIX: &str = "dataplane-token-signing-key-";
@@ -144,21 +144,31 @@ impl<S: ResourceStore> TokenKeys<S> {
     pub async fn issue(&self, req: &DataplaneTokenRequest) -> Result<String, KeyError> {
         check_name("mesh", &req.mesh)?;
         check_name("name", &req.name)?;
-        let valid_for = match &req.valid_for {
-            None => DEFAULT_VALIDITY,
-            Some(text) => tern_model::spec::duration::parse_go_duration(text).map_err(|m| invalid("validFor", m))?,
-        };
-        if valid_for.is_zero() || valid_for > MAX_VALIDITY {
-            return Err(invalid("validFor", "must be more than 0 and at most 87600h (10 years)"));
-        }
-        let iat = now_secs();
+        let (iat, exp) = validity(req.valid_for.as_deref())?;
         let claims = Claims {
             mesh: req.mesh.clone(),
             name: req.name.clone(),
             tags: req.tags.clone(),
+            zone: None,
             jti: new_token_id()?,
             iat,
-            exp: iat + valid_for.as_secs(),
+            exp,
+        };
+        Ok(self.load().await?.sign(&claims)?)
+    }
+
+    /// Signs a token that admits one zone control plane to this (global) one.
+    pub async fn issue_zone(&self, req: &ZoneTokenRequest) -> Result<String, KeyError> {
+        check_name("zone", &req.zone)?;
+        let (iat, exp) = validity(req.valid_for.as_deref())?;
+        let claims = Claims {
+            mesh: String::new(),
+            name: String::new(),
+            tags: Default::default(),
+            zone: Some(req.zone.clone()),
+            jti: new_token_id()?,
+            iat,
+            exp,
         };
         Ok(self.load().await?.sign(&claims)?)
     }
@@ -174,6 +184,19 @@ impl<S: ResourceStore> TokenKeys<S> {
         self.store.apply(vec![write]).await?;
         Ok(())
     }
+}
+
+/// Issue time and expiry for a `validFor` (a Go duration; a day when absent).
+fn validity(valid_for: Option<&str>) -> Result<(u64, u64), KeyError> {
+    let valid_for = match valid_for {
+        None => DEFAULT_VALIDITY,
+        Some(text) => tern_model::spec::duration::parse_go_duration(text).map_err(|m| invalid("validFor", m))?,
+    };
+    if valid_for.is_zero() || valid_for > MAX_VALIDITY {
+        return Err(invalid("validFor", "must be more than 0 and at most 87600h (10 years)"));
+    }
+    let iat = now_secs();
+    Ok((iat, iat + valid_for.as_secs()))
 }
 
 fn secret(name: &str, spec: serde_json::Value) -> Resource {

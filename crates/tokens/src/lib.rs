@@ -27,6 +27,11 @@ pub struct Claims {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Set only in a zone token (`ternctl generate zone-token`): the zone
+    /// control plane it admits to the global one. A zone token never
+    /// passes as a data plane's, nor the reverse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The token's id, what a revocation names.
     pub jti: String,
     /// Issued at and expiry, seconds since the Unix epoch.
@@ -64,6 +69,12 @@ pub enum TokenError {
     Expired,
     #[error("the data-plane token {0} has been revoked")]
     Revoked(String),
+    #[error("this is a zone token; a data plane needs a data-plane token (ternctl generate dataplane-token)")]
+    ZoneTokenForDataplane,
+    #[error(
+        "this is not a zone token (generate one on the global control plane: ternctl generate zone-token --zone NAME)"
+    )]
+    NotAZoneToken,
     #[error("cannot check data-plane tokens: {0}")]
     Store(String),
     /// A Kubernetes ServiceAccount token the apiserver did not vouch for as a Pod's.
@@ -188,7 +199,15 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims { mesh: "default".into(), name: "web-1".into(), tags: BTreeMap::new(), jti: "id-1".into(), iat: 0, exp }
+        Claims {
+            mesh: "default".into(),
+            name: "web-1".into(),
+            tags: BTreeMap::new(),
+            zone: None,
+            jti: "id-1".into(),
+            iat: 0,
+            exp,
+        }
     }
 
     fn keys(serials: &[u32]) -> KeySet {

@@ -47,7 +47,17 @@ impl<S: ResourceStore> Verifier<S> {
     pub async fn verify(&self, authorization: Option<&str>) -> Result<Identity, TokenError> {
         let token = bearer(authorization).ok_or(TokenError::Missing)?;
         let claims = self.key_set().await?.verify(token, now_secs())?;
+        if claims.zone.is_some() {
+            return Err(TokenError::ZoneTokenForDataplane);
+        }
         Ok(Identity { mesh: claims.mesh, name: claims.name, tags: claims.tags })
+    }
+
+    /// The zone a zone token admits (on the global control plane).
+    pub async fn verify_zone(&self, authorization: Option<&str>) -> Result<String, TokenError> {
+        let token = bearer(authorization).ok_or(TokenError::Missing)?;
+        let claims = self.key_set().await?.verify(token, now_secs())?;
+        claims.zone.ok_or(TokenError::NotAZoneToken)
     }
 }
 

@@ -39,9 +39,13 @@ pub fn check_spec(kind: Kind, spec: &Value) -> Result<CheckedSpec, Violations> {
     let canonical = match kind {
         // GlobalSecret never comes from a document (`read_kind` refuses it);
         // the control plane writes it directly.
-        Kind::Mesh | Kind::DataplaneInsight | Kind::GlobalSecret => {
+        Kind::Mesh | Kind::DataplaneInsight | Kind::ZoneInsight | Kind::GlobalSecret => {
             let map: serde_json::Map<String, Value> = decode(spec, root)?;
             Value::Object(map)
+        }
+        Kind::Zone => {
+            let s: ZoneSpec = decode(spec, root)?;
+            encode(&s)
         }
         Kind::Dataplane => {
             let s: DataplaneSpec = decode(spec, root)?;
@@ -67,6 +71,19 @@ pub fn check_spec(kind: Kind, spec: &Value) -> Result<CheckedSpec, Violations> {
         }
     };
     Ok(CheckedSpec { spec: canonical, warnings })
+}
+
+/// Kuma's Zone: a zone the global control plane accepts while `enabled`
+/// (the default).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSpec {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// Decodes a typed spec, turning a serde error into a violation at the path
