@@ -50,7 +50,9 @@ pub fn router<S: ResourceStore>(store: Arc<S>, auth: WriteAuth, runtime: Option<
         .route("/tokens/dataplane/signing-keys/{serial}", axum::routing::delete(tokens::remove_signing_key::<S>))
         .route("/meshes", get(list_meshes::<S>))
         .route("/meshes/{name}", get(get_mesh::<S>).put(put_mesh::<S>).delete(delete_mesh::<S>))
+        .route("/tokens/zone", post(tokens::generate_zone_token::<S>))
         .route("/{plural}", get(list_all_meshes::<S>))
+        .route("/{plural}/{name}", get(get_global::<S>).put(put_global::<S>).delete(delete_global::<S>))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh::<S>))
         .route("/meshes/{mesh}/dataplanes/{name}/_runtime", get(dataplane_runtime::<S>))
         .route(

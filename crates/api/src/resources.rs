@@ -53,6 +53,40 @@ pub async fn get_mesh<S: ResourceStore>(
     get_one(&state, ResourceKey::new(Kind::Mesh, "", &name)).await
 }
 
+/// A kind outside meshes other than Mesh: `zones`, `zone-insights`.
+fn global_kind(plural: &str) -> Result<Kind, ApiError> {
+    match Kind::from_plural(plural) {
+        Some(k) if !k.is_mesh_scoped() && k != Kind::Mesh => Ok(k),
+        _ => Err(ApiError::not_found(format!("unknown resource type {plural:?}"))),
+    }
+}
+
+/// `GET /zones/{name}`, `GET /zone-insights/{name}`.
+pub async fn get_global<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get_one(&state, ResourceKey::new(global_kind(&plural)?, "", &name)).await
+}
+
+/// `PUT /zones/{name}` (Kuma's `enabled` switch).
+pub async fn put_global<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    put(&state, ResourceKey::new(global_kind(&plural)?, "", &name), &headers, &body?).await
+}
+
+pub async fn delete_global<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete(&state, ResourceKey::new(global_kind(&plural)?, "", &name), &headers).await
+}
+
 /// `offset`, `size` and `filter=label.<key>=<value>` (repeatable, ANDed).
 struct ListQuery {
     offset: usize,

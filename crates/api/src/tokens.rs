@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::sync::Arc;
-use tern_protocol::{DataplaneTokenRequest, TokenRevocation};
+use tern_protocol::{DataplaneTokenRequest, TokenRevocation, ZoneTokenRequest};
 use tern_store::ResourceStore;
 use tern_tokens::keys::KeyError;
 use tern_tokens::TokenKeys;
@@ -39,6 +39,18 @@ pub async fn generate_dataplane_token<S: ResourceStore>(
     let req: DataplaneTokenRequest = ApiError::decode(INVALID, &body)?;
     let token = keys(&state).issue(&req).await.map_err(key_error)?;
     tracing::info!(mesh = %req.mesh, dataplane = %req.name, "data-plane token issued");
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+}
+
+/// `POST /tokens/zone` (Kuma's path): a token admitting one zone control
+/// plane to this global one, as text.
+pub async fn generate_zone_token<S: ResourceStore>(
+    State(state): State<Arc<ApiState<S>>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ZoneTokenRequest = ApiError::decode(INVALID, &body)?;
+    let token = keys(&state).issue_zone(&req).await.map_err(key_error)?;
+    tracing::info!(zone = %req.zone, "zone token issued");
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
 }
 

@@ -148,6 +148,7 @@ impl<S: ResourceStore> Global<S> {
                 zone_instance_id: text(meta, metadata::INSTANCE),
                 connect_time: now_text(),
                 version: text(meta, metadata::VERSION),
+                backend: text(meta, metadata::BACKEND),
                 auth_token_provided: true,
                 ..Default::default()
             },

@@ -70,4 +70,5 @@ pub mod metadata {
     pub const INSTANCE: &str = "tern-zone-instance";
     pub const SESSION: &str = "tern-session";
     pub const VERSION: &str = "tern-version";
+    pub const BACKEND: &str = "tern-zone-backend";
 }

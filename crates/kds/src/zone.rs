@@ -30,6 +30,8 @@ pub struct ZoneConfig {
     /// Read on every connect, so a replaced token is picked up.
     pub token_file: PathBuf,
     pub instance_id: String,
+    /// The zone's store kind (`sqlite`, `postgres`), shown on the global.
+    pub backend: String,
 }
 
 /// Why a connection ended, for the log line.
@@ -153,6 +155,7 @@ struct Caller {
     zone: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     instance: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     session: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    backend: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl Caller {
@@ -167,6 +170,7 @@ impl Caller {
             zone: value(&config.zone, "zone name")?,
             instance: value(&config.instance_id, "instance id")?,
             session: value(&session_id(), "session id")?,
+            backend: value(&config.backend, "store kind")?,
         })
     }
 
@@ -177,6 +181,7 @@ impl Caller {
         meta.insert(metadata::ZONE, self.zone.clone());
         meta.insert(metadata::INSTANCE, self.instance.clone());
         meta.insert(metadata::SESSION, self.session.clone());
+        meta.insert(metadata::BACKEND, self.backend.clone());
         meta.insert(metadata::VERSION, tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")));
         request
     }

@@ -221,6 +221,9 @@ pub struct KdsSubscription {
     pub status: KdsStatus,
     /// The zone control plane's version.
     pub version: String,
+    /// The zone's store (`sqlite`, `postgres`): kumactl's BACKEND column.
+    #[serde(default)]
+    pub backend: String,
     pub auth_token_provided: bool,
 }
 

@@ -82,6 +82,9 @@ pub struct Reconciler<S> {
     leader: Option<watch::Receiver<bool>>,
     /// Leadership as of the last pass, to recompute everything when gained.
     led: bool,
+    /// Resources another control plane owns (on a global one, what zones
+    /// synced): their status and lifetime are not this loop's to write.
+    foreign: Option<fn(&Resource) -> bool>,
 }
 
 impl<S: ResourceStore> Reconciler<S> {
@@ -97,7 +100,19 @@ impl<S: ResourceStore> Reconciler<S> {
             logged_no_feature: HashSet::new(),
             leader: None,
             led: true,
+            foreign: None,
         }
+    }
+
+    /// Leaves the status and the clean-up of resources `foreign` picks to
+    /// whoever owns them.
+    pub fn with_foreign(mut self, foreign: fn(&Resource) -> bool) -> Self {
+        self.foreign = Some(foreign);
+        self
+    }
+
+    fn owns(&self, r: &Resource) -> bool {
+        self.foreign.is_none_or(|foreign| !foreign(r))
     }
 
     /// Writes status and cleans up insights only while `leader` is true (one
@@ -239,7 +254,7 @@ impl<S: ResourceStore> Reconciler<S> {
         self.log_unresolved(mesh, &resolution.unresolved);
         let names: Vec<&str> = dataplanes.iter().map(|d| d.name.as_str()).collect();
         // An insight outlives its dataplane only until here (the leader's job).
-        for (name, insight) in insights.iter().filter(|_| self.is_leader()) {
+        for (name, insight) in insights.iter().filter(|(_, i)| self.is_leader() && self.owns(i)) {
             if !names.contains(&name.as_str()) {
                 match self.store.delete(&insight.key(), Precondition::Version(insight.meta.version)).await {
                     Ok(()) => info!(mesh = %mesh, dataplane = %name, "dataplane deleted; its insight removed"),
@@ -341,7 +356,7 @@ impl<S: ResourceStore> Reconciler<S> {
     }
 
     async fn write_status(&self, r: &Resource, status: Option<Value>) {
-        if r.status == status || !self.is_leader() {
+        if r.status == status || !self.is_leader() || !self.owns(r) {
             return;
         }
         let key: ResourceKey = r.key();

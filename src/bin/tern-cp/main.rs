@@ -4,6 +4,7 @@
 
 mod files;
 mod kubernetes;
+mod multizone;
 mod tls;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tern_api::WriteAuth;
 use tern_dp_server::DpAuth;
+use tern_kds::{OriginGuard, Role};
 use tern_reconcile::{PlanHub, Reconciler};
 use tern_store::{ResourceStore, SqlStore};
 use tls::TlsSource;
@@ -74,6 +76,8 @@ struct RunArgs {
     environment: String,
     #[command(flatten)]
     kube: kubernetes::KubeArgs,
+    #[command(flatten)]
+    multizone: multizone::MultizoneArgs,
 }
 
 #[derive(Clone, Copy)]
@@ -151,20 +155,49 @@ async fn run(args: RunArgs) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     files::create_private_dir(&data_dir)?;
     if args.environment == "kubernetes" {
+        if args.multizone.mode != "standalone" {
+            bail!(
+                "--mode {} with --environment kubernetes is not built yet: run global and zone control planes on \
+                 Universal (SQLite or PostgreSQL)",
+                args.multizone.mode
+            );
+        }
         let tls = tls_source(&args);
         let k = kubernetes::start(&args.kube, &tls, &data_dir).await?;
-        let extras = Extras { parts: k.parts, leader: Some(k.leader), authenticate: Some(k.authenticate) };
+        let extras =
+            Extras { parts: k.parts, leader: Some(k.leader), authenticate: Some(k.authenticate), foreign: None };
         return serve_control_plane(args, data_dir, k.store, extras).await;
     }
     let sqlite_path = data_dir.join("tern.db");
     let store_url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", sqlite_path.display()));
-    let store =
-        SqlStore::open(&store_url).await.with_context(|| format!("opening the store {}", redact_url(&store_url)))?;
+    let store_kind = if store_url.starts_with("sqlite:") { "sqlite" } else { "postgres" };
+    let mode = multizone::mode(&args.multizone, store_kind)?;
+    // A zone's meshes come from the global.
+    let default_mesh = !matches!(mode, multizone::Mode::Zone(_));
+    let store = SqlStore::open_with(&store_url, default_mesh)
+        .await
+        .with_context(|| format!("opening the store {}", redact_url(&store_url)))?;
     if args.store.is_none() {
         files::restrict(&sqlite_path)?;
     }
-    info!(store = %redact_url(&store_url), "store open");
-    serve_control_plane(args, data_dir, Arc::new(store), Extras::default()).await
+    info!(store = %redact_url(&store_url), mode = %args.multizone.mode, "store open");
+    let store = Arc::new(store);
+    match mode {
+        multizone::Mode::Standalone => serve_control_plane(args, data_dir, store, Extras::default()).await,
+        multizone::Mode::Global => {
+            let tls = tls::server_config(&tls_source(&args), &data_dir)?;
+            let parts = multizone::global_parts(&args.multizone, store.clone(), tls, &data_dir).await?;
+            let guarded = Arc::new(OriginGuard::new(store, Role::Global));
+            let extras = Extras { parts, foreign: Some(multizone::from_a_zone), ..Extras::default() };
+            serve_control_plane(args, data_dir, guarded, extras).await
+        }
+        multizone::Mode::Zone(config) => {
+            let role = Role::Zone { zone: config.zone.clone() };
+            let parts = vec![multizone::zone_part(store.clone(), config)];
+            let guarded = Arc::new(OriginGuard::new(store, role));
+            serve_control_plane(args, data_dir, guarded, Extras { parts, ..Extras::default() }).await
+        }
+    }
 }
 
 fn tls_source(args: &RunArgs) -> TlsSource {
@@ -184,6 +217,8 @@ struct Extras {
     leader: Option<watch::Receiver<bool>>,
     /// How data planes prove who they are, when not only by data-plane tokens.
     authenticate: Option<Arc<dyn tern_tokens::Authenticate>>,
+    /// Resources another control plane owns: their status is not written here.
+    foreign: Option<fn(&tern_model::Resource) -> bool>,
 }
 
 /// Runs the API, the data-plane server, the reconciler and the extra parts
@@ -194,7 +229,7 @@ async fn serve_control_plane<S: ResourceStore>(
     store: Arc<S>,
     extras: Extras,
 ) -> Result<()> {
-    let Extras { parts, leader, authenticate } = extras;
+    let Extras { parts, leader, authenticate, foreign } = extras;
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
     let api_tls = args.api_tls_addr.0;
     let tls = if dp_tls || api_tls.is_some() {
@@ -244,6 +279,9 @@ async fn serve_control_plane<S: ResourceStore>(
     let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone()).with_state(runtime.clone());
     if let Some(leader) = leader {
         reconciler = reconciler.with_leadership(leader);
+    }
+    if let Some(foreign) = foreign {
+        reconciler = reconciler.with_foreign(foreign);
     }
     let ads_auth = match &dp_auth {
         DpAuth::Tokens(v) => Some(v.clone()),

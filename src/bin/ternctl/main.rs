@@ -7,6 +7,7 @@ mod inspect;
 mod output;
 mod quickstart;
 mod tokens;
+mod zones;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -62,11 +63,12 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Show a dataplane, what its data plane reported, and its OpenTelemetry status.
+    /// Show a dataplane, what its data plane reported, and its OpenTelemetry status
+    /// (`inspect dataplane NAME`); or every zone's sync state (`inspect zones`, on a global).
     Inspect {
-        /// Only `dataplane` (or `dp`) for now.
+        /// `dataplane` (or `dp`), or `zones`.
         what: String,
-        name: String,
+        name: Option<String>,
         #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
         mesh: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -155,6 +157,15 @@ enum GenerateCommand {
     },
     /// A new signing key for data-plane tokens (rotation): new tokens are signed with it.
     SigningKey,
+    /// A token that admits a zone control plane to this global one (`tern-cp run --mode zone
+    /// --zone-token-file`).
+    ZoneToken {
+        #[arg(long)]
+        zone: String,
+        /// How long the token is valid (a duration: 24h, 8760h).
+        #[arg(long, default_value = "24h")]
+        valid_for: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,7 +233,7 @@ fn resource_path(kind: Kind, mesh: &str, name: &str) -> String {
     if kind.is_mesh_scoped() {
         format!("/meshes/{mesh}/{}/{name}", kind.plural())
     } else {
-        format!("/meshes/{name}")
+        format!("/{}/{name}", kind.plural())
     }
 }
 
@@ -312,9 +323,7 @@ async fn get(client: &Client, kind: Kind, name: Option<String>, mesh: &str, all:
             f => output::print_value(&answer.body, f),
         };
     }
-    let path = if !kind.is_mesh_scoped() {
-        "/meshes".to_string()
-    } else if all {
+    let path = if !kind.is_mesh_scoped() || all {
         format!("/{}", kind.plural())
     } else {
         format!("/meshes/{mesh}/{}", kind.plural())
@@ -381,14 +390,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Quickstart { .. } | Command::Otel(_) | Command::DemoApp { .. } | Command::Install(_) => {
             unreachable!("handled above")
         }
-        Command::Inspect { what, name, mesh, output } => match Kind::from_cli_arg(&what) {
-            Some(Kind::Dataplane) => inspect::dataplane(&client, &mesh, &name, output).await,
-            _ => bail!("ternctl inspect supports `dataplane NAME`, not {what:?}"),
+        Command::Inspect { what, name, mesh, output } => match (Kind::from_cli_arg(&what), name) {
+            (Some(Kind::Dataplane), Some(name)) => inspect::dataplane(&client, &mesh, &name, output).await,
+            (Some(Kind::Dataplane), None) => bail!("ternctl inspect dataplane needs the dataplane's NAME"),
+            (Some(Kind::Zone), None) => zones::zones(&client, output).await,
+            _ => bail!("ternctl inspect supports `dataplane NAME` and `zones`, not {what:?}"),
         },
         Command::Generate(GenerateCommand::DataplaneToken { mesh, name, tags, valid_for }) => {
             tokens::generate_dataplane_token(&client, &mesh, &name, &tags, &valid_for).await
         }
         Command::Generate(GenerateCommand::SigningKey) => tokens::generate_signing_key(&client).await,
+        Command::Generate(GenerateCommand::ZoneToken { zone, valid_for }) => {
+            tokens::generate_zone_token(&client, &zone, &valid_for).await
+        }
         Command::Revoke(RevokeCommand::DataplaneToken { id, token_file }) => {
             tokens::revoke_dataplane_token(&client, id.as_deref(), token_file.as_deref()).await
         }

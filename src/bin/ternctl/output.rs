@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use tern_model::Kind;
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Yaml,

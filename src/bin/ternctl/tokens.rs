@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use tern_protocol::{DataplaneTokenRequest, TokenRevocation};
+use tern_protocol::{DataplaneTokenRequest, TokenRevocation, ZoneTokenRequest};
 
 /// Prints a token for one data plane (and nothing else, so it can be piped to a file).
 pub async fn generate_dataplane_token(
@@ -26,6 +26,19 @@ pub async fn generate_dataplane_token(
         DataplaneTokenRequest { mesh: mesh.into(), name: name.into(), tags: parsed, valid_for: Some(valid_for.into()) };
     let body = serde_json::to_value(&req)?;
     match client.call(Method::POST, "/tokens/dataplane", Some(&body)).await? {
+        Value::String(token) => {
+            println!("{}", token.trim());
+            Ok(())
+        }
+        other => bail!("the API answered with something that is not a token: {other}"),
+    }
+}
+
+/// Prints a token for one zone control plane (and nothing else).
+pub async fn generate_zone_token(client: &Client, zone: &str, valid_for: &str) -> Result<()> {
+    let req = ZoneTokenRequest { zone: zone.into(), valid_for: Some(valid_for.into()) };
+    let body = serde_json::to_value(&req)?;
+    match client.call(Method::POST, "/tokens/zone", Some(&body)).await? {
         Value::String(token) => {
             println!("{}", token.trim());
             Ok(())
