@@ -134,6 +134,11 @@ impl ControlPlane {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops and starts again on the same data directory and store.
     pub fn restart(&mut self) {
         self.stop();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tern_model::{Kind, Meta, Resource, ResourceKey};
 use tern_protocol::{KdsStatus, KdsSubscription, ZoneInsightSpec};
 use tern_store::{Precondition, ResourceStore, Write};
+use tern_tokens::TokenError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
@@ -99,8 +100,9 @@ impl<S: ResourceStore> Global<S> {
         let claimed = text(meta, metadata::ZONE);
         let authorization = meta.get("authorization").and_then(|v| v.to_str().ok());
         let zone = self.verifier.verify_zone(authorization).await.map_err(|e| {
-            warn!(zone = %claimed, error = %e, "zone refused");
-            Status::unauthenticated(format!("zone token refused: {e}"))
+            let problem = zone_token_problem(&e);
+            warn!(zone = %claimed, error = %problem, "zone refused");
+            Status::unauthenticated(format!("zone token refused: {problem}"))
         })?;
         if zone != claimed {
             warn!(zone = %claimed, token_zone = %zone, "zone refused: its token is for another zone");
@@ -265,6 +267,23 @@ impl<S: ResourceStore> Global<S> {
 
     fn health_interval(&self) -> Duration {
         self.config.health_timeout.map(|t| t / 3).unwrap_or(DEFAULT_HEALTH_INTERVAL).max(Duration::from_millis(100))
+    }
+}
+
+/// Why a zone token failed, in a zone's words.
+fn zone_token_problem(e: &TokenError) -> String {
+    match e {
+        TokenError::Missing => "no zone token given (tern-cp --zone-token-file)".into(),
+        TokenError::Malformed => "not a token this global control plane issued (malformed)".into(),
+        TokenError::UnknownKey(k) => {
+            format!("signed with signing key {k}, which this global control plane does not have")
+        }
+        TokenError::BadSignature => "its signature does not verify (issued by another global control plane?)".into(),
+        TokenError::Expired => {
+            "it has expired; generate a new one on the global control plane (ternctl generate zone-token)".into()
+        }
+        TokenError::Revoked(id) => format!("token {id} has been revoked"),
+        other => other.to_string(),
     }
 }
 
