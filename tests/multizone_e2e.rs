@@ -172,3 +172,180 @@ fn write_rules_tokens_and_zone_health() {
     assert!(g.log_text().contains("zone sent no health check within the timeout; marked offline"));
     z.stop();
 }
+
+/// Seed 000's per-zone collectors, one backend and one MeshMetric per zone,
+/// created on the global; plus a backend to delete later.
+fn per_zone_collectors(us_port: u16, eu_port: u16) -> String {
+    let zone = |zone: &str, port: u16| {
+        format!(
+            "type: MeshOpenTelemetryBackend\nname: collector-{zone}\nmesh: default\nspec:\n  endpoint:\n    address: 127.0.0.1\n    port: {port}\n---\ntype: MeshMetric\nname: metrics-{zone}\nmesh: default\nspec:\n  targetRef:\n    kind: MeshSubset\n    tags:\n      kuma.io/zone: {zone}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef:\n            kind: MeshOpenTelemetryBackend\n            name: collector-{zone}\n          refreshInterval: 1s\n"
+        )
+    };
+    let doomed = "type: MeshOpenTelemetryBackend\nname: doomed\nmesh: default\nspec:\n  endpoint: {address: 127.0.0.1, port: 4317}\n";
+    format!("{}---\n{}---\n{doomed}", zone("us-east", us_port), zone("eu-west", eu_port))
+}
+
+fn zone_trace(reference: &str) -> String {
+    format!(
+        "type: MeshTrace\nname: zone-traces\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    sampling: {{overall: 100}}\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef:\n            kind: MeshOpenTelemetryBackend\n{reference}"
+    )
+}
+
+/// Display names of what `cp` holds with `kuma.io/origin: origin` (and, if
+/// given, `kuma.io/zone: zone`), per kind: what both sides must agree on.
+fn held(cp: &ControlPlane, origin: &str, zone: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in ["motb", "meshtraces", "meshmetrics", "dataplanes"] {
+        for item in json(cp, &["get", kind, "-A"])["items"].as_array().into_iter().flatten() {
+            let labels = &item["labels"];
+            if labels["kuma.io/origin"] == origin && zone.is_none_or(|z| labels["kuma.io/zone"] == z) {
+                out.push(format!("{kind}/{}", labels["kuma.io/display-name"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn get(url: &str) -> Result<(), String> {
+    let status = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async { reqwest::get(url).await.map(|r| r.status()) })
+    })
+    .map_err(|e| e.to_string())?;
+    (status == 200).then_some(()).ok_or(format!("status {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_zone_collectors_display_name_references_and_outages() {
+    let envoy = support::envoy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let (us_collector, eu_collector, moved_collector) =
+        (Collector::start().await, Collector::start().await, Collector::start().await);
+    let kds = free_port();
+    let mut g = global(&dir.path().join("global"), kds);
+    let us = zone(&g, &dir.path().join("us-east"), "us-east", kds);
+    let mut eu = zone(&g, &dir.path().join("eu-west"), "eu-west", kds);
+    g.ternctl_stdin(&["apply", "-f", "-"], &per_zone_collectors(us_collector.port, eu_collector.port)).ok();
+    for z in [&us, &eu] {
+        eventually(WAIT, "the backends and policies on every zone", || {
+            let held = (names(z, "motb").len(), names(z, "meshmetrics").len());
+            (held == (3, 2)).then_some(()).ok_or(format!("{held:?}"))
+        });
+    }
+
+    // One data plane behind Envoy in each zone.
+    let root = dir.path().join("dps");
+    let extra = ["--envoy-binary", envoy.as_str()];
+    let (web_in, web_app, web_admin) = (free_port(), free_port(), free_port());
+    let _web_app = support::demo_app(web_app, "web ok", None);
+    let web = DataPlane::start(
+        &us,
+        &root,
+        "web",
+        &support::sidecar_dataplane("default", "web", web_in, web_app, web_admin),
+        &[],
+        &extra,
+    );
+    let (api_in, api_app, api_admin) = (free_port(), free_port(), free_port());
+    let api = DataPlane::start(
+        &eu,
+        &root,
+        "api",
+        &support::sidecar_dataplane("default", "api", api_in, api_app, api_admin),
+        &[],
+        &extra,
+    );
+
+    // Each zone's data planes export to their zone's collector only.
+    eventually(WAIT, "metrics at both zone collectors", || {
+        let counts = (us_collector.with(|r| r.metric_points), eu_collector.with(|r| r.metric_points));
+        (counts.0 > 0 && counts.1 > 0).then_some(()).ok_or(format!("{counts:?}"))
+    });
+    let web_plan = std::fs::read_to_string(web.plan_file()).unwrap();
+    assert!(web_plan.contains("collector-us-east") && !web_plan.contains("collector-eu-west"), "{web_plan}");
+    let api_plan = std::fs::read_to_string(api.plan_file()).unwrap();
+    assert!(api_plan.contains("collector-eu-west") && !api_plan.contains("collector-us-east"), "{api_plan}");
+
+    // The global shows every zone's per-signal states.
+    for (name, zone, backend) in [("web", "us-east", "collector-us-east"), ("api", "eu-west", "collector-eu-west")] {
+        let on_global = hashed_name("default", name, &[zone]);
+        eventually(WAIT, "the zone's data plane status on the global", || {
+            let run = g.ternctl(&["inspect", "dataplane", &on_global]);
+            let ready = run.stdout.lines().any(|l| l.contains(backend) && l.contains("metrics") && l.contains("ready"));
+            ready.then_some(()).ok_or(format!("{}{}", run.stdout, run.stderr))
+        });
+    }
+
+    // A zone-authored policy naming a global backend by name does not resolve...
+    us.ternctl_stdin(&["apply", "-f", "-"], &zone_trace("            name: collector-us-east\n")).ok();
+    eventually(WAIT, "the unresolved reference (condition and log)", || {
+        let table = us.ternctl(&["get", "meshtraces"]).ok().stdout;
+        let logged = us.log_text().contains("MeshOpenTelemetryBackend not found, skipping backend");
+        (table.contains("unresolved") && logged).then_some(()).ok_or(table)
+    });
+    // ...by its display name it does, and spans flow.
+    let by_label = "            labels:\n              kuma.io/display-name: collector-us-east\n";
+    us.ternctl_stdin(&["apply", "-f", "-"], &zone_trace(by_label)).ok();
+    let url = format!("http://127.0.0.1:{web_in}/orders");
+    eventually(WAIT, "spans from web at the us-east collector", || {
+        get(&url)?;
+        let spans = us_collector.with(|r| r.span_records.iter().filter(|s| s.service == "web").count());
+        (spans > 0).then_some(()).ok_or(format!("{spans} spans; {}", us.ternctl(&["get", "meshtraces"]).ok().stdout))
+    });
+
+    // A backend edited on the global reaches the zone's data plane.
+    let moved = per_zone_collectors(us_collector.port, moved_collector.port);
+    g.ternctl_stdin(&["apply", "-f", "-"], &moved).ok();
+    eventually(WAIT, "eu-west's metrics at the moved collector", || {
+        let plan = std::fs::read_to_string(api.plan_file()).unwrap_or_default();
+        let points = moved_collector.with(|r| r.metric_points);
+        (points > 0 && plan.contains(&moved_collector.port.to_string())).then_some(()).ok_or(format!("{points} points"))
+    });
+
+    // The global away for 30 s: the zones keep serving and their data planes keep exporting.
+    g.stop();
+    let (metrics_before, spans_before) =
+        (us_collector.with(|r| r.metric_points), us_collector.with(|r| r.span_records.len()));
+    std::thread::sleep(Duration::from_secs(30));
+    get(&url).expect("web still serves with the global away");
+    eventually(WAIT, "exports continue with the global away", || {
+        get(&url)?;
+        let now = (us_collector.with(|r| r.metric_points), us_collector.with(|r| r.span_records.len()));
+        (now.0 > metrics_before && now.1 > spans_before).then_some(()).ok_or(format!("{now:?}"))
+    });
+    assert_eq!(names(&us, "motb").len(), 3, "a zone cut off from the global keeps what it has");
+    assert!(us.log_text().contains("this zone keeps serving what it has"));
+    g.restart();
+    eventually(WAIT, "both zones online again", || {
+        let rows = (zone_row(&g, "us-east"), zone_row(&g, "eu-west"));
+        (rows.0.contains("Online") && rows.1.contains("Online")).then_some(()).ok_or(format!("{rows:?}"))
+    });
+
+    // A zone away: what changed on the global meanwhile arrives when it returns.
+    eu.stop();
+    g.ternctl(&["delete", "motb", "doomed"]).ok();
+    let late = "type: MeshOpenTelemetryBackend\nname: late\nmesh: default\nspec:\n  endpoint: {address: 127.0.0.1, port: 4317}\n";
+    g.ternctl_stdin(&["apply", "-f", "-"], late).ok();
+    eu.restart();
+    eventually(WAIT, "the changes made while eu-west was away", || {
+        let held = names(&eu, "motb");
+        let late = hashed_name("default", "late", &[]);
+        let doomed = hashed_name("default", "doomed", &[]);
+        (held.contains(&late) && !held.contains(&doomed)).then_some(()).ok_or(format!("{held:?}"))
+    });
+
+    // Nothing duplicated or lost, counted on both sides.
+    let from_global = held(&g, "global", None);
+    for z in [&us, &eu] {
+        eventually(WAIT, "the zone holds exactly the global's resources", || {
+            let on_zone = held(z, "global", None);
+            (on_zone == from_global).then_some(()).ok_or(format!("{on_zone:?} vs {from_global:?}"))
+        });
+    }
+    for (z, name) in [(&us, "us-east"), (&eu, "eu-west")] {
+        eventually(WAIT, "the global holds exactly the zone's resources", || {
+            let (own, synced) = (held(z, "zone", Some(name)), held(&g, "zone", Some(name)));
+            (own == synced && !own.is_empty()).then_some(()).ok_or(format!("{own:?} vs {synced:?}"))
+        });
+    }
+}

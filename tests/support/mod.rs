@@ -397,3 +397,36 @@ pub fn envoys_in(work_dir: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The quickstart's demo service as its own process (`ternctl demo-app`),
+/// stopped when dropped.
+pub struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the demo app on `port`, answering `body` (after calling `call`, if given).
+pub fn demo_app(port: u16, body: &str, call: Option<String>) -> App {
+    let mut cmd = Command::new(TERNCTL);
+    cmd.args(["demo-app", "--listen", &format!("127.0.0.1:{port}"), "--body", body]);
+    if let Some(url) = call {
+        cmd.args(["--call", &url]);
+    }
+    let child = cmd.spawn().expect("demo app starts");
+    eventually(Duration::from_secs(30), "the demo app listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
+    });
+    App(child)
+}
+
+/// A Dataplane on loopback: one HTTP inbound for service `name` in front of
+/// the app on `app`, Envoy's admin on `admin`.
+pub fn sidecar_dataplane(mesh: &str, name: &str, inbound: u16, app: u16, admin: u16) -> String {
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: {mesh}\nnetworking:\n  address: 127.0.0.1\n  admin:\n    port: {admin}\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n      tags:\n        kuma.io/service: {name}\n        kuma.io/protocol: http\n"
+    )
+}
