@@ -10,9 +10,12 @@
 //! - `http`: HTTP/1.1 load at a fixed rate with latency percentiles (the
 //!   sidecar benchmarks);
 //! - `copy`: copies bytes from a Unix socket to a TCP address with no parsing
-//!   at all (the physical reference a relay is compared with).
+//!   at all (the physical reference a relay is compared with);
+//! - `seed-zone`, `sync-initial`, `sync-latency`: the multi-zone sync
+//!   benchmark (`multizone.rs`).
 
 mod http_load;
+mod multizone;
 
 use clap::{Parser, Subcommand};
 use hyper_util::rt::TokioIo;
@@ -106,6 +109,37 @@ enum Cmd {
         listen_unix: String,
         #[arg(long)]
         to: String,
+    },
+    /// Write COUNT Dataplanes and insights into a zone's (stopped) store, as the zone's own.
+    SeedZone {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        count: usize,
+    },
+    /// Time the initial sync between a global and a zone (APIs over HTTP); print JSON.
+    SyncInitial {
+        #[arg(long)]
+        global: String,
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        zone_name: String,
+        #[arg(long)]
+        resources: u64,
+        #[arg(long)]
+        dataplanes: u64,
+    },
+    /// Time EDITS backend edits on the global until each shows on the zone; print JSON.
+    SyncLatency {
+        #[arg(long)]
+        global: String,
+        #[arg(long)]
+        zone: String,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        edits: u32,
     },
 }
 
@@ -437,6 +471,13 @@ async fn copy(listen: String, to: String) {
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
+        Cmd::SeedZone { store, zone, count } => {
+            report(multizone::seed_zone(&store, &zone, count).await.map(|()| serde_json::json!({"seeded": count})))
+        }
+        Cmd::SyncInitial { global, zone, zone_name, resources, dataplanes } => {
+            report(multizone::initial(&global, &zone, &zone_name, resources, dataplanes).await)
+        }
+        Cmd::SyncLatency { global, zone, edits } => report(multizone::latency(&global, &zone, edits).await),
         Cmd::Sink { listen, rate } => {
             let pace = rate.map(|r| {
                 Arc::new(Pace {
@@ -484,5 +525,16 @@ async fn main() {
             }
         }
         Cmd::Copy { listen_unix, to } => copy(listen_unix, to).await,
+    }
+}
+
+/// Prints a JSON result, or the error and exits 1.
+fn report(result: Result<serde_json::Value, String>) {
+    match result {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            eprintln!("tern-bench: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -135,7 +135,7 @@ where
             kind_of_type_url(&response.type_url).filter(|k| inbox.flow.kinds().contains(k)).ok_or_else(|| {
                 SyncError::Protocol(format!("a response of {:?}, which this stream does not carry", response.type_url))
             })?;
-        stats.sent(kind);
+        stats.sent(kind, prost::Message::encoded_len(&response));
         let error_detail = match inbox.apply(kind, &response).await {
             Ok(()) => {
                 debug!(kind = %kind, upserts = response.resources.len(), removed = response.removed_resources.len(), "sync applied");

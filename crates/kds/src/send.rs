@@ -227,7 +227,7 @@ impl<S: ResourceStore> Publisher<'_, S> {
             ..Default::default()
         };
         self.in_flight.insert(nonce, InFlight { kind, names });
-        self.stats.sent(kind);
+        self.stats.sent(kind, prost::Message::encoded_len(&response));
         // A closed channel means the stream ended; the request side sees it too.
         let _ = self.out.send(response).await;
     }

@@ -12,6 +12,7 @@ pub struct StreamStats {
     sent: AtomicU64,
     acknowledged: AtomicU64,
     rejected: AtomicU64,
+    bytes: AtomicU64,
     per_kind: Mutex<BTreeMap<String, KdsCounts>>,
     last_error: Mutex<Option<String>>,
     /// Seconds since the epoch of the last message either way.
@@ -39,7 +40,12 @@ impl StreamStats {
         self.last_update.store(tern_tokens::now_secs(), Ordering::Relaxed);
     }
 
-    pub fn sent(&self, kind: Kind) {
+    /// A response of `bytes` (encoded) went over the stream.
+    pub fn sent(&self, kind: Kind, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Ok(mut per_kind) = self.per_kind.lock() {
+            per_kind.entry(kind.name().to_string()).or_default().bytes += bytes as u64;
+        }
         self.count(kind, Count::Sent)
     }
 
@@ -59,6 +65,7 @@ impl StreamStats {
             responses_sent: self.sent.load(Ordering::Relaxed),
             responses_acknowledged: self.acknowledged.load(Ordering::Relaxed),
             responses_rejected: self.rejected.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
         }
     }
 

@@ -254,6 +254,9 @@ pub struct KdsCounts {
     pub responses_sent: u64,
     pub responses_acknowledged: u64,
     pub responses_rejected: u64,
+    /// Encoded size of the responses sent.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// `POST /tokens/dataplane/revocations`: refuse a token from now on.
