@@ -18,5 +18,6 @@ run relay scripts/bench-relay.sh
 run overload scripts/bench-overload.sh
 run sidecar scripts/bench-sidecar.sh
 run sidecar-rate scripts/bench-sidecar-rate.sh
+run multizone scripts/bench-multizone.sh
 run soak scripts/bench-soak.sh
 echo "results in $out" >&2
