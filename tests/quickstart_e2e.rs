@@ -53,6 +53,25 @@ fn check_passes_and_leaves_nothing_running() {
 }
 
 #[test]
+fn zones_check_passes_in_every_zone_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let needle = dir.path().display().to_string();
+    let out =
+        quickstart(dir.path(), &["--zones", "2", "--check", "--timeout", "120"]).output().expect("quickstart runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("check passed: traces, access logs and metrics all arrived in every zone"), "{stdout}");
+    for zone in ["zone-1", "zone-2"] {
+        assert!(stdout.contains(&format!("{zone}: received:")), "{stdout}");
+        // Each zone's data planes export to that zone's collector (seed 000's per-zone collectors).
+        assert!(stdout.contains(&format!("collector-{zone}   traces    ready")), "{stdout}");
+        let online = stdout.lines().any(|l| l.starts_with(zone) && l.contains("Online"));
+        assert!(online, "the global shows {zone} online: {stdout}");
+    }
+    assert_eq!(processes_mentioning(&needle), Vec::<String>::new(), "every process it started is gone");
+}
+
+#[test]
 fn a_second_quickstart_is_refused_and_ctrl_c_cleans_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let needle = dir.path().display().to_string();

@@ -90,6 +90,10 @@ enum Command {
         /// Where the quickstart keeps its state and lock.
         #[arg(long, default_value = ".tern/quickstart")]
         dir: PathBuf,
+        /// Run a global control plane and this many zones (each with its own collector and
+        /// demo services) instead of one control plane.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+        zones: Option<u8>,
     },
     /// The quickstart's demo HTTP service, on its own (used by the tests).
     #[command(hide = true)]
@@ -347,8 +351,9 @@ async fn get(client: &Client, kind: Kind, name: Option<String>, mesh: &str, all:
 
 async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Quickstart { check, envoy_binary, timeout, dir } => {
+        Command::Quickstart { check, envoy_binary, timeout, dir, zones } => {
             let opts = quickstart::Options {
+                zones: *zones,
                 check: *check,
                 envoy_binary: envoy_binary.clone(),
                 dir: dir.clone(),

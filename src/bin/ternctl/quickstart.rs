@@ -1,6 +1,8 @@
 //! `ternctl quickstart`: on one machine, a control plane, a collector, two
 //! demo services behind `tern-dp` + Envoy sidecars, seed 000's single-backend
-//! policies, and traffic; then what arrives. Everything it starts lives under
+//! policies, and traffic; then what arrives. With `--zones N`, a global
+//! control plane and N zones, each zone with its own collector and demo
+//! (seed 000's per-zone collectors). Everything it starts lives under
 //! `.tern/quickstart/` and goes away on Ctrl-C (or when `--check` finishes).
 
 use crate::client::Client;
@@ -10,10 +12,13 @@ use reqwest::Method;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 pub struct Options {
+    /// Run a global control plane and this many zones instead of one control plane.
+    pub zones: Option<u8>,
     pub check: bool,
     pub envoy_binary: Option<PathBuf>,
     pub dir: PathBuf,
@@ -122,10 +127,17 @@ fn dataplane(name: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u
     )
 }
 
-/// Seed 000's single collector for all three signals, pointed at `port`.
-fn policies(port: u16, refresh: &str) -> serde_json::Value {
+/// Seed 000's three policies for `targetRef`, all to backend `backend` at
+/// 127.0.0.1:`port`: the single collector for everything, or one zone's.
+fn policies(
+    backend: &str,
+    port: u16,
+    target: serde_json::Value,
+    refresh: &str,
+    prefix: &str,
+) -> Vec<serde_json::Value> {
     let otel = |extra: serde_json::Value| {
-        let mut o = json!({"backendRef": {"kind": "MeshOpenTelemetryBackend", "name": "main-collector"}});
+        let mut o = json!({"backendRef": {"kind": "MeshOpenTelemetryBackend", "name": backend}});
         if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
@@ -133,14 +145,14 @@ fn policies(port: u16, refresh: &str) -> serde_json::Value {
     };
     let mut trace = otel(json!({}));
     trace["sampling"] = json!({"overall": 100});
-    json!({"documents": [
-        {"type": "MeshOpenTelemetryBackend", "name": "main-collector", "mesh": "default",
-         "spec": {"endpoint": {"address": "127.0.0.1", "port": port}, "protocol": "grpc"}},
-        {"type": "MeshTrace", "name": "all-traces", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"}, "default": trace}},
-        {"type": "MeshAccessLog", "name": "all-access-logs", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"}, "default": otel(json!({}))}},
-        {"type": "MeshMetric", "name": "all-metrics", "mesh": "default",
-         "spec": {"targetRef": {"kind": "Mesh"}, "default": otel(json!({"refreshInterval": refresh}))}}
-    ]})
+    let policy = |kind: &str, name: &str, default: serde_json::Value| json!({"type": kind, "name": format!("{prefix}{name}"), "mesh": "default", "spec": {"targetRef": target, "default": default}});
+    vec![
+        json!({"type": "MeshOpenTelemetryBackend", "name": backend, "mesh": "default",
+         "spec": {"endpoint": {"address": "127.0.0.1", "port": port}, "protocol": "grpc"}}),
+        policy("MeshTrace", "traces", trace),
+        policy("MeshAccessLog", "access-logs", otel(json!({}))),
+        policy("MeshMetric", "metrics", otel(json!({"refreshInterval": refresh}))),
+    ]
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -153,47 +165,68 @@ pub async fn run(opts: Options) -> Result<()> {
     result
 }
 
-async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
-    // Take Ctrl-C and SIGTERM from the start, so no signal finds the
-    // default handler and leaves children behind.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let (tern_cp, tern_dp) = (sibling("tern-cp")?, sibling("tern-dp")?);
-    let envoy = envoy(opts.envoy_binary.clone())?;
+/// The binaries the quickstart runs.
+struct Binaries {
+    tern_cp: PathBuf,
+    tern_dp: PathBuf,
+    envoy: PathBuf,
+}
 
-    // The collector.
-    let collected = Collected::new();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let tail = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (grpc_port, tail_port) = (grpc.local_addr()?.port(), tail.local_addr()?.port());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    collector::serve(collected.clone(), grpc, tail, stop_rx).await;
+/// A control plane the quickstart started.
+struct ControlPlane {
+    proc: Proc,
+    api: String,
+    client: Client,
+    dp_port: u16,
+}
 
-    // The control plane.
+/// Starts `tern-cp run` with `args` under `dir` and waits for its API.
+async fn start_control_plane(bins: &Binaries, dir: &Path, args: &[&str]) -> Result<ControlPlane> {
     let (api_port, dp_port) = (free_port()?, free_port()?);
-    let mut cp = spawn(
-        Command::new(&tern_cp)
+    let log = dir.with_extension("log");
+    let mut proc = spawn(
+        Command::new(&bins.tern_cp)
             .args(["run", "--api-addr", &format!("127.0.0.1:{api_port}"), "--dp-addr", &format!("127.0.0.1:{dp_port}")])
             .args(["--api-tls-addr", "off"])
+            .args(args)
             .arg("--data-dir")
-            .arg(state.join("cp")),
-        &state.join("tern-cp.log"),
+            .arg(dir),
+        &log,
     )?;
     let api = format!("http://127.0.0.1:{api_port}");
     let client = Client::new(&api, None, None)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.send(Method::GET, "/", None).await.is_err() {
         if Instant::now() > deadline {
-            cp.stop().await;
-            bail!("tern-cp did not start; see {}", state.join("tern-cp.log").display());
+            proc.stop().await;
+            bail!("tern-cp did not start; see {}", log.display());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let refresh = if opts.check { "2s" } else { "10s" };
-    client.call(Method::POST, "/_apply", Some(&policies(grpc_port, refresh))).await.context("applying the policies")?;
+    Ok(ControlPlane { proc, api, client, dp_port })
+}
 
-    // Two demo services, each with tern-dp and Envoy.
+/// One collector with its live view, serving until `stop`.
+async fn start_collector(stop: tokio::sync::watch::Receiver<bool>) -> Result<(Arc<Collected>, u16, u16)> {
+    let collected = Collected::new();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tail = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (grpc_port, tail_port) = (grpc.local_addr()?.port(), tail.local_addr()?.port());
+    collector::serve(collected.clone(), grpc, tail, stop).await;
+    Ok((collected, grpc_port, tail_port))
+}
+
+/// The two demo services (web calls api) behind tern-dp and Envoy, with
+/// data-plane tokens from `cp`.
+struct Demo {
+    sidecars: Vec<Proc>,
+    web_in: u16,
+    web_admin: u16,
+    api_in: u16,
+    api_admin: u16,
+}
+
+async fn start_demo(bins: &Binaries, cp: &ControlPlane, dir: &Path) -> Result<Demo> {
     let (web_in, web_admin, web_out, api_in, api_admin) =
         (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
     let web_app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -206,84 +239,62 @@ async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
         ("api", dataplane("api", api_in, api_app_port, api_admin, None)),
         ("web", dataplane("web", web_in, web_app_port, web_admin, Some((web_out, "api")))),
     ] {
-        let dir = state.join(name);
+        let dir = dir.join(name);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("dataplane.yaml"), yaml)?;
-        let token = client
+        let token = cp
+            .client
             .call(Method::POST, "/tokens/dataplane", Some(&json!({"mesh": "default", "name": name, "validFor": "24h"})))
             .await
             .context("generating a data-plane token")?;
         let token_file = dir.join("dataplane-token");
         tern_process::write_private(&token_file, token.as_str().unwrap_or_default().as_bytes())?;
         sidecars.push(spawn(
-            Command::new(&tern_dp)
-                .args(["run", "--cp-address", &format!("http://127.0.0.1:{dp_port}"), "--dataplane-file"])
+            Command::new(&bins.tern_dp)
+                .args(["run", "--cp-address", &format!("http://127.0.0.1:{}", cp.dp_port), "--dataplane-file"])
                 .arg(dir.join("dataplane.yaml"))
                 .arg("--work-dir")
                 .arg(dir.join("work"))
                 .arg("--dataplane-token-file")
                 .arg(&token_file)
                 .arg("--envoy-binary")
-                .arg(&envoy),
+                .arg(&bins.envoy),
             &dir.join("tern-dp.log"),
         )?);
     }
+    Ok(Demo { sidecars, web_in, web_admin, api_in, api_admin })
+}
 
+/// One place telemetry is followed: a standalone control plane, or a zone,
+/// with its demo and its collector.
+struct Site {
+    name: String,
+    cp: ControlPlane,
+    demo: Demo,
+    collected: Arc<Collected>,
+}
+
+async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
+    // Take Ctrl-C and SIGTERM from the start, so no signal finds the
+    // default handler and leaves children behind.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut signals = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let bins = Binaries {
+        tern_cp: sibling("tern-cp")?,
+        tern_dp: sibling("tern-dp")?,
+        envoy: envoy(opts.envoy_binary.clone())?,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let refresh = if opts.check { "2s" } else { "10s" };
     println!("Tern quickstart is running (state in {}):", state.display());
-    println!("  control plane API   {api}            (ternctl --api {api} get motb)");
-    println!("  data-plane server   http://127.0.0.1:{dp_port}");
-    println!("  OTLP collector      127.0.0.1:{grpc_port} (gRPC)");
-    println!("  live view           ternctl otel tail --collector http://127.0.0.1:{tail_port}");
-    println!("  demo service web    http://127.0.0.1:{web_in}/  (Envoy admin 127.0.0.1:{web_admin}), calls api");
-    println!("  demo service api    http://127.0.0.1:{api_in}/  (Envoy admin 127.0.0.1:{api_admin})");
-
-    // Traffic, and what arrives.
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let url = format!("http://127.0.0.1:{web_in}/orders");
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let mut shown_status = false;
-    let outcome = loop {
-        tokio::select! {
-            _ = interrupt.recv() => break Ok(()),
-            _ = term.recv() => break Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-        }
-        let _ = http.get(&url).send().await;
-        let (spans, logs, points) = collected.counts();
-        if !shown_status && spans > 0 {
-            shown_status = true;
-            for dp in ["web", "api"] {
-                if let Ok(out) = crate::inspect::text(&client, "default", dp).await {
-                    println!("\n{out}");
-                }
-            }
-        }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            println!("received: {spans} spans, {logs} access log records, {points} metric points");
-        }
-        if opts.check {
-            if spans > 0 && logs > 0 && points > 0 {
-                println!("received: {spans} spans, {logs} access log records, {points} metric points");
-                println!("check passed: traces, access logs and metrics all arrived");
-                break Ok(());
-            }
-            if started.elapsed() > opts.timeout {
-                let missing: Vec<&str> = [("traces", spans), ("access logs", logs), ("metrics", points)]
-                    .into_iter()
-                    .filter(|(_, n)| *n == 0)
-                    .map(|(s, _)| s)
-                    .collect();
-                break Err(anyhow!(
-                    "check failed: no {} arrived within {}s; logs are in {}",
-                    missing.join(", "),
-                    opts.timeout.as_secs(),
-                    state.display()
-                ));
-            }
+    let (global, sites) = match opts.zones {
+        None => (None, vec![standalone(&bins, state, refresh, stop_rx).await?]),
+        Some(zones) => {
+            let (global, sites) = multizone(&bins, state, zones, refresh, stop_rx).await?;
+            (Some(global), sites)
         }
     };
+    let outcome = follow(opts, state, &sites, global.as_ref(), &mut signals).await;
     if outcome.is_err() {
         // Keep the logs for the user: copy them out before cleanup.
         let keep = state.with_file_name("last-failure");
@@ -291,12 +302,213 @@ async fn run_inner(opts: &Options, state: &Path) -> Result<()> {
         let _ = copy_logs(state, &keep);
     }
     println!("stopping...");
-    for mut s in sidecars {
-        s.stop().await;
+    for mut site in sites {
+        for mut s in site.demo.sidecars {
+            s.stop().await;
+        }
+        site.cp.proc.stop().await;
     }
-    cp.stop().await;
+    if let Some(mut g) = global {
+        g.proc.stop().await;
+    }
     let _ = stop_tx.send(true);
     outcome
+}
+
+/// One control plane with seed 000's single collector.
+async fn standalone(
+    bins: &Binaries,
+    state: &Path,
+    refresh: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Site> {
+    let (collected, grpc_port, tail_port) = start_collector(stop).await?;
+    let cp = start_control_plane(bins, &state.join("cp"), &[]).await?;
+    let documents = policies("main-collector", grpc_port, json!({"kind": "Mesh"}), refresh, "all-");
+    cp.client
+        .call(Method::POST, "/_apply", Some(&json!({"documents": documents})))
+        .await
+        .context("applying the policies")?;
+    let demo = start_demo(bins, &cp, state).await?;
+    println!("  control plane API   {}            (ternctl --api {} get motb)", cp.api, cp.api);
+    println!("  data-plane server   http://127.0.0.1:{}", cp.dp_port);
+    print_site(&demo, grpc_port, tail_port);
+    Ok(Site { name: "default".into(), cp, demo, collected })
+}
+
+fn print_site(demo: &Demo, grpc_port: u16, tail_port: u16) {
+    println!("  OTLP collector      127.0.0.1:{grpc_port} (gRPC)");
+    println!("  live view           ternctl otel tail --collector http://127.0.0.1:{tail_port}");
+    println!(
+        "  demo service web    http://127.0.0.1:{}/  (Envoy admin 127.0.0.1:{}), calls api",
+        demo.web_in, demo.web_admin
+    );
+    println!("  demo service api    http://127.0.0.1:{}/  (Envoy admin 127.0.0.1:{})", demo.api_in, demo.api_admin);
+}
+
+/// A global control plane and `zones` zones, each zone with its own
+/// collector, backend and policies created on the global (seed 000's
+/// per-zone collectors), and its own demo.
+async fn multizone(
+    bins: &Binaries,
+    state: &Path,
+    zones: u8,
+    refresh: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(ControlPlane, Vec<Site>)> {
+    let kds_port = free_port()?;
+    let global_dir = state.join("global");
+    let global =
+        start_control_plane(bins, &global_dir, &["--mode", "global", "--kds-addr", &format!("127.0.0.1:{kds_port}")])
+            .await?;
+    println!("  global control plane API   {}   (ternctl --api {} inspect zones)", global.api, global.api);
+    let mut sites = Vec::new();
+    for n in 1..=zones {
+        let zone = format!("zone-{n}");
+        let (collected, grpc_port, tail_port) = start_collector(stop.clone()).await?;
+        let target = json!({"kind": "MeshSubset", "tags": {"kuma.io/zone": zone}});
+        let documents = policies(&format!("collector-{zone}"), grpc_port, target, refresh, &format!("{zone}-"));
+        global
+            .client
+            .call(Method::POST, "/_apply", Some(&json!({"documents": documents})))
+            .await
+            .context("applying the policies")?;
+        let token = global
+            .client
+            .call(Method::POST, "/tokens/zone", Some(&json!({"zone": zone, "validFor": "24h"})))
+            .await
+            .context("generating a zone token")?;
+        let dir = state.join(&zone);
+        std::fs::create_dir_all(&dir)?;
+        let token_file = dir.join("zone-token");
+        tern_process::write_private(&token_file, token.as_str().unwrap_or_default().as_bytes())?;
+        let ca = global_dir.join("tls").join("ca.crt");
+        let args = [
+            "--mode",
+            "zone",
+            "--zone",
+            zone.as_str(),
+            "--global-address",
+            &format!("https://127.0.0.1:{kds_port}"),
+            "--global-ca-file",
+            &ca.display().to_string(),
+            "--zone-token-file",
+            &token_file.display().to_string(),
+        ];
+        let cp = start_control_plane(bins, &dir.join("cp"), &args).await?;
+        wait_for_mesh(&cp).await?;
+        let demo = start_demo(bins, &cp, &dir).await?;
+        println!("  {zone}: zone control plane API {}   data-plane server http://127.0.0.1:{}", cp.api, cp.dp_port);
+        print_site(&demo, grpc_port, tail_port);
+        sites.push(Site { name: zone, cp, demo, collected });
+    }
+    Ok((global, sites))
+}
+
+/// A zone's data planes need the mesh, which comes from the global.
+async fn wait_for_mesh(cp: &ControlPlane) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if cp.client.call(Method::GET, "/meshes/default", None).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the zone at {} did not receive the default mesh from the global in 30s", cp.api);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends traffic to every site's web service and reports what arrives,
+/// until a signal or, with `--check`, until every site received every signal.
+async fn follow(
+    opts: &Options,
+    state: &Path,
+    sites: &[Site],
+    global: Option<&ControlPlane>,
+    signals: &mut (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut shown_status = vec![false; sites.len()];
+    let mut shown_zones = global.is_none();
+    loop {
+        tokio::select! {
+            _ = signals.0.recv() => return Ok(()),
+            _ = signals.1.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        for (site, shown) in sites.iter().zip(shown_status.iter_mut()) {
+            let _ = http.get(format!("http://127.0.0.1:{}/orders", site.demo.web_in)).send().await;
+            if !*shown && site.collected.counts().0 > 0 {
+                *shown = true;
+                show_status(site, global.is_some()).await;
+            }
+        }
+        if let (false, Some(g), true) = (shown_zones, global, shown_status.iter().all(|s| *s)) {
+            shown_zones = true;
+            if let Ok(out) = crate::zones::text(&g.client).await {
+                println!("\nZones, as the global control plane sees them:\n{out}");
+            }
+        }
+        let counts: Vec<(u64, u64, u64)> = sites.iter().map(|s| s.collected.counts()).collect();
+        let report = || {
+            for (site, (spans, logs, points)) in sites.iter().zip(&counts) {
+                let place = if sites.len() > 1 { format!("{}: ", site.name) } else { String::new() };
+                println!("{place}received: {spans} spans, {logs} access log records, {points} metric points");
+            }
+        };
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            report();
+        }
+        if !opts.check {
+            continue;
+        }
+        if counts.iter().all(|(s, l, p)| *s > 0 && *l > 0 && *p > 0) {
+            report();
+            let place = if sites.len() > 1 { " in every zone" } else { "" };
+            println!("check passed: traces, access logs and metrics all arrived{place}");
+            return Ok(());
+        }
+        if started.elapsed() > opts.timeout {
+            let missing: Vec<String> = sites
+                .iter()
+                .zip(&counts)
+                .flat_map(|(site, (s, l, p))| {
+                    [("traces", s), ("access logs", l), ("metrics", p)]
+                        .into_iter()
+                        .filter(|(_, n)| **n == 0)
+                        .map(
+                            |(signal, _)| {
+                                if sites.len() > 1 {
+                                    format!("{signal} ({})", site.name)
+                                } else {
+                                    signal.to_string()
+                                }
+                            },
+                        )
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            return Err(anyhow!(
+                "check failed: no {} arrived within {}s; logs are in {}",
+                missing.join(", "),
+                opts.timeout.as_secs(),
+                state.display()
+            ));
+        }
+    }
+}
+
+/// Shows a site's data planes once telemetry arrives (named by zone in multi-zone).
+async fn show_status(site: &Site, zoned: bool) {
+    for dp in ["web", "api"] {
+        if let Ok(out) = crate::inspect::text(&site.cp.client, "default", dp).await {
+            println!("\n{}{out}", if zoned { format!("[{}] ", site.name) } else { String::new() });
+        }
+    }
 }
 
 fn copy_logs(from: &Path, to: &Path) -> std::io::Result<()> {

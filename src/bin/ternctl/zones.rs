@@ -20,33 +20,55 @@ const COLUMNS: [&str; 8] = [
     "BACKEND",
 ];
 
-pub async fn zones(client: &Client, format: Format) -> Result<()> {
+/// Every Zone with its ZoneInsight (if any), by name.
+async fn fetch(client: &Client) -> Result<Vec<(Value, Option<Value>)>> {
     let (zones, _) = crate::fetch_all(client, "/zones".into()).await?;
     let (insights, _) = crate::fetch_all(client, "/zone-insights".into()).await?;
-    let insights: BTreeMap<String, Value> =
+    let mut insights: BTreeMap<String, Value> =
         insights.into_iter().map(|i| (i["name"].as_str().unwrap_or("").to_string(), i)).collect();
+    Ok(zones
+        .into_iter()
+        .map(|z| {
+            let insight = insights.remove(z["name"].as_str().unwrap_or(""));
+            (z, insight)
+        })
+        .collect())
+}
+
+pub async fn zones(client: &Client, format: Format) -> Result<()> {
+    let zones = fetch(client).await?;
     if format != Format::Table {
-        let items: Vec<Value> = zones
-            .iter()
-            .map(|z| json!({"zone": z, "insight": insights.get(z["name"].as_str().unwrap_or(""))}))
-            .collect();
+        let items: Vec<Value> = zones.iter().map(|(z, i)| json!({"zone": z, "insight": i})).collect();
         return output::print_value(&json!({"total": items.len(), "items": items}), format);
     }
     if zones.is_empty() {
         eprintln!("No zones found (zones appear when their control plane first connects).");
         return Ok(());
     }
+    print!("{}", render(&zones));
+    Ok(())
+}
+
+/// The table, as text.
+pub async fn text(client: &Client) -> Result<String> {
+    Ok(render(&fetch(client).await?))
+}
+
+fn render(zones: &[(Value, Option<Value>)]) -> String {
     let now = Utc::now();
     let rows: Vec<Vec<String>> = zones
         .iter()
-        .map(|z| {
-            let name = z["name"].as_str().unwrap_or("");
-            let insight = insights.get(name).and_then(|i| serde_json::from_value::<ZoneInsightSpec>(i.clone()).ok());
-            row(name, z["enabled"].as_bool() != Some(false), &insight.unwrap_or_default(), now)
+        .map(|(z, insight)| {
+            let insight = insight.as_ref().and_then(|i| serde_json::from_value::<ZoneInsightSpec>(i.clone()).ok());
+            row(
+                z["name"].as_str().unwrap_or(""),
+                z["enabled"].as_bool() != Some(false),
+                &insight.unwrap_or_default(),
+                now,
+            )
         })
         .collect();
-    print!("{}", output::table(&COLUMNS, &rows));
-    Ok(())
+    output::table(&COLUMNS, &rows)
 }
 
 /// One zone's row: Online only while connected and enabled (kumactl's rule).
