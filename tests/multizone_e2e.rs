@@ -125,6 +125,28 @@ fn write_rules_tokens_and_zone_health() {
         "{}",
         refused.stderr
     );
+    // What the global cannot apply is NACKed: logged on both sides, counted on the global.
+    let clash = hashed_name("default", "clash", &["us-east"]);
+    g.ternctl_stdin(&["apply", "-f", "-"], &trace.replace("name: zone-traces", &format!("name: {clash}"))).ok();
+    z.ternctl_stdin(&["apply", "-f", "-"], &trace.replace("name: zone-traces", "name: clash")).ok();
+    let insight = eventually(WAIT, "the NACK in the zone insight", || {
+        let v = json(&g, &["inspect", "zones"]);
+        let last_error = v["items"][0]["insight"]["subscriptions"]
+            .as_array()
+            .and_then(|s| s.last())
+            .map(|s| s["status"]["lastError"].clone());
+        let text = last_error.and_then(|e| e.as_str().map(str::to_string)).unwrap_or_default();
+        text.contains("exists here and was not synced from zone \"us-east\"")
+            .then_some(v.to_string())
+            .ok_or(v.to_string())
+    });
+    assert!(
+        zone_row(&g, "us-east").split_whitespace().nth(5).is_some_and(|e| e != "0"),
+        "TOTAL ERRORS counts it: {insight}"
+    );
+    assert!(z.log_text().contains("the peer rejected a sync response (NACK)"));
+    assert!(g.log_text().contains("sync response rejected (NACK)"));
+    z.ternctl(&["delete", "meshtrace", "clash"]).ok();
     let dp = "type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n";
     let refused = g.ternctl_stdin(&["apply", "-f", "-"], dp).fails();
     assert!(refused.stderr.contains("data planes connect to a zone control plane"), "{}", refused.stderr);

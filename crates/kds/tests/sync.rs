@@ -196,3 +196,48 @@ async fn a_zone_cannot_overwrite_what_the_global_owns() {
     let kept = global.get(&ResourceKey::new(Kind::MeshOpenTelemetryBackend, "default", &clash)).await.unwrap().unwrap();
     assert_eq!(kept.spec["endpoint"]["address"], "global.internal", "the global's own resource is never replaced");
 }
+
+#[tokio::test]
+async fn hostile_responses_are_rejected_whole_and_change_nothing() {
+    use envoy_types::pb::envoy::service::discovery::v3::Resource as XdsResource;
+    use envoy_types::pb::google::protobuf::Any;
+    let dir = tempfile::tempdir().unwrap();
+    let global = store(&dir, "global.db", true).await;
+    let inbox = Inbox { store: global.clone(), flow: Flow::ToGlobal { zone: "us-east".into() } };
+    let item = |name: &str, type_url: &str, value: Vec<u8>| XdsResource {
+        name: name.into(),
+        resource: Some(Any { type_url: type_url.into(), value }),
+        ..Default::default()
+    };
+    let ok_dp = |name: &str, zone: &str| {
+        serde_json::to_vec(&json!({"mesh": "default", "name": name,
+            "labels": {"kuma.io/origin": "zone", "kuma.io/zone": zone},
+            "spec": {"networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}}}))
+        .unwrap()
+    };
+    let dp_url = tern_kds::type_url(Kind::Dataplane);
+    let cases: Vec<(DeltaDiscoveryResponse, &str)> = vec![
+        (DeltaDiscoveryResponse { resources: vec![item("default/a", &dp_url, b"{not json".to_vec())], ..Default::default() }, "does not decode"),
+        (DeltaDiscoveryResponse { resources: vec![item("default/a", "tern.kds.v1/Mesh", ok_dp("a", "us-east"))], ..Default::default() }, "not a Dataplane"),
+        (DeltaDiscoveryResponse { resources: vec![item("default/other", &dp_url, ok_dp("a", "us-east"))], ..Default::default() }, "names a different resource"),
+        (DeltaDiscoveryResponse { resources: vec![item("default/a", &dp_url, ok_dp("a", "eu-west"))], ..Default::default() }, "does not carry the labels"),
+        (DeltaDiscoveryResponse { resources: vec![XdsResource { name: "default/a".into(), ..Default::default() }], ..Default::default() }, "carries no resource"),
+        (DeltaDiscoveryResponse { removed_resources: vec!["no-slash".into()], ..Default::default() }, "is not a Dataplane name"),
+        // One bad resource spoils the whole response, good ones included.
+        (DeltaDiscoveryResponse { resources: vec![item("default/good", &dp_url, ok_dp("good", "us-east")),
+            item("default/bad", &dp_url, serde_json::to_vec(&json!({"mesh": "default", "name": "bad",
+                "labels": {"kuma.io/origin": "zone", "kuma.io/zone": "us-east"}, "spec": {"networking": {"inbound": [{"port": 70000}]}}})).unwrap())],
+            ..Default::default() }, "is not valid"),
+    ];
+    for (response, expected) in cases {
+        let error = inbox.apply(Kind::Dataplane, &response).await.unwrap_err();
+        assert!(error.contains(expected), "{error:?} should say {expected:?}");
+    }
+    assert!(names(&global, Kind::Dataplane).await.is_empty(), "nothing was written");
+    // The global's own resource is never removed by a zone.
+    put(&global, backend("mine", "global.internal")).await;
+    let inbox = Inbox { store: global.clone(), flow: Flow::ToGlobal { zone: "us-east".into() } };
+    let removal = DeltaDiscoveryResponse { removed_resources: vec!["default/mine".into()], ..Default::default() };
+    assert!(inbox.apply(Kind::MeshOpenTelemetryBackend, &removal).await.unwrap_err().contains("not synced from zone"));
+    assert_eq!(names(&global, Kind::MeshOpenTelemetryBackend).await, ["mine"]);
+}
