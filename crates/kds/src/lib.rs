@@ -25,7 +25,7 @@ pub mod zone;
 pub use global::{Global, GlobalConfig};
 pub use guard::{OriginGuard, Role};
 pub use hash::hashed_name;
-pub use receive::{receive, Inbox};
+pub use receive::{decode, receive, Inbox};
 pub use send::{send, Outbox, NACK_BACKOFF};
 pub use stats::StreamStats;
 pub use zone::ZoneConfig;

@@ -74,20 +74,11 @@ impl<S: ResourceStore> Inbox<S> {
         Ok(())
     }
 
-    /// Decodes one resource and checks it may be stored here: its kind and
-    /// name as announced, labels saying it comes from the peer, a valid spec,
-    /// and no resource of this side's own under its name.
+    /// Decodes one resource and checks it may be stored here: [`decode`],
+    /// labels saying it comes from the peer, and no resource of this side's
+    /// own under its name.
     async fn check(&self, kind: Kind, item: &XdsResource) -> Result<(Resource, Option<Resource>), String> {
-        let any = item.resource.as_ref().ok_or_else(|| format!("{:?} carries no resource", item.name))?;
-        if any.type_url != type_url(kind) {
-            return Err(format!("{:?} is a {:?}, not a {kind}", item.name, any.type_url));
-        }
-        let wire: WireResource =
-            serde_json::from_slice(&any.value).map_err(|e| format!("{:?} does not decode: {e}", item.name))?;
-        let resource = wire.into_resource(kind);
-        if wire_key(kind, &resource.mesh, &resource.name) != item.name {
-            return Err(format!("{:?} names a different resource ({})", item.name, resource.key()));
-        }
+        let resource = decode(kind, item)?;
         if !self.flow.owns(&resource) {
             return Err(format!(
                 "{} does not carry the labels of a resource from {}",
@@ -95,8 +86,6 @@ impl<S: ResourceStore> Inbox<S> {
                 self.flow.source()
             ));
         }
-        tern_model::spec::check_spec(kind, &resource.spec)
-            .map_err(|v| format!("{} is not valid: {}", resource.key(), v))?;
         let stored = self.store.get(&resource.key()).await.map_err(|e| e.to_string())?;
         if let Some(s) = &stored {
             if !self.flow.owns(s) {
@@ -109,6 +98,23 @@ impl<S: ResourceStore> Inbox<S> {
         }
         Ok((resource, stored))
     }
+}
+
+/// One resource of a response of `kind`, decoded and checked without the
+/// store: its type and name as announced, and a spec the validator accepts.
+pub fn decode(kind: Kind, item: &XdsResource) -> Result<Resource, String> {
+    let any = item.resource.as_ref().ok_or_else(|| format!("{:?} carries no resource", item.name))?;
+    if any.type_url != type_url(kind) {
+        return Err(format!("{:?} is a {:?}, not a {kind}", item.name, any.type_url));
+    }
+    let wire: WireResource =
+        serde_json::from_slice(&any.value).map_err(|e| format!("{:?} does not decode: {e}", item.name))?;
+    let resource = wire.into_resource(kind);
+    if wire_key(kind, &resource.mesh, &resource.name) != item.name {
+        return Err(format!("{:?} names a different resource ({})", item.name, resource.key()));
+    }
+    tern_model::spec::check_spec(kind, &resource.spec).map_err(|v| format!("{} is not valid: {v}", resource.key()))?;
+    Ok(resource)
 }
 
 /// Runs one stream's receiving side: subscribes to every kind of the flow,
