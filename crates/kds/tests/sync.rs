@@ -123,7 +123,7 @@ async fn global_resources_reach_the_zone_and_follow_edits_deletions_and_reconnec
     tokio::time::sleep(Duration::from_millis(100)).await;
     global.delete(&ResourceKey::new(Kind::MeshTrace, "default", "traces"), Precondition::None).await.unwrap();
     put(&global, backend("collector-eu-west", "collector.eu-west.internal")).await;
-    assert_eq!(names(&zone, Kind::MeshTrace).await, [synced_policy.clone()], "a cut-off zone keeps what it has");
+    assert_eq!(names(&zone, Kind::MeshTrace).await, [synced_policy.as_str()], "a cut-off zone keeps what it has");
     let versions_before = zone.get(&key).await.unwrap().unwrap().meta.version;
 
     let _tasks = connect(&global, &zone, "us-east");
@@ -164,7 +164,7 @@ async fn zone_dataplanes_and_insights_reach_the_global_with_status() {
             == Some(json!({"openTelemetry": {"traces": "ready"}}))
     })
     .await;
-    assert_eq!(names(&global, Kind::Dataplane).await, [synced.clone()]);
+    assert_eq!(names(&global, Kind::Dataplane).await, [synced.as_str()]);
 
     zone.delete(&ResourceKey::new(Kind::Dataplane, "default", "web-1"), Precondition::None).await.unwrap();
     zone.delete(&insight_key, Precondition::None).await.unwrap();

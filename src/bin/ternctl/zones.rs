@@ -121,7 +121,12 @@ mod tests {
                 backend: "sqlite".into(),
                 status: KdsStatus {
                     last_update_time: Some("2026-01-01T00:00:30Z".into()),
-                    total: KdsCounts { responses_sent: 5, responses_acknowledged: 4, responses_rejected: 1 },
+                    total: KdsCounts {
+                        responses_sent: 5,
+                        responses_acknowledged: 4,
+                        responses_rejected: 1,
+                        bytes: 900,
+                    },
                     zone_to_global: KdsCounts { responses_sent: 2, ..Default::default() },
                     ..Default::default()
                 },
