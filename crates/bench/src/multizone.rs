@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tern_kds::mapping::{ORIGIN_LABEL, ZONE_LABEL};
-use tern_model::{Kind, Meta, Resource};
+use tern_model::{Kind, Resource};
 use tern_store::{Precondition, ResourceStore, SqlStore, Write};
 
 /// Writes `count` Dataplanes with their insights (and a status the size a
@@ -51,7 +51,7 @@ fn resource(kind: Kind, mesh: &str, name: &str, labels: &[(&str, &str)], spec: V
         labels.insert("kuma.io/display-name".into(), name.into());
         labels.insert("kuma.io/mesh".into(), mesh.into());
     }
-    Resource { kind, mesh: mesh.into(), name: name.into(), labels, spec, status: None, meta: Meta::default() }
+    Resource { labels, ..Resource::new(kind, mesh, name, spec) }
 }
 
 fn write(resource: Resource) -> Write {

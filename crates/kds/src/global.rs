@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tern_model::{Kind, Meta, Resource, ResourceKey};
+use tern_model::{Kind, Resource, ResourceKey};
 use tern_protocol::{KdsStatus, KdsSubscription, ZoneInsightSpec};
 use tern_store::{Precondition, ResourceStore, Write};
 use tern_tokens::TokenError;
@@ -120,7 +120,7 @@ impl<S: ResourceStore> Global<S> {
             }
             Some(_) => {}
             None => {
-                let resource = resource(Kind::Zone, &zone, json!({"enabled": true}));
+                let resource = Resource::new(Kind::Zone, "", &zone, json!({"enabled": true}));
                 let created =
                     self.store.apply(vec![Write { resource, precondition: Precondition::MustNotExist }]).await;
                 if created.is_ok() {
@@ -213,7 +213,7 @@ impl<S: ResourceStore> Global<S> {
             }
             self.check_health();
             for (zone, spec) in self.changed_insights() {
-                let resource = resource(Kind::ZoneInsight, &zone, serde_json::to_value(&spec)?);
+                let resource = Resource::new(Kind::ZoneInsight, "", &zone, serde_json::to_value(&spec)?);
                 if let Err(e) = self.store.apply(vec![Write { resource, precondition: Precondition::None }]).await {
                     warn!(zone = %zone, error = %e, "cannot write the ZoneInsight; retrying");
                     self.forget_written(&zone);
@@ -305,18 +305,6 @@ fn subscription(s: &Session) -> KdsSubscription {
             last_error: s.to_global.last_error().or_else(|| s.to_zone.last_error()),
         },
         ..s.subscription.clone()
-    }
-}
-
-fn resource(kind: Kind, name: &str, spec: serde_json::Value) -> Resource {
-    Resource {
-        kind,
-        mesh: String::new(),
-        name: name.to_string(),
-        labels: Default::default(),
-        spec,
-        status: None,
-        meta: Meta::default(),
     }
 }
 

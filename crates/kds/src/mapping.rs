@@ -175,15 +175,7 @@ impl WireResource {
     }
 
     pub fn into_resource(self, kind: Kind) -> Resource {
-        Resource {
-            kind,
-            mesh: self.mesh,
-            name: self.name,
-            labels: self.labels,
-            spec: self.spec,
-            status: self.status,
-            meta: Meta::default(),
-        }
+        Resource { labels: self.labels, status: self.status, ..Resource::new(kind, &self.mesh, &self.name, self.spec) }
     }
 }
 

@@ -27,6 +27,8 @@ pub const NACK_BACKOFF: Duration = Duration::from_secs(5);
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Resources per response, so a large initial sync stays under the message limit.
 const CHUNK: usize = 500;
+/// Responses the peer may leave unanswered before the stream is given up.
+const MAX_IN_FLIGHT: usize = 1000;
 
 /// What one side publishes: the store and the flow that maps it.
 pub struct Outbox<S> {
@@ -97,9 +99,13 @@ where
     loop {
         for kind in outbox.flow.kinds() {
             if dirty.remove(kind) && sender.peer.contains_key(kind) {
-                if let Err(e) = sender.flush(*kind).await {
-                    warn!(kind = %kind, error = %e, "cannot read what to sync; retrying");
-                    retry_at = Some(Instant::now() + Duration::from_secs(1));
+                match sender.flush(*kind).await {
+                    Ok(()) => {}
+                    Err(SyncError::Store(e)) => {
+                        warn!(kind = %kind, error = %e, "cannot read what to sync; retrying");
+                        retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -187,8 +193,8 @@ impl<S: ResourceStore> Publisher<'_, S> {
     }
 
     /// Sends what differs between the store and the peer, for one kind.
-    async fn flush(&mut self, kind: Kind) -> Result<(), StoreError> {
-        let current = self.outbox.current(kind).await?;
+    async fn flush(&mut self, kind: Kind) -> Result<(), SyncError> {
+        let current = self.outbox.current(kind).await.map_err(SyncError::Store)?;
         let with_status = self.outbox.flow.keeps_status();
         let known = self.peer.entry(kind).or_default();
         let mut upserts = Vec::new();
@@ -206,15 +212,23 @@ impl<S: ResourceStore> Publisher<'_, S> {
         let mut removed = Some(removed).filter(|r| !r.is_empty());
         let mut chunks = upserts.chunks(CHUNK).peekable();
         if chunks.peek().is_none() && removed.is_some() {
-            self.respond(kind, Vec::new(), removed.take().unwrap_or_default()).await;
+            self.respond(kind, Vec::new(), removed.take().unwrap_or_default()).await?;
         }
         for chunk in chunks {
-            self.respond(kind, chunk.to_vec(), removed.take().unwrap_or_default()).await;
+            self.respond(kind, chunk.to_vec(), removed.take().unwrap_or_default()).await?;
         }
         Ok(())
     }
 
-    async fn respond(&mut self, kind: Kind, resources: Vec<XdsResource>, removed: Vec<String>) {
+    async fn respond(
+        &mut self,
+        kind: Kind,
+        resources: Vec<XdsResource>,
+        removed: Vec<String>,
+    ) -> Result<(), SyncError> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return Err(SyncError::Protocol(format!("{MAX_IN_FLIGHT} responses left unanswered")));
+        }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let names = resources.iter().map(|r| r.name.clone()).chain(removed.iter().cloned()).collect();
@@ -228,8 +242,7 @@ impl<S: ResourceStore> Publisher<'_, S> {
         };
         self.in_flight.insert(nonce, InFlight { kind, names });
         self.stats.sent(kind, prost::Message::encoded_len(&response));
-        // A closed channel means the stream ended; the request side sees it too.
-        let _ = self.out.send(response).await;
+        self.out.send(response).await.map_err(|_| SyncError::Closed)
     }
 }
 

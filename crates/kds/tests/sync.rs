@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tern_kds::mapping::{Flow, ORIGIN_LABEL, ZONE_LABEL};
 use tern_kds::{hashed_name, receive, send, Inbox, Outbox, StreamStats};
-use tern_model::{Kind, Meta, Resource, ResourceKey};
+use tern_model::{Kind, Resource, ResourceKey};
 use tern_store::{ListFilter, Precondition, ResourceStore, SqlStore, Write};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -27,7 +27,7 @@ fn resource(kind: Kind, mesh: &str, name: &str, labels: &[(&str, &str)], spec: V
         labels.insert("kuma.io/display-name".into(), name.into());
         labels.insert("kuma.io/mesh".into(), mesh.into());
     }
-    Resource { kind, mesh: mesh.into(), name: name.into(), labels, spec, status: None, meta: Meta::default() }
+    Resource { labels, ..Resource::new(kind, mesh, name, spec) }
 }
 
 async fn put(store: &SqlStore, r: Resource) {

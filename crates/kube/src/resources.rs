@@ -229,7 +229,9 @@ mod tests {
                 "meshopentelemetrybackends",
                 "meshtraces",
                 "meshmetrics",
-                "meshaccesslogs"
+                "meshaccesslogs",
+                "zones",
+                "zoneinsights"
             ]
         );
     }

@@ -67,6 +67,13 @@ impl ResourceKey {
 }
 
 impl Resource {
+    /// A resource with no labels, status or times yet (the store sets the
+    /// times); `mesh` is dropped for kinds outside meshes.
+    pub fn new(kind: Kind, mesh: &str, name: &str, spec: Value) -> Resource {
+        let ResourceKey { kind, mesh, name } = ResourceKey::new(kind, mesh, name);
+        Resource { kind, mesh, name, labels: BTreeMap::new(), spec, status: None, meta: Meta::default() }
+    }
+
     pub fn key(&self) -> ResourceKey {
         ResourceKey { kind: self.kind, mesh: self.mesh.clone(), name: self.name.clone() }
     }

@@ -330,7 +330,7 @@ fn identity_rules() {
         )])
     );
     assert_eq!(violations("type: MeshOpenTelemetryBackend\nname: m\n"), pairs(&[("mesh", "cannot be empty")]));
-    assert_eq!(violations("type: MeshWidget\nname: m\n"), pairs(&[("type", "unknown kind \"MeshWidget\"; known kinds: Mesh, Dataplane, DataplaneInsight, MeshOpenTelemetryBackend, MeshTrace, MeshMetric, MeshAccessLog")]));
+    assert_eq!(violations("type: MeshWidget\nname: m\n"), pairs(&[("type", "unknown kind \"MeshWidget\"; known kinds: Mesh, Dataplane, DataplaneInsight, MeshOpenTelemetryBackend, MeshTrace, MeshMetric, MeshAccessLog, Zone, ZoneInsight")]));
     assert_eq!(
         violations("apiVersion: kuma.io/v1beta9\nkind: Mesh\nmetadata:\n  name: m\n"),
         pairs(&[("apiVersion", "must be kuma.io/v1alpha1")])

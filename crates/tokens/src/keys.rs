@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tern_model::{Kind, Meta, Resource, ResourceKey};
+use tern_model::{Kind, Resource, ResourceKey};
 use tern_protocol::{DataplaneTokenRequest, SigningKeyInfo, ZoneTokenRequest};
 use tern_store::{ListFilter, Precondition, ResourceStore, StoreError, Write};
 
@@ -200,15 +200,7 @@ fn validity(valid_for: Option<&str>) -> Result<(u64, u64), KeyError> {
 }
 
 fn secret(name: &str, spec: serde_json::Value) -> Resource {
-    Resource {
-        kind: Kind::GlobalSecret,
-        mesh: String::new(),
-        name: name.to_string(),
-        labels: Default::default(),
-        spec,
-        status: None,
-        meta: Meta::default(),
-    }
+    Resource::new(Kind::GlobalSecret, "", name, spec)
 }
 
 /// Mesh and dataplane names by the model's rules (Kuma's: a mesh may hold

@@ -24,8 +24,12 @@ pub async fn generate_dataplane_token(
     }
     let req =
         DataplaneTokenRequest { mesh: mesh.into(), name: name.into(), tags: parsed, valid_for: Some(valid_for.into()) };
-    let body = serde_json::to_value(&req)?;
-    match client.call(Method::POST, "/tokens/dataplane", Some(&body)).await? {
+    print_token(client.call(Method::POST, "/tokens/dataplane", Some(&serde_json::to_value(&req)?)).await?)
+}
+
+/// Prints the token an API answered with, alone on its line.
+fn print_token(answer: Value) -> Result<()> {
+    match answer {
         Value::String(token) => {
             println!("{}", token.trim());
             Ok(())
@@ -37,14 +41,7 @@ pub async fn generate_dataplane_token(
 /// Prints a token for one zone control plane (and nothing else).
 pub async fn generate_zone_token(client: &Client, zone: &str, valid_for: &str) -> Result<()> {
     let req = ZoneTokenRequest { zone: zone.into(), valid_for: Some(valid_for.into()) };
-    let body = serde_json::to_value(&req)?;
-    match client.call(Method::POST, "/tokens/zone", Some(&body)).await? {
-        Value::String(token) => {
-            println!("{}", token.trim());
-            Ok(())
-        }
-        other => bail!("the API answered with something that is not a token: {other}"),
-    }
+    print_token(client.call(Method::POST, "/tokens/zone", Some(&serde_json::to_value(&req)?)).await?)
 }
 
 /// Adds a signing key; new tokens are signed with it.
