@@ -33,6 +33,7 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/tern
 mkdir -p .tools
 
 # build_go_tools WHAT SRC DIR LDFLAGS OUT PKG [OUT PKG ...] builds each
+# (with the build tags in GO_TOOL_TAGS, if set)
 # package PKG of the Go tools module SRC into DIR/OUT (DIR is named for the
 # release pinned in SRC/go.mod), unless every DIR/OUT is there and
 # DIR/source.sha256 matches a stamp of the module's sources (go.mod, go.sum,
@@ -50,10 +51,11 @@ build_go_tools() {
     pkgs+=("$2")
     shift 2
   done
-  local stamp i fresh=1
+  local stamp i fresh=1 tags=${GO_TOOL_TAGS:-}
   stamp=$( {
     find "$src" -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) | LC_ALL=C sort | xargs cat
     [ -z "$ldflags" ] || printf '%s' "$ldflags"
+    [ -z "$tags" ] || printf 'tags %s' "$tags"
   } | sha256sum | cut -d' ' -f1)
   [ "$(cat "$dir/source.sha256" 2>/dev/null)" = "$stamp" ] || fresh=
   for i in "${!outs[@]}"; do
@@ -73,7 +75,7 @@ build_go_tools() {
   for i in "${!outs[@]}"; do
     tmps+=("$dir/${outs[i]}.$$.tmp")
     one=$SECONDS
-    if ! (cd "$src" && go build -trimpath -buildvcs=false -ldflags="-s -w${ldflags:+ $ldflags}" -o "${tmps[i]}" "${pkgs[i]}") >&2; then
+    if ! (cd "$src" && go build -trimpath -buildvcs=false ${tags:+-tags "$tags"} -ldflags="-s -w${ldflags:+ $ldflags}" -o "${tmps[i]}" "${pkgs[i]}") >&2; then
       kill "$heartbeat" 2>/dev/null || true
       heartbeat=
       rm -f "${tmps[@]}"
@@ -131,3 +133,20 @@ ln -sfn "$kubectl" .tools/kubectl
 echo "export TERN_TEST_KUBE_APISERVER=$kube_apiserver"
 echo "export TERN_TEST_ETCD=$etcd"
 echo "export TERN_TEST_KUBECTL=$kubectl"
+
+# Prometheus 3 with Kuma's service discovery (kuma_sd_configs), from the
+# module tools/prometheus pins: github.com/prometheus/prometheus v0.3MM.P is
+# Prometheus 3.MM.P. Built with only the xDS discovery (Kuma's) among the
+# service discoveries (Prometheus' own build tags), which keeps the cloud
+# SDKs out of the build.
+prom_src=tools/prometheus
+prom_module=$(awk '$1 == "github.com/prometheus/prometheus" { print $2 }' "$prom_src/go.mod")
+prom_minor=${prom_module#v0.}
+prom_release=3.$((${prom_minor%%.*} - 300)).${prom_minor#*.}
+prom_dir=$cache/prometheus-$prom_release
+GO_TOOL_TAGS=remove_all_sd,enable_xds_sd build_go_tools "Prometheus $prom_release" "$prom_src" "$prom_dir" \
+  "-X github.com/prometheus/common/version.Version=$prom_release" prometheus github.com/prometheus/prometheus/cmd/prometheus
+prometheus=$prom_dir/prometheus
+"$prometheus" --version >/dev/null
+ln -sfn "$prometheus" .tools/prometheus
+echo "export TERN_TEST_PROMETHEUS=$prometheus"

@@ -38,6 +38,8 @@ pub struct ControlPlane {
     extra: Vec<String>,
     /// The data-plane server (bootstrap, plans).
     pub dp: String,
+    /// The monitoring assignment server (MADS), when it runs.
+    pub mads: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     store: Option<String>,
@@ -63,6 +65,7 @@ impl ControlPlane {
             ca: data_dir.join("tls").join("ca.crt"),
             extra: extra.iter().map(|a| a.to_string()).collect(),
             dp: String::new(),
+            mads: None,
             data_dir: data_dir.to_path_buf(),
             log: data_dir.join(format!("tern-cp-{}.log", Instant::now().elapsed().as_nanos())),
             store: store.map(str::to_string),
@@ -86,6 +89,10 @@ impl ControlPlane {
         if let Some(store) = &self.store {
             cmd.args(["--store", store]);
         }
+        // Tests run control planes side by side: no fixed port.
+        if !self.extra.iter().any(|a| a == "--mads-addr") {
+            cmd.args(["--mads-addr", "127.0.0.1:0"]);
+        }
         self.child = Some(cmd.spawn().expect("tern-cp starts"));
         let port = self.wait_for_port();
         self.api = format!("http://127.0.0.1:{port}");
@@ -105,6 +112,7 @@ impl ControlPlane {
                 let dp_scheme = if line.contains("dp_tls=true") { "https" } else { "http" };
                 self.dp = format!("{dp_scheme}://127.0.0.1:{}", port_of("dp="));
                 self.api_tls = format!("https://127.0.0.1:{}", port_of("api_tls="));
+                self.mads = line.contains(" mads=").then(|| format!("http://127.0.0.1:{}", port_of("mads=")));
                 return port_of("api=");
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

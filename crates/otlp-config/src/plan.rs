@@ -11,6 +11,22 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OtelPlan {
     pub backends: Vec<PlanBackend>,
+    /// MeshMetric Prometheus backends: endpoints `tern-dp` serves on the
+    /// data plane's address, one per Prometheus client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prometheus: Vec<PrometheusEndpoint>,
+}
+
+/// One Prometheus endpoint on the data plane (MeshMetric `prometheus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusEndpoint {
+    /// The Prometheus that discovers it through MADS.
+    pub client_id: String,
+    pub port: u16,
+    pub path: String,
+    /// `tls.mode: ProvidedTLS`: served over TLS with the data plane's certificate.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

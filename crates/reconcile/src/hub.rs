@@ -72,6 +72,18 @@ impl PlanHub {
         published
     }
 
+    /// Every dataplane's Prometheus endpoints, as its current plan has them
+    /// (those with none left out).
+    pub fn prometheus_endpoints(&self) -> Vec<((String, String), Vec<tern_otlp_config::PrometheusEndpoint>)> {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter_map(|(key, tx)| {
+                let state = tx.borrow();
+                (!state.plan.prometheus.is_empty()).then(|| (key.clone(), state.plan.prometheus.clone()))
+            })
+            .collect()
+    }
+
     /// Forgets dataplanes of `mesh` not in `keep` (deleted ones), giving
     /// their followers an empty plan first.
     pub fn retain(&self, mesh: &str, keep: &[&str]) {

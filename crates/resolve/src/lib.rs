@@ -27,7 +27,9 @@ use tern_model::spec::motb::{Condition, MeshOpenTelemetryBackendSpec};
 use tern_model::spec::policy::{BackendRef, TargetRef};
 use tern_model::{Kind, Resource};
 use tern_otlp_config::merge::BackendUse;
-use tern_otlp_config::{resolve_backends, BackendSettings, OtelPlan, PlanBackend, PlanSignal, Signal, SignalStatus};
+use tern_otlp_config::{
+    resolve_backends, BackendSettings, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint, Signal, SignalStatus,
+};
 
 /// One dataplane and, once it has registered, its session.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +81,27 @@ pub struct DataplaneOutcome {
     /// The merged OTel entries per signal, kept so a backend edit can redo
     /// only the last step for the dataplanes that use it.
     entries: Vec<(Signal, Vec<OtelEntry>)>,
-    /// The merged MeshTrace `sampling` and `tags`.
-    trace_conf: TraceConf,
+    /// The merged MeshTrace `sampling` and `tags`, and MeshMetric's
+    /// Prometheus endpoints.
+    conf: MergedConf,
+}
+
+/// What the matched policies' merged confs say beyond their OTel entries.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct MergedConf {
+    trace: TraceConf,
+    prometheus: Vec<PrometheusEndpoint>,
+}
+
+impl MergedConf {
+    /// Takes what `kind`'s merged conf contributes.
+    fn absorb(&mut self, kind: Kind, other: MergedConf) {
+        match kind {
+            Kind::MeshTrace => self.trace = other.trace,
+            Kind::MeshMetric => self.prometheus = other.prometheus,
+            _ => {}
+        }
+    }
 }
 
 /// MeshTrace's merged `sampling` and `tags`, what Envoy's tracing needs
@@ -146,7 +167,7 @@ impl DataplaneOutcome {
                 }
             }
         }
-        EnvoyTelemetry { traces, trace: self.trace_conf.clone(), access_logs }
+        EnvoyTelemetry { traces, trace: self.conf.trace.clone(), access_logs }
     }
 }
 
@@ -336,7 +357,7 @@ fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
 
 /// The effective OTel entries of one kind for the matched policies (sorted),
 /// and for MeshTrace the merged `sampling` and `tags`.
-fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, TraceConf) {
+fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, MergedConf) {
     let merged_default = fold(matched.iter().map(|p| &p.default));
     let entries = match kind {
         // MeshTrace allows zero or one backend.
@@ -353,13 +374,38 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntr
             out
         }
     };
-    let trace_conf = match kind {
-        Kind::MeshTrace if !merged_default.is_null() => serde_json::from_value::<MeshTraceConf>(merged_default)
-            .map(|c| TraceConf { sampling: c.sampling, tags: c.tags.unwrap_or_default() })
+    let conf = match kind {
+        _ if merged_default.is_null() => MergedConf::default(),
+        Kind::MeshTrace => serde_json::from_value::<MeshTraceConf>(merged_default)
+            .map(|c| MergedConf {
+                trace: TraceConf { sampling: c.sampling, tags: c.tags.unwrap_or_default() },
+                ..Default::default()
+            })
             .unwrap_or_default(),
-        _ => TraceConf::default(),
+        Kind::MeshMetric => serde_json::from_value::<MeshMetricConf>(merged_default)
+            .map(|c| MergedConf { prometheus: prometheus_endpoints(&c), ..Default::default() })
+            .unwrap_or_default(),
+        _ => MergedConf::default(),
     };
-    (entries, trace_conf)
+    (entries, conf)
+}
+
+/// The Prometheus endpoints of a merged MeshMetric conf, one per client id
+/// (the first backend of a client wins, as one listener per client).
+fn prometheus_endpoints(conf: &MeshMetricConf) -> Vec<PrometheusEndpoint> {
+    let mut out: Vec<PrometheusEndpoint> = Vec::new();
+    for p in conf.backends.iter().flatten().filter_map(|b| b.prometheus.as_ref()) {
+        if out.iter().any(|e| e.client_id == p.client_id() || e.port == p.port()) {
+            continue;
+        }
+        out.push(PrometheusEndpoint {
+            client_id: p.client_id().to_string(),
+            port: p.port(),
+            path: p.path().to_string(),
+            tls: p.provided_tls(),
+        });
+    }
+    out
 }
 
 fn signal_of(kind: Kind) -> Signal {
@@ -431,7 +477,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
     conditions(&policies, input.backends, &index, &mut out);
 
     // Dataplanes matching the same policies share the merged result.
-    let mut cache: HashMap<(Kind, Vec<usize>), (Vec<OtelEntry>, TraceConf)> = HashMap::new();
+    let mut cache: HashMap<(Kind, Vec<usize>), (Vec<OtelEntry>, MergedConf)> = HashMap::new();
     for dp in input.dataplanes {
         let Some(session) = dp.session else { continue };
         let prev = previous.and_then(|p| p.dataplanes.get(&dp.resource.name));
@@ -442,7 +488,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
             }
             (Some(prev), Changed::Backends(names)) => {
                 let outcome = if prev.uses_any(names) {
-                    Arc::new(dataplane_outcome(session, prev.entries.clone(), prev.trace_conf.clone(), &index))
+                    Arc::new(dataplane_outcome(session, prev.entries.clone(), prev.conf.clone(), &index))
                 } else {
                     prev.clone()
                 };
@@ -454,7 +500,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
         let spec: DataplaneSpec = serde_json::from_value(dp.resource.spec.clone()).unwrap_or_default();
         let facts = DataplaneFacts { name: &dp.resource.name, labels: &dp.resource.labels, spec: &spec };
         let mut per_signal: Vec<(Signal, Vec<OtelEntry>)> = Vec::with_capacity(3);
-        let mut trace_conf = TraceConf::default();
+        let mut merged = MergedConf::default();
         for kind in [Kind::MeshTrace, Kind::MeshMetric, Kind::MeshAccessLog] {
             let mut matched: Vec<usize> = (0..policies.len())
                 .filter(|&i| policies[i].kind == kind && selects(policies[i].target.as_ref(), &facts))
@@ -467,12 +513,10 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
                     effective_entries(kind, &refs)
                 })
                 .clone();
-            if kind == Kind::MeshTrace {
-                trace_conf = conf;
-            }
+            merged.absorb(kind, conf);
             per_signal.push((signal_of(kind), entries));
         }
-        let outcome = dataplane_outcome(session, per_signal, trace_conf, &index);
+        let outcome = dataplane_outcome(session, per_signal, merged, &index);
         out.dataplanes.insert(dp.resource.name.clone(), Arc::new(outcome));
     }
     out
@@ -552,7 +596,7 @@ type UsedBackends<'a> = BTreeMap<String, (&'a Resource, Vec<Signal>, Option<Stri
 fn dataplane_outcome(
     session: &Session,
     mut per_signal: Vec<(Signal, Vec<OtelEntry>)>,
-    trace_conf: TraceConf,
+    conf: MergedConf,
     index: &BackendIndex<'_>,
 ) -> DataplaneOutcome {
     let mut notes = Vec::new();
@@ -592,7 +636,7 @@ fn dataplane_outcome(
         .map(|(name, (b, signals, _))| BackendUse { name, settings: &index.settings[b.name.as_str()], signals })
         .collect();
     let resolutions = resolve_backends(&uses, &session.otel_env);
-    let mut plan = OtelPlan::default();
+    let mut plan = OtelPlan { prometheus: conf.prometheus.clone(), ..OtelPlan::default() };
     let mut status = OpenTelemetryStatus::default();
     for ((name, (backend, _, refresh)), resolved) in used.iter().zip(resolutions) {
         let signal_status = |s: Signal| resolved.iter().find(|r| r.signal == s).map(SignalStatus::from);
@@ -618,5 +662,5 @@ fn dataplane_outcome(
             logs: or_off(Signal::Logs),
         });
     }
-    DataplaneOutcome { plan, status, direct, notes, entries: per_signal, trace_conf }
+    DataplaneOutcome { plan, status, direct, notes, entries: per_signal, conf }
 }

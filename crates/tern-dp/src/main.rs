@@ -5,6 +5,7 @@
 mod cp;
 mod envoy;
 mod otel;
+mod prometheus;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -102,6 +102,22 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
     let (plan_tx, plan_rx) = watch::channel(OtelPlan::default());
     if let Some(admin) = admin {
         let resource = resource_attributes(&dp, &spec);
+        let address = spec.networking.as_ref().and_then(|n| n.address.parse::<std::net::IpAddr>().ok());
+        match address {
+            Some(address) => {
+                let endpoints = crate::prometheus::serve_endpoints(
+                    plan_rx.clone(),
+                    address,
+                    admin,
+                    prometheus_labels(&dp, &spec),
+                    pipe.clone(),
+                );
+                parts.spawn(until_halt("Prometheus endpoints", halt.clone(), endpoints));
+            }
+            None => {
+                warn!("the Dataplane's address is not an IP address: MeshMetric Prometheus backends are not served")
+            }
+        }
         parts.spawn(until_halt("Envoy metrics", halt.clone(), envoy_metrics(pipe.clone(), plan_rx, admin, resource)));
     }
     let stats_path = work_dir.join(STATS_FILE);
@@ -201,6 +217,17 @@ fn resource_attributes(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) ->
     ];
     resource.extend(zone.map(|z| ("kuma.zone".to_string(), z)));
     resource
+}
+
+/// The labels Kuma's agent adds to what its Prometheus endpoint serves.
+fn prometheus_labels(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) -> Vec<(String, String)> {
+    let zone =
+        spec.networking.as_ref().and_then(|n| n.inbound.first()).and_then(|i| i.tags.get("kuma.io/zone").cloned());
+    let mut labels = vec![("mesh".to_string(), dp.mesh.clone())];
+    labels.extend(zone.map(|z| ("zone".to_string(), z)));
+    labels.push(("service".to_string(), service_of(dp, spec)));
+    labels.push(("dataplane".to_string(), dp.name.clone()));
+    labels
 }
 
 async fn serve_metrics(listener: tokio::net::TcpListener, pipe: Arc<Mutex<PipeManager>>) -> Result<(), String> {

@@ -4,6 +4,7 @@
 
 mod files;
 mod kubernetes;
+mod mads;
 mod multizone;
 mod tls;
 
@@ -47,6 +48,10 @@ struct RunArgs {
     /// Address of the data-plane server: bootstrap, plans and ADS (Kuma's default port 5678).
     #[arg(long, default_value = "127.0.0.1:5678", env = "TERN_DP_ADDR")]
     dp_addr: SocketAddr,
+    /// Where Prometheus' kuma_sd_configs discover data planes (monitoring assignments, Kuma's
+    /// port 5676); `off` to serve none. Beyond loopback over HTTPS, with the API token.
+    #[arg(long, default_value = "127.0.0.1:5676", env = "TERN_MADS_ADDR", value_parser = parse_optional_addr)]
+    mads_addr: OptionalAddr,
     /// Serve the data-plane server over TLS also on loopback (off loopback it always is).
     #[arg(long, env = "TERN_DP_TLS")]
     dp_tls: bool,
@@ -232,7 +237,10 @@ async fn serve_control_plane<S: ResourceStore>(
     let Extras { parts, leader, authenticate, foreign } = extras;
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
     let api_tls = args.api_tls_addr.0;
-    let tls = if dp_tls || api_tls.is_some() {
+    // A global control plane has no data planes of its own to assign (Kuma: no MADS on global).
+    let mads_addr = args.mads_addr.0.filter(|_| args.multizone.mode != "global");
+    let mads_tls = mads_addr.is_some_and(|a| !a.ip().is_loopback());
+    let tls = if dp_tls || api_tls.is_some() || mads_tls {
         let config = tls::server_config(&tls_source(&args), &data_dir)?;
         if args.tls_cert_file.is_none() {
             info!(ca = %tls::ca_path(&data_dir).display(), "TLS with a generated CA: give this file to tern-dp --ca-cert-file and ternctl --ca-cert");
@@ -272,6 +280,10 @@ async fn serve_control_plane<S: ResourceStore>(
         None => None,
     };
     let dp_listener = bind(args.dp_addr, "data-plane server").await?;
+    let mads_listener = match mads_addr {
+        Some(addr) => Some(bind(addr, "monitoring assignment server (MADS)").await?),
+        None => None,
+    };
 
     let hub = Arc::new(PlanHub::default());
     let xds = Arc::new(tern_xds::XdsHub::default());
@@ -289,19 +301,25 @@ async fn serve_control_plane<S: ResourceStore>(
     };
     // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
     let ads = tonic::service::Routes::new(xds.service(ads_auth)).into_axum_router();
-    let dp_router = tern_dp_server::router(store.clone(), hub, runtime.clone(), dp_auth).merge(ads);
+    let dp_router = tern_dp_server::router(store.clone(), hub.clone(), runtime.clone(), dp_auth).merge(ads);
     let api_router = tern_api::router(
         store.clone(),
         WriteAuth { token: None, resources_read_only: read_only },
         Some(runtime.clone()),
     );
     let api_tls_router = tern_api::router(store.clone(), tls_write_auth, Some(runtime));
+    let mads_router = tern_mads::router(Arc::new(mads::Source { store: store.clone(), hub: hub.clone() }));
+    let mads_router =
+        if mads_tls { mads::with_token(mads_router, load_or_create_token(&data_dir)?.0) } else { mads_router };
 
     let mut listening = format!("api={}", api_listener.local_addr()?);
     if let Some(l) = &api_tls_listener {
         listening.push_str(&format!(" api_tls={}", l.local_addr()?));
     }
     listening.push_str(&format!(" dp={} dp_tls={dp_tls}", dp_listener.local_addr()?));
+    if let Some(l) = &mads_listener {
+        listening.push_str(&format!(" mads={}", l.local_addr()?));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
@@ -315,6 +333,10 @@ async fn serve_control_plane<S: ResourceStore>(
     }
     let dp_tls_config = if dp_tls { tls.clone() } else { None };
     tasks.spawn(serve("data-plane server", dp_listener, dp_router, dp_tls_config, stop_rx.clone()));
+    if let Some(l) = mads_listener {
+        let config = if mads_tls { tls.clone() } else { None };
+        tasks.spawn(serve("monitoring assignment server", l, mads_router, config, stop_rx.clone()));
+    }
     for part in parts {
         tasks.spawn(part(stop_rx.clone()));
     }

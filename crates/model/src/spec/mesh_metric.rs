@@ -90,9 +90,61 @@ pub struct MetricBackend {
     #[serde(rename = "type", default)]
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prometheus: Option<serde_json::Map<String, serde_json::Value>>,
+    pub prometheus: Option<PrometheusBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_telemetry: Option<MetricOtelBackend>,
+}
+
+/// Kuma's client id when a Prometheus backend names none; MADS answers a
+/// client it does not know as this one.
+pub const DEFAULT_PROMETHEUS_CLIENT: &str = "_kuma-default-client";
+
+/// A Prometheus endpoint the data plane serves on its address, found by
+/// Prometheus through the control plane's monitoring assignments (MADS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusBackend {
+    /// Which Prometheus (its `kuma_sd_configs` client id) scrapes it;
+    /// `_kuma-default-client` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Default 5670.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    /// Default `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTls>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusTls {
+    /// `Disabled` (default), `ProvidedTLS` or `ActiveMTLSBackend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl PrometheusBackend {
+    pub fn client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or(DEFAULT_PROMETHEUS_CLIENT)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(5670)
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or("/metrics")
+    }
+
+    /// Whether the endpoint is served over TLS (`ProvidedTLS`).
+    pub fn provided_tls(&self) -> bool {
+        self.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("ProvidedTLS")
+    }
 }
 
 /// The OpenTelemetry block of a MeshMetric backend.
@@ -122,6 +174,7 @@ impl OtelBackendBlock for MetricOtelBackend {
 const METRIC_BACKEND_TYPES: &[&str] = &["Prometheus", "OpenTelemetry"];
 const PROFILE_NAMES: &[&str] = &["All", "Basic", "None"];
 const SELECTOR_TYPES: &[&str] = &["Regex", "Prefix", "Exact", "Contains"];
+const TLS_MODES: &[&str] = &["Disabled", "ProvidedTLS", "ActiveMTLSBackend"];
 
 impl MeshMetricSpec {
     pub fn validate(&self) -> PolicyCheck {
@@ -169,6 +222,9 @@ impl MeshMetricSpec {
                     backend.open_telemetry.is_some()
                 }
             });
+            if let Some(prometheus) = backend.prometheus.as_ref().filter(|_| !is_otel) {
+                validate_prometheus(&mut check.violations, &b_at.field("prometheus"), prometheus);
+            }
             let Some(otel) = backend.open_telemetry.as_ref().filter(|_| is_otel) else { continue };
             let o_at = b_at.field("openTelemetry");
             validate_otel_block(&mut check, &o_at, otel, true);
@@ -183,5 +239,18 @@ impl MeshMetricSpec {
             }
         }
         check
+    }
+}
+
+fn validate_prometheus(v: &mut crate::violation::Violations, at: &FieldPath, p: &PrometheusBackend) {
+    if let Some(port) = p.port {
+        if !(1..=65535).contains(&port) {
+            v.add(&at.field("port"), "port must be a valid (1-65535)");
+        }
+    }
+    if let Some(mode) = p.tls.as_ref().and_then(|t| t.mode.as_deref()) {
+        if !TLS_MODES.contains(&mode) {
+            v.add(&at.field("tls").field("mode"), crate::violation::must_be_one_of("mode", TLS_MODES));
+        }
     }
 }

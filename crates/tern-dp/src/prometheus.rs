@@ -1,0 +1,164 @@
+//! MeshMetric's Prometheus backend on the data plane: for every endpoint the
+//! plan names, a server on the data plane's address answering the endpoint's
+//! path with Envoy's statistics (only those Envoy used, as Kuma's agent asks)
+//! labelled with the data plane's mesh, zone, service and name, followed by
+//! `tern-dp`'s own delivery counts. Prometheus finds these endpoints through
+//! the control plane's monitoring assignments (MADS).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tern_otlp_config::{OtelPlan, PrometheusEndpoint};
+use tern_pipe::PipeManager;
+use tokio::sync::{watch, Mutex};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{info, warn};
+
+/// What every endpoint serves from.
+struct Source {
+    client: reqwest::Client,
+    /// Envoy's statistics in Prometheus' text format.
+    stats_url: String,
+    /// `key="value"` pairs added to every sample, already escaped.
+    labels: String,
+    pipe: Arc<Mutex<PipeManager>>,
+}
+
+/// Keeps one server per endpoint of the current plan until `plan` closes.
+pub async fn serve_endpoints(
+    mut plan: watch::Receiver<OtelPlan>,
+    address: IpAddr,
+    admin: u16,
+    labels: Vec<(String, String)>,
+    pipe: Arc<Mutex<PipeManager>>,
+) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let source = Arc::new(Source {
+        client,
+        stats_url: format!("http://127.0.0.1:{admin}/stats/prometheus?usedonly"),
+        labels: label_text(&labels),
+        pipe,
+    });
+    let mut servers: JoinSet<()> = JoinSet::new();
+    let mut running: BTreeMap<(u16, String), AbortHandle> = BTreeMap::new();
+    loop {
+        let wanted: Vec<PrometheusEndpoint> = plan.borrow_and_update().prometheus.clone();
+        running.retain(|(port, path), handle| {
+            let keep = wanted.iter().any(|e| e.port == *port && &e.path == path);
+            if !keep {
+                handle.abort();
+                info!(port, path = %path, "Prometheus endpoint removed");
+            }
+            keep
+        });
+        for endpoint in &wanted {
+            let key = (endpoint.port, endpoint.path.clone());
+            if running.contains_key(&key) {
+                continue;
+            }
+            if endpoint.tls {
+                warn!(port = endpoint.port, "tls.mode ProvidedTLS is not supported by tern-dp yet; serving plain HTTP (as Kuma does without certificates)");
+            }
+            let addr = std::net::SocketAddr::new(address, endpoint.port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(addr = %addr, path = %endpoint.path, client = %endpoint.client_id, "serving Prometheus metrics");
+                    let router = axum::Router::new()
+                        .route(&normalized(&endpoint.path), axum::routing::get(scrape))
+                        .with_state(source.clone());
+                    let handle = servers.spawn(async move {
+                        if let Err(e) = axum::serve(listener, router).await {
+                            warn!(addr = %addr, error = %e, "Prometheus endpoint stopped");
+                        }
+                    });
+                    running.insert(key, handle);
+                }
+                Err(e) => {
+                    warn!(addr = %addr, error = %e, "cannot serve the Prometheus endpoint; retrying with the next plan")
+                }
+            }
+        }
+        while servers.try_join_next().is_some() {}
+        if plan.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// A path as a route: with its leading `/`.
+fn normalized(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+async fn scrape(State(source): State<Arc<Source>>) -> Response {
+    let envoy = match source.client.get(&source.stats_url).send().await {
+        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+        Ok(r) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin answered {}\n", r.status())).into_response(),
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin is not reachable: {e}\n")).into_response(),
+    };
+    let mut body = with_labels(&envoy, &source.labels);
+    body.push_str(&with_labels(&source.pipe.lock().await.prometheus(), &source.labels));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// `key="value",...` with Prometheus' escaping of values.
+fn label_text(labels: &[(String, String)]) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Prometheus text with `labels` added to every sample line.
+pub fn with_labels(text: &str, labels: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if labels.is_empty() || line.is_empty() || line.starts_with('#') {
+            out.push_str(line);
+        } else if let Some(brace) = line.find('{').filter(|b| line[..*b].find(' ').is_none()) {
+            let (name, rest) = line.split_at(brace);
+            let rest = &rest[1..];
+            out.push_str(name);
+            out.push('{');
+            out.push_str(labels);
+            if !rest.starts_with('}') {
+                out.push(',');
+            }
+            out.push_str(rest);
+        } else if let Some((name, value)) = line.split_once(' ') {
+            out.push_str(name);
+            out.push('{');
+            out.push_str(labels);
+            out.push_str("} ");
+            out.push_str(value);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_join_every_sample_and_leave_comments() {
+        let labels = label_text(&[("mesh".into(), "default".into()), ("dataplane".into(), "we\"b".into())]);
+        let text = "# TYPE envoy_x counter\nenvoy_x{cluster=\"a\"} 3\nenvoy_y 4\nenvoy_z{} 5\n\n";
+        assert_eq!(
+            with_labels(text, &labels),
+            "# TYPE envoy_x counter\nenvoy_x{mesh=\"default\",dataplane=\"we\\\"b\",cluster=\"a\"} 3\nenvoy_y{mesh=\"default\",dataplane=\"we\\\"b\"} 4\nenvoy_z{mesh=\"default\",dataplane=\"we\\\"b\"} 5\n\n"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! MeshMetric's Prometheus backend with a real Prometheus 3 (built from the
+//! Go module proxy by scripts/install-tools.sh): seed 003's scrape config,
+//! `kuma_sd_configs` pointed at Tern's monitoring assignment server, two data
+//! planes behind real Envoy, and a PromQL query by service.
+
+mod support;
+
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{eventually, free_port, ControlPlane, DataPlane};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn prometheus_binary() -> String {
+    std::env::var("TERN_TEST_PROMETHEUS").unwrap_or_else(|_| {
+        let local = support::repo_path(".tools/prometheus");
+        assert!(
+            local.exists(),
+            "Prometheus is not installed: run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\""
+        );
+        local.display().to_string()
+    })
+}
+
+/// Prometheus, stopped when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seed 003's scrape config, twice: with `fetch_timeout: 0s` (no long
+/// polling, the 2.6.0 workaround) and with the default long poll.
+fn config(mads: &str) -> String {
+    let job = |name: &str, fetch: &str| {
+        format!(
+            r#"  - job_name: '{name}'
+    scrape_interval: "1s"
+    relabel_configs:
+      - source_labels:
+          - __meta_kuma_mesh
+        regex: "(.*)"
+        target_label: mesh
+      - source_labels:
+          - __meta_kuma_dataplane
+        regex: "(.*)"
+        target_label: dataplane
+      - action: labelmap
+        regex: __meta_kuma_label_(.+)
+    kuma_sd_configs:
+      - server: "{mads}"
+        refresh_interval: 1s
+{fetch}"#
+        )
+    };
+    format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
+        job("kuma-dataplanes", "        fetch_timeout: 0s\n"),
+        job("kuma-dataplanes-long-poll", "")
+    )
+}
+
+fn start_prometheus(dir: &std::path::Path, mads: &str) -> Prometheus {
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config(mads)).unwrap();
+    let port = free_port();
+    let log = dir.join("prometheus.log");
+    let child = Command::new(prometheus_binary())
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("prometheus starts");
+    Prometheus { child, url: format!("http://127.0.0.1:{port}"), log }
+}
+
+fn get_json(url: &str) -> Result<Value, String> {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let r = reqwest::get(url).await.map_err(|e| e.to_string())?;
+            r.json::<Value>().await.map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// Active targets of `job`, as (dataplane label, health, labels).
+fn targets(p: &Prometheus, job: &str) -> Result<Vec<(String, String, Value)>, String> {
+    let v = get_json(&format!("{}/api/v1/targets?state=active", p.url))?;
+    Ok(v["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["labels"]["job"] == job)
+        .map(|t| {
+            (
+                t["labels"]["dataplane"].as_str().unwrap_or("").to_string(),
+                t["health"].as_str().unwrap_or("").to_string(),
+                t["labels"].clone(),
+            )
+        })
+        .collect())
+}
+
+fn dataplane(name: &str, address: &str, inbound: u16, app: u16, admin: u16, outbound: Option<(u16, &str)>) -> String {
+    let outbound = outbound
+        .map(|(port, service)| {
+            format!("  outbound:\n    - port: {port}\n      tags:\n        kuma.io/service: {service}\n")
+        })
+        .unwrap_or_default();
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: {address}\n  admin:\n    port: {admin}\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n      tags:\n        kuma.io/service: {name}\n        kuma.io/protocol: http\n{outbound}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
+    let envoy = support::envoy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let mads = cp.mads.clone().expect("tern-cp serves MADS");
+    let metrics_port = free_port();
+    let policy = format!(
+        "type: MeshMetric\nname: prometheus\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: Prometheus\n        prometheus:\n          port: {metrics_port}\n          path: /metrics\n"
+    );
+    cp.ternctl_stdin(&["apply", "-f", "-"], &policy).ok();
+
+    // web (127.0.0.2) calls api (127.0.0.3) through its outbound; each serves
+    // its metrics on its own address.
+    let root = dir.path().join("dps");
+    let extra = ["--envoy-binary", envoy.as_str()];
+    let (api_in, api_app, api_admin) = (free_port(), free_port(), free_port());
+    let (web_in, web_app, web_admin, web_out) = (free_port(), free_port(), free_port(), free_port());
+    let _api_app = support::demo_app(api_app, "api ok", None);
+    let _web_app = support::demo_app(web_app, "web ok", Some(format!("http://127.0.0.1:{web_out}/items")));
+    let _api = DataPlane::start(
+        &cp,
+        &root,
+        "api",
+        &dataplane("api", "127.0.0.3", api_in, api_app, api_admin, None),
+        &[],
+        &extra,
+    );
+    let web = DataPlane::start(
+        &cp,
+        &root,
+        "web",
+        &dataplane("web", "127.0.0.2", web_in, web_app, web_admin, Some((web_out, "api"))),
+        &[],
+        &extra,
+    );
+    let prometheus = start_prometheus(dir.path(), &mads);
+
+    for job in ["kuma-dataplanes", "kuma-dataplanes-long-poll"] {
+        eventually(WAIT, "both data planes up in Prometheus' targets", || {
+            let t = targets(&prometheus, job)?;
+            let up: Vec<&str> = t.iter().filter(|(_, h, _)| h == "up").map(|(d, _, _)| d.as_str()).collect();
+            (up.contains(&"web") && up.contains(&"api"))
+                .then_some(())
+                .ok_or(format!("{t:?}; prometheus: {}", std::fs::read_to_string(&prometheus.log).unwrap_or_default()))
+        });
+    }
+    let (_, _, labels) =
+        targets(&prometheus, "kuma-dataplanes").unwrap().into_iter().find(|(d, _, _)| d == "web").unwrap();
+    assert_eq!(
+        (labels["mesh"].as_str(), labels["kuma_io_service"].as_str()),
+        (Some("default"), Some("web")),
+        "{labels}"
+    );
+    assert_eq!(labels["instance"], "web", "{labels}");
+
+    // Traffic, then the query by service.
+    let url = format!("http://127.0.0.1:{web_in}/orders");
+    let query = format!(
+        "{}/api/v1/query?query=sum(rate(envoy_cluster_upstream_rq_total%7Bjob%3D%22kuma-dataplanes%22%7D%5B1m%5D))%20by%20(kuma_io_service)",
+        prometheus.url
+    );
+    eventually(WAIT, "the request rate by service for both services", || {
+        let _ = get_json(&url);
+        let _ = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(reqwest::get(&url)));
+        let v = get_json(&query)?;
+        let services: Vec<&str> = v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["metric"]["kuma_io_service"].as_str())
+            .collect();
+        (services.contains(&"web") && services.contains(&"api")).then_some(()).ok_or(v.to_string())
+    });
+
+    // The data plane's own labels ride on every series it serves.
+    let body = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            reqwest::get(format!("http://127.0.0.2:{metrics_port}/metrics")).await.unwrap().text().await.unwrap()
+        })
+    });
+    let sample = body.lines().find(|l| l.starts_with("envoy_cluster_upstream_rq_total{")).expect("Envoy's counter");
+    assert!(
+        sample.contains("mesh=\"default\"")
+            && sample.contains("dataplane=\"web\"")
+            && sample.contains("service=\"web\""),
+        "{sample}"
+    );
+
+    // A data plane that goes away leaves the targets, in both discovery modes.
+    drop(web);
+    cp.ternctl(&["delete", "dataplane", "web"]).ok();
+    for job in ["kuma-dataplanes", "kuma-dataplanes-long-poll"] {
+        eventually(WAIT, "web gone from the targets", || {
+            let t = targets(&prometheus, job)?;
+            let names: Vec<&str> = t.iter().map(|(d, _, _)| d.as_str()).collect();
+            (names == ["api"]).then_some(()).ok_or(format!("{names:?}"))
+        });
+    }
+}
