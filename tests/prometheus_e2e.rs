@@ -3,7 +3,11 @@
 //! `kuma_sd_configs` pointed at Tern's monitoring assignment server, two data
 //! planes behind real Envoy, and a PromQL query by service.
 
+#[path = "support/collector.rs"]
+mod collector;
 mod support;
+
+use collector::Collector;
 
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
@@ -179,7 +183,7 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
     assert_eq!(labels["instance"], "web", "{labels}");
 
     // Traffic, then the query by service.
-    let url = format!("http://127.0.0.1:{web_in}/orders");
+    let url = format!("http://127.0.0.2:{web_in}/orders");
     let query = format!(
         "{}/api/v1/query?query=sum(rate(envoy_cluster_upstream_rq_total%7Bjob%3D%22kuma-dataplanes%22%7D%5B1m%5D))%20by%20(kuma_io_service)",
         prometheus.url
@@ -194,7 +198,16 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
             .flatten()
             .filter_map(|r| r["metric"]["kuma_io_service"].as_str())
             .collect();
-        (services.contains(&"web") && services.contains(&"api")).then_some(()).ok_or(v.to_string())
+        let scraped = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                match reqwest::get(format!("http://127.0.0.2:{metrics_port}/metrics")).await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                }
+            })
+        });
+        let rq: Vec<&str> = scraped.lines().filter(|l| l.contains("upstream_rq_total")).collect();
+        (services.contains(&"web") && services.contains(&"api")).then_some(()).ok_or(format!("{v}; web serves {rq:?}"))
     });
 
     // The data plane's own labels ride on every series it serves.
@@ -209,6 +222,59 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
             && sample.contains("dataplane=\"web\"")
             && sample.contains("service=\"web\""),
         "{sample}"
+    );
+
+    // Profiles: Basic (the default) keeps Kuma's Basic families and leaves
+    // out Tern's own clusters.
+    let envoy_families = |body: &str| -> std::collections::BTreeSet<String> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|n| n.starts_with("envoy_"))
+            .map(str::to_string)
+            .collect()
+    };
+    let basic = envoy_families(&body);
+    assert!(basic.contains("envoy_cluster_upstream_rq_total") && basic.contains("envoy_server_uptime"), "{basic:?}");
+    assert!(!basic.contains("envoy_runtime_load_success"), "outside Basic: {basic:?}");
+    assert!(!body.contains("envoy_cluster_name=\"tern_"), "Basic leaves out Tern's own clusters");
+    // None plus an include: exactly what is included, on Prometheus and on
+    // the OpenTelemetry path alike.
+    let collector = Collector::start().await;
+    let exact = format!(
+        "type: MeshOpenTelemetryBackend\nname: otel\nmesh: default\nspec:\n  endpoint: {{address: 127.0.0.1, port: {}}}\n---\n{}      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: otel}}\n          refreshInterval: 1s\n    sidecar:\n      profiles:\n        appendProfiles: [{{name: None}}]\n        include: [{{type: Exact, match: envoy_cluster_upstream_rq_total}}]\n",
+        collector.port,
+        policy
+    );
+    cp.ternctl_stdin(&["apply", "-f", "-"], &exact).ok();
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", metrics_port).replace("127.0.0.1", "127.0.0.2");
+    eventually(WAIT, "only the included family on the Prometheus endpoint", || {
+        let body = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                reqwest::get(&metrics_url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())
+            })
+        })?;
+        let families = envoy_families(&body);
+        (families.len() == 1 && families.contains("envoy_cluster_upstream_rq_total"))
+            .then_some(())
+            .ok_or(format!("{families:?}"))
+    });
+    eventually(WAIT, "only the included family at the OpenTelemetry collector", || {
+        let names: std::collections::BTreeSet<String> = collector.with(|r| r.metric_names.iter().cloned().collect());
+        let envoy: Vec<&String> = names.iter().filter(|n| n.starts_with("envoy_")).collect();
+        (envoy == ["envoy_cluster_upstream_rq_total"]).then_some(()).ok_or(format!("{names:?}"))
+    });
+    // A regex Kuma's validator refuses is refused at apply.
+    let bad = policy.replace(
+        "    backends:",
+        "    sidecar:\n      profiles:\n        exclude: [{type: Regex, match: \"(\"}]\n    backends:",
+    );
+    let refused = cp.ternctl_stdin(&["apply", "-f", "-"], &bad).fails();
+    assert!(
+        refused.stderr.contains("spec.default.sidecar.profiles.exclude[0].match")
+            && refused.stderr.contains("invalid regex"),
+        "{}",
+        refused.stderr
     );
 
     // A data plane that goes away leaves the targets, in both discovery modes.

@@ -15,6 +15,43 @@ pub struct OtelPlan {
     /// data plane's address, one per Prometheus client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prometheus: Vec<PrometheusEndpoint>,
+    /// MeshMetric `sidecar`: which of Envoy's metrics leave the data plane,
+    /// on the Prometheus endpoints and the OpenTelemetry path alike.
+    #[serde(default)]
+    pub sidecar_metrics: SidecarMetrics,
+}
+
+/// MeshMetric's `sidecar.profiles` and `includeUnused`, as merged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarMetrics {
+    /// `All`, `Basic` or `None` (Basic when the policies name none).
+    pub profiles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<MetricSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<MetricSelector>,
+    #[serde(default)]
+    pub include_unused: bool,
+}
+
+impl Default for SidecarMetrics {
+    fn default() -> Self {
+        SidecarMetrics {
+            profiles: vec!["Basic".into()],
+            include: Vec::new(),
+            exclude: Vec::new(),
+            include_unused: false,
+        }
+    }
+}
+
+/// A metric name selector: `kind` is `Prefix`, `Regex`, `Exact` or `Contains`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricSelector {
+    pub kind: String,
+    pub value: String,
 }
 
 /// One Prometheus endpoint on the data plane (MeshMetric `prometheus`).

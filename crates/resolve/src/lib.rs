@@ -28,7 +28,8 @@ use tern_model::spec::policy::{BackendRef, TargetRef};
 use tern_model::{Kind, Resource};
 use tern_otlp_config::merge::BackendUse;
 use tern_otlp_config::{
-    resolve_backends, BackendSettings, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint, Signal, SignalStatus,
+    resolve_backends, BackendSettings, MetricSelector, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint,
+    SidecarMetrics, Signal, SignalStatus,
 };
 
 /// One dataplane and, once it has registered, its session.
@@ -91,6 +92,7 @@ pub struct DataplaneOutcome {
 struct MergedConf {
     trace: TraceConf,
     prometheus: Vec<PrometheusEndpoint>,
+    sidecar_metrics: SidecarMetrics,
 }
 
 impl MergedConf {
@@ -98,7 +100,10 @@ impl MergedConf {
     fn absorb(&mut self, kind: Kind, other: MergedConf) {
         match kind {
             Kind::MeshTrace => self.trace = other.trace,
-            Kind::MeshMetric => self.prometheus = other.prometheus,
+            Kind::MeshMetric => {
+                self.prometheus = other.prometheus;
+                self.sidecar_metrics = other.sidecar_metrics;
+            }
             _ => {}
         }
     }
@@ -383,11 +388,33 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntr
             })
             .unwrap_or_default(),
         Kind::MeshMetric => serde_json::from_value::<MeshMetricConf>(merged_default)
-            .map(|c| MergedConf { prometheus: prometheus_endpoints(&c), ..Default::default() })
+            .map(|c| MergedConf {
+                prometheus: prometheus_endpoints(&c),
+                sidecar_metrics: sidecar_metrics(&c),
+                ..Default::default()
+            })
             .unwrap_or_default(),
         _ => MergedConf::default(),
     };
     (entries, conf)
+}
+
+/// A merged MeshMetric `sidecar`, as the data plane applies it (profiles
+/// default to Basic, as Kuma's).
+fn sidecar_metrics(conf: &MeshMetricConf) -> SidecarMetrics {
+    let sidecar = conf.sidecar.as_ref();
+    let profiles = sidecar.and_then(|s| s.profiles.as_ref());
+    let selectors = |list: Option<&Vec<tern_model::spec::mesh_metric::MetricSelector>>| {
+        list.into_iter().flatten().map(|s| MetricSelector { kind: s.type_.clone(), value: s.match_.clone() }).collect()
+    };
+    let named: Vec<String> =
+        profiles.and_then(|p| p.append_profiles.as_ref()).into_iter().flatten().map(|p| p.name.clone()).collect();
+    SidecarMetrics {
+        profiles: if named.is_empty() { SidecarMetrics::default().profiles } else { named },
+        include: selectors(profiles.and_then(|p| p.include.as_ref())),
+        exclude: selectors(profiles.and_then(|p| p.exclude.as_ref())),
+        include_unused: sidecar.and_then(|s| s.include_unused).unwrap_or(false),
+    }
 }
 
 /// The Prometheus endpoints of a merged MeshMetric conf, one per client id
@@ -636,7 +663,11 @@ fn dataplane_outcome(
         .map(|(name, (b, signals, _))| BackendUse { name, settings: &index.settings[b.name.as_str()], signals })
         .collect();
     let resolutions = resolve_backends(&uses, &session.otel_env);
-    let mut plan = OtelPlan { prometheus: conf.prometheus.clone(), ..OtelPlan::default() };
+    let mut plan = OtelPlan {
+        prometheus: conf.prometheus.clone(),
+        sidecar_metrics: conf.sidecar_metrics.clone(),
+        ..OtelPlan::default()
+    };
     let mut status = OpenTelemetryStatus::default();
     for ((name, (backend, _, refresh)), resolved) in used.iter().zip(resolutions) {
         let signal_status = |s: Signal| resolved.iter().find(|r| r.signal == s).map(SignalStatus::from);

@@ -4,6 +4,7 @@
 
 mod cp;
 mod envoy;
+mod metric_filter;
 mod otel;
 mod prometheus;
 mod run;

@@ -5,6 +5,7 @@
 //! `tern-dp`'s own delivery counts. Prometheus finds these endpoints through
 //! the control plane's monitoring assignments (MADS).
 
+use crate::metric_filter::MetricFilter;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tern_otlp_config::{OtelPlan, PrometheusEndpoint};
+use tern_otlp_config::{OtelPlan, PrometheusEndpoint, SidecarMetrics};
 use tern_pipe::PipeManager;
 use tokio::sync::{watch, Mutex};
 use tokio::task::{AbortHandle, JoinSet};
@@ -21,8 +22,9 @@ use tracing::{info, warn};
 /// What every endpoint serves from.
 struct Source {
     client: reqwest::Client,
-    /// Envoy's statistics in Prometheus' text format.
-    stats_url: String,
+    admin: u16,
+    /// The current plan: its `sidecar_metrics` filter what is served.
+    plan: watch::Receiver<OtelPlan>,
     /// `key="value"` pairs added to every sample, already escaped.
     labels: String,
     pipe: Arc<Mutex<PipeManager>>,
@@ -37,12 +39,7 @@ pub async fn serve_endpoints(
     pipe: Arc<Mutex<PipeManager>>,
 ) -> Result<(), String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let source = Arc::new(Source {
-        client,
-        stats_url: format!("http://127.0.0.1:{admin}/stats/prometheus?usedonly"),
-        labels: label_text(&labels),
-        pipe,
-    });
+    let source = Arc::new(Source { client, admin, plan: plan.clone(), labels: label_text(&labels), pipe });
     let mut servers: JoinSet<()> = JoinSet::new();
     let mut running: BTreeMap<(u16, String), AbortHandle> = BTreeMap::new();
     loop {
@@ -89,6 +86,13 @@ pub async fn serve_endpoints(
     }
 }
 
+/// Envoy's statistics in Prometheus' text format: only those Envoy used,
+/// unless MeshMetric's `includeUnused` (Kuma's `usedonly`).
+pub fn stats_url(admin: u16, sidecar: &SidecarMetrics) -> String {
+    let used = if sidecar.include_unused { "" } else { "?usedonly" };
+    format!("http://127.0.0.1:{admin}/stats/prometheus{used}")
+}
+
 /// A path as a route: with its leading `/`.
 fn normalized(path: &str) -> String {
     if path.starts_with('/') {
@@ -99,12 +103,13 @@ fn normalized(path: &str) -> String {
 }
 
 async fn scrape(State(source): State<Arc<Source>>) -> Response {
-    let envoy = match source.client.get(&source.stats_url).send().await {
+    let sidecar = source.plan.borrow().sidecar_metrics.clone();
+    let envoy = match source.client.get(stats_url(source.admin, &sidecar)).send().await {
         Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
         Ok(r) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin answered {}\n", r.status())).into_response(),
         Err(e) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin is not reachable: {e}\n")).into_response(),
     };
-    let mut body = with_labels(&envoy, &source.labels);
+    let mut body = with_labels(&MetricFilter::new(&sidecar).apply(&envoy), &source.labels);
     body.push_str(&with_labels(&source.pipe.lock().await.prometheus(), &source.labels));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -381,10 +381,11 @@ async fn report_delivery(
 }
 
 /// MeshMetric on the data plane: Envoy's statistics, scraped from its admin
-/// endpoint every `refreshInterval` (default 1m) per backend, pushed through
-/// that backend's pipe as OTLP metrics. Only statistics Envoy has used
-/// (`usedonly`, as Kuma's data-plane agent asks): the hundreds that never
-/// moved would be encoded, sent and stored for nothing.
+/// endpoint every `refreshInterval` (default 1m) per backend, filtered by
+/// the merged `sidecar` profiles, pushed through that backend's pipe as OTLP
+/// metrics. Only statistics Envoy has used unless `includeUnused` (Kuma's
+/// `usedonly`): the hundreds that never moved would be encoded, sent and
+/// stored for nothing.
 async fn envoy_metrics(
     pipe: Arc<Mutex<PipeManager>>,
     plan: watch::Receiver<OtelPlan>,
@@ -394,7 +395,6 @@ async fn envoy_metrics(
     let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut warned_cap = false;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let url = format!("http://127.0.0.1:{admin}/stats/prometheus?usedonly");
     let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -402,10 +402,12 @@ async fn envoy_metrics(
         if due.is_empty() {
             continue;
         }
-        let text = match client.get(&url).send().await {
+        let sidecar = plan.borrow().sidecar_metrics.clone();
+        let text = match client.get(crate::prometheus::stats_url(admin, &sidecar)).send().await {
             Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
             _ => continue, // Envoy not up yet
         };
+        let text = crate::metric_filter::MetricFilter::new(&sidecar).apply(&text);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -204,6 +204,8 @@ impl MeshMetricSpec {
                     }
                     if s.match_.is_empty() {
                         v.add(&s_at.field("match"), "must not be empty");
+                    } else if s.type_ == "Regex" && regex::Regex::new(&s.match_).is_err() {
+                        v.add(&s_at.field("match"), "invalid regex");
                     }
                 }
             }
