@@ -118,6 +118,11 @@ impl MetricFilter {
         self.all || self.profile.iter().any(|s| s.matches(name))
     }
 
+    /// A sample about one of Tern's own clusters, which Basic leaves out.
+    fn is_internal(&self, line: &str) -> bool {
+        self.basic && line.contains(INTERNAL_CLUSTER)
+    }
+
     /// The families of `text` (Prometheus' text format) this filter keeps.
     pub fn apply(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
@@ -130,7 +135,7 @@ impl MetricFilter {
             }
             if line.starts_with('#') {
                 family.header.push(line);
-            } else if !line.is_empty() && !(self.basic && line.contains(INTERNAL_CLUSTER)) {
+            } else if !line.is_empty() && !self.is_internal(line) {
                 family.samples.push(line);
             }
         }
