@@ -43,7 +43,7 @@ impl Drop for Prometheus {
 
 /// Seed 003's scrape config, twice: with `fetch_timeout: 0s` (no long
 /// polling, the 2.6.0 workaround) and with the default long poll.
-fn config(mads: &str) -> String {
+fn config(mads: &str, cp_metrics: &str) -> String {
     let job = |name: &str, fetch: &str| {
         format!(
             r#"  - job_name: '{name}'
@@ -65,16 +65,17 @@ fn config(mads: &str) -> String {
 {fetch}"#
         )
     };
+    let cp = cp_metrics.trim_start_matches("http://");
     format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}  - job_name: tern-cp\n    static_configs:\n      - targets: ['{cp}']\n",
         job("kuma-dataplanes", "        fetch_timeout: 0s\n"),
         job("kuma-dataplanes-long-poll", "")
     )
 }
 
-fn start_prometheus(dir: &std::path::Path, mads: &str) -> Prometheus {
+fn start_prometheus(dir: &std::path::Path, mads: &str, cp_metrics: &str) -> Prometheus {
     let file = dir.join("prometheus.yml");
-    std::fs::write(&file, config(mads)).unwrap();
+    std::fs::write(&file, config(mads, cp_metrics)).unwrap();
     let port = free_port();
     let log = dir.join("prometheus.log");
     let child = Command::new(prometheus_binary())
@@ -162,7 +163,7 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         &[],
         &extra,
     );
-    let prometheus = start_prometheus(dir.path(), &mads);
+    let prometheus = start_prometheus(dir.path(), &mads, cp.metrics.as_deref().expect("tern-cp serves /metrics"));
 
     for job in ["kuma-dataplanes", "kuma-dataplanes-long-poll"] {
         eventually(WAIT, "both data planes up in Prometheus' targets", || {
@@ -264,6 +265,34 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         let envoy: Vec<&String> = names.iter().filter(|n| n.starts_with("envoy_")).collect();
         (envoy == ["envoy_cluster_upstream_rq_total"]).then_some(()).ok_or(format!("{names:?}"))
     });
+    // The same Prometheus scrapes tern-cp: what it counts matches what the test made.
+    let value = |promql: &str| -> Result<f64, String> {
+        let url = format!(
+            "{}/api/v1/query?query={}",
+            prometheus.url,
+            promql.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace('=', "%3D").replace(',', "%2C")
+        );
+        let v = get_json(&url)?;
+        v["data"]["result"][0]["value"][1].as_str().and_then(|n| n.parse().ok()).ok_or(v.to_string())
+    };
+    eventually(WAIT, "tern-cp's metrics in Prometheus", || {
+        let dataplanes = value(r#"resources_count{job="tern-cp",resource_type="Dataplane"}"#)?;
+        let backends = value(r#"resources_count{job="tern-cp",resource_type="MeshOpenTelemetryBackend"}"#)?;
+        let streams = value(r#"xds_streams_active{job="tern-cp"}"#)?;
+        let ready = value(r#"tern_otel_signals{job="tern-cp",signal="metrics",state="ready"}"#)?;
+        let acks = value(r#"sum(xds_requests_received{job="tern-cp",confirmation="ACK"})"#)?;
+        ((dataplanes, backends, streams, ready) == (2.0, 1.0, 2.0, 2.0) && acks > 0.0).then_some(()).ok_or(format!(
+            "dataplanes {dataplanes}, backends {backends}, streams {streams}, metrics ready {ready}, ACKs {acks}"
+        ))
+    });
+    for dp in ["web", "api"] {
+        let inspect = cp.ternctl(&["inspect", "dataplane", dp]).ok().stdout;
+        assert!(
+            inspect.lines().any(|l| l.starts_with("otel ") && l.contains("metrics") && l.contains("ready")),
+            "{inspect}"
+        );
+    }
+
     // A regex Kuma's validator refuses is refused at apply.
     let bad = policy.replace(
         "    backends:",

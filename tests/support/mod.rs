@@ -40,6 +40,8 @@ pub struct ControlPlane {
     pub dp: String,
     /// The monitoring assignment server (MADS), when it runs.
     pub mads: Option<String>,
+    /// The control plane's own metrics (`/metrics`), when served.
+    pub metrics: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     store: Option<String>,
@@ -66,6 +68,7 @@ impl ControlPlane {
             extra: extra.iter().map(|a| a.to_string()).collect(),
             dp: String::new(),
             mads: None,
+            metrics: None,
             data_dir: data_dir.to_path_buf(),
             log: data_dir.join(format!("tern-cp-{}.log", Instant::now().elapsed().as_nanos())),
             store: store.map(str::to_string),
@@ -90,8 +93,10 @@ impl ControlPlane {
             cmd.args(["--store", store]);
         }
         // Tests run control planes side by side: no fixed port.
-        if !self.extra.iter().any(|a| a == "--mads-addr") {
-            cmd.args(["--mads-addr", "127.0.0.1:0"]);
+        for flag in ["--mads-addr", "--metrics-addr"] {
+            if !self.extra.iter().any(|a| a == flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
         }
         self.child = Some(cmd.spawn().expect("tern-cp starts"));
         let port = self.wait_for_port();
@@ -113,6 +118,7 @@ impl ControlPlane {
                 self.dp = format!("{dp_scheme}://127.0.0.1:{}", port_of("dp="));
                 self.api_tls = format!("https://127.0.0.1:{}", port_of("api_tls="));
                 self.mads = line.contains(" mads=").then(|| format!("http://127.0.0.1:{}", port_of("mads=")));
+                self.metrics = line.contains(" metrics=").then(|| format!("http://127.0.0.1:{}", port_of("metrics=")));
                 return port_of("api=");
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -22,6 +22,27 @@ impl RuntimeState {
         self.delivery.lock().unwrap_or_else(|p| p.into_inner()).insert((mesh.into(), name.into()), (report, now));
     }
 
+    /// Delivery counts summed over every data plane, per backend and signal
+    /// (what an operator alerts on).
+    pub fn delivery_totals(&self) -> std::collections::BTreeMap<(String, String), tern_protocol::SignalDelivery> {
+        let mut totals: std::collections::BTreeMap<(String, String), tern_protocol::SignalDelivery> =
+            Default::default();
+        for (report, _) in self.delivery.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            for backend in &report.backends {
+                for (signal, d) in &backend.signals {
+                    let t = totals.entry((backend.name.clone(), signal.to_string())).or_default();
+                    t.received += d.received;
+                    t.exported += d.exported;
+                    t.retries += d.retries;
+                    t.dropped += d.dropped;
+                    t.queued_requests += d.queued_requests;
+                    t.queued_bytes += d.queued_bytes;
+                }
+            }
+        }
+        totals
+    }
+
     /// How many dataplanes have delivery counts kept (for tests of the bound).
     pub fn delivery_entries(&self) -> usize {
         self.delivery.lock().unwrap_or_else(|p| p.into_inner()).len()

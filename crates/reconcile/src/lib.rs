@@ -85,6 +85,8 @@ pub struct Reconciler<S> {
     /// Resources another control plane owns (on a global one, what zones
     /// synced): their status and lifetime are not this loop's to write.
     foreign: Option<fn(&Resource) -> bool>,
+    /// Told how long each mesh's recompute took (the control plane's metrics).
+    observer: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
 }
 
 impl<S: ResourceStore> Reconciler<S> {
@@ -101,7 +103,14 @@ impl<S: ResourceStore> Reconciler<S> {
             leader: None,
             led: true,
             foreign: None,
+            observer: None,
         }
+    }
+
+    /// Calls `observer` with the duration of every mesh's recompute.
+    pub fn with_observer(mut self, observer: Arc<dyn Fn(Duration) + Send + Sync>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Leaves the status and the clean-up of resources `foreign` picks to
@@ -191,7 +200,12 @@ impl<S: ResourceStore> Reconciler<S> {
             }
             let mut failed = BTreeMap::new();
             for (mesh, pending) in std::mem::take(&mut dirty) {
-                if let Err(e) = self.reconcile_mesh(&mesh, pending).await {
+                let started = std::time::Instant::now();
+                let result = self.reconcile_mesh(&mesh, pending).await;
+                if let Some(observe) = &self.observer {
+                    observe(started.elapsed());
+                }
+                if let Err(e) = result {
                     warn!(mesh = %mesh, error = %e, retry_in = ?backoff, "reconcile failed; retrying");
                     failed.insert(mesh, Pending::everything());
                 }

@@ -39,9 +39,67 @@ pub struct XdsHub {
     channels: Mutex<HashMap<String, watch::Sender<Arc<Snapshot>>>>,
     nacks: Mutex<HashMap<String, Nack>>,
     acked: Mutex<HashMap<String, String>>,
+    stats: XdsStats,
+}
+
+/// Counts for the control plane's metrics (Kuma's `xds_*` names).
+#[derive(Default)]
+pub struct XdsStats {
+    streams_active: std::sync::atomic::AtomicI64,
+    /// Requests by type URL and confirmation (`ACK`, `NACK`, `none` for a request that answers nothing).
+    requests: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Responses by type URL.
+    responses: Mutex<BTreeMap<String, u64>>,
+}
+
+impl XdsStats {
+    pub fn streams_active(&self) -> i64 {
+        self.streams_active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn responses(&self) -> BTreeMap<String, u64> {
+        self.responses.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn request(&self, type_url: &str, confirmation: &'static str) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((type_url.to_string(), confirmation))
+            .or_default() += 1;
+    }
+
+    fn response(&self, type_url: &str) {
+        *self.responses.lock().unwrap_or_else(|p| p.into_inner()).entry(type_url.to_string()).or_default() += 1;
+    }
+}
+
+/// Counts a stream as active while it lives.
+struct ActiveStream<'a>(&'a XdsStats);
+
+impl<'a> ActiveStream<'a> {
+    fn new(stats: &'a XdsStats) -> Self {
+        stats.streams_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveStream(stats)
+    }
+}
+
+impl Drop for ActiveStream<'_> {
+    fn drop(&mut self) {
+        self.0.streams_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl XdsHub {
+    pub fn stats(&self) -> &XdsStats {
+        &self.stats
+    }
+
     fn sender(&self, node: &str) -> watch::Sender<Arc<Snapshot>> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(node.to_string()).or_insert_with(|| watch::channel(Arc::new(Snapshot::default())).0).clone()
@@ -149,6 +207,7 @@ async fn run_stream(
     let mut snapshots: Option<watch::Receiver<Arc<Snapshot>>> = None;
     let mut types: BTreeMap<String, TypeState> = BTreeMap::new();
     let mut nonce = 0u64;
+    let _active = ActiveStream::new(&hub.stats);
     loop {
         let changed = async {
             match snapshots.as_mut() {
@@ -182,6 +241,12 @@ async fn run_stream(
                 if !req.response_nonce.is_empty() && req.response_nonce != state.nonce {
                     continue; // an answer to an older response
                 }
+                let confirmation = match (&req.error_detail, req.response_nonce.is_empty()) {
+                    (Some(_), _) => "NACK",
+                    (None, false) => "ACK",
+                    (None, true) => "none",
+                };
+                hub.stats.request(&req.type_url, confirmation);
                 if let Some(err) = &req.error_detail {
                     let version = state.sent_version.clone().unwrap_or_default();
                     warn!(node = %node, type_url = %req.type_url, version = %version, error = %err.message, "Envoy rejected the configuration (NACK); it keeps the previous one");
@@ -203,7 +268,7 @@ async fn run_stream(
                 if snapshot.version.is_empty() || state.sent_version.as_ref() == Some(&snapshot.version) {
                     continue;
                 }
-                if send(&tx, &snapshot, &req.type_url, state, &mut nonce).await.is_err() {
+                if send(&hub.stats, &tx, &snapshot, &req.type_url, state, &mut nonce).await.is_err() {
                     break;
                 }
             }
@@ -214,7 +279,7 @@ async fn run_stream(
                 for t in [CLUSTER, ENDPOINTS, LISTENER] {
                     let Some(state) = types.get_mut(t) else { continue };
                     if state.sent_version.as_ref() != Some(&snapshot.version)
-                        && send(&tx, &snapshot, t, state, &mut nonce).await.is_err()
+                        && send(&hub.stats, &tx, &snapshot, t, state, &mut nonce).await.is_err()
                     {
                         return;
                     }
@@ -233,6 +298,7 @@ fn printable(s: &str) -> String {
 }
 
 async fn send(
+    stats: &XdsStats,
     tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     snapshot: &Snapshot,
     type_url: &str,
@@ -255,7 +321,9 @@ async fn send(
         nonce: state.nonce.clone(),
         ..Default::default()
     };
-    tx.send(Ok(response)).await.map_err(|_| ())
+    tx.send(Ok(response)).await.map_err(|_| ())?;
+    stats.response(type_url);
+    Ok(())
 }
 
 #[cfg(test)]

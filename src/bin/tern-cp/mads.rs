@@ -31,23 +31,3 @@ impl<S: ResourceStore> AssignmentSource for Source<S> {
         })
     }
 }
-
-/// Requires `Authorization: Bearer <token>` (the API token) on every request.
-pub fn with_token(router: axum::Router, token: String) -> axum::Router {
-    let token = Arc::new(token);
-    router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let token = token.clone();
-        async move {
-            let given = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            if tern_tokens::bearer(given) == Some(token.as_str()) {
-                next.run(req).await
-            } else {
-                let body =
-                    "MADS beyond loopback needs `authorization: {credentials: <the API token>}` in kuma_sd_configs\n";
-                (axum::http::StatusCode::UNAUTHORIZED, body).into_response()
-            }
-        }
-    }))
-}
-
-use axum::response::IntoResponse;

@@ -2,9 +2,11 @@
 //! HTTPS), the data-plane server (bootstrap, plans, delivery, ADS; TLS and
 //! data-plane tokens) and the reconciler, run as one supervised set of tasks.
 
+mod bearer;
 mod files;
 mod kubernetes;
 mod mads;
+mod metrics;
 mod multizone;
 mod tls;
 
@@ -52,6 +54,10 @@ struct RunArgs {
     /// port 5676); `off` to serve none. Beyond loopback over HTTPS, with the API token.
     #[arg(long, default_value = "127.0.0.1:5676", env = "TERN_MADS_ADDR", value_parser = parse_optional_addr)]
     mads_addr: OptionalAddr,
+    /// Where the control plane's own metrics are served (`/metrics`, Kuma's port 5680); `off`
+    /// to serve none. Beyond loopback over HTTPS, with the API token.
+    #[arg(long, default_value = "127.0.0.1:5680", env = "TERN_METRICS_ADDR", value_parser = parse_optional_addr)]
+    metrics_addr: OptionalAddr,
     /// Serve the data-plane server over TLS also on loopback (off loopback it always is).
     #[arg(long, env = "TERN_DP_TLS")]
     dp_tls: bool,
@@ -240,7 +246,8 @@ async fn serve_control_plane<S: ResourceStore>(
     // A global control plane has no data planes of its own to assign (Kuma: no MADS on global).
     let mads_addr = args.mads_addr.0.filter(|_| args.multizone.mode != "global");
     let mads_tls = mads_addr.is_some_and(|a| !a.ip().is_loopback());
-    let tls = if dp_tls || api_tls.is_some() || mads_tls {
+    let metrics_tls = args.metrics_addr.0.is_some_and(|a| !a.ip().is_loopback());
+    let tls = if dp_tls || api_tls.is_some() || mads_tls || metrics_tls {
         let config = tls::server_config(&tls_source(&args), &data_dir)?;
         if args.tls_cert_file.is_none() {
             info!(ca = %tls::ca_path(&data_dir).display(), "TLS with a generated CA: give this file to tern-dp --ca-cert-file and ternctl --ca-cert");
@@ -284,11 +291,19 @@ async fn serve_control_plane<S: ResourceStore>(
         Some(addr) => Some(bind(addr, "monitoring assignment server (MADS)").await?),
         None => None,
     };
+    let metrics_listener = match args.metrics_addr.0 {
+        Some(addr) => Some(bind(addr, "metrics server").await?),
+        None => None,
+    };
 
     let hub = Arc::new(PlanHub::default());
     let xds = Arc::new(tern_xds::XdsHub::default());
     let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
-    let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone()).with_state(runtime.clone());
+    let metrics = metrics::CpMetrics::new(multizone::instance_id(), leader.clone());
+    let observed = metrics.clone();
+    let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone())
+        .with_state(runtime.clone())
+        .with_observer(Arc::new(move |d| observed.reconcile.observe(d)));
     if let Some(leader) = leader {
         reconciler = reconciler.with_leadership(leader);
     }
@@ -302,15 +317,26 @@ async fn serve_control_plane<S: ResourceStore>(
     // Bootstrap and plans (HTTP/1.1) and ADS for Envoy (gRPC, HTTP/2) share the port.
     let ads = tonic::service::Routes::new(xds.service(ads_auth)).into_axum_router();
     let dp_router = tern_dp_server::router(store.clone(), hub.clone(), runtime.clone(), dp_auth).merge(ads);
+    let dp_router = metrics::instrument(dp_router, "dp_server", metrics.clone());
     let api_router = tern_api::router(
         store.clone(),
         WriteAuth { token: None, resources_read_only: read_only },
         Some(runtime.clone()),
     );
-    let api_tls_router = tern_api::router(store.clone(), tls_write_auth, Some(runtime));
+    let api_router = metrics::instrument(api_router, "api_server", metrics.clone());
+    let api_tls_router = tern_api::router(store.clone(), tls_write_auth, Some(runtime.clone()));
+    let api_tls_router = metrics::instrument(api_tls_router, "api_server", metrics.clone());
     let mads_router = tern_mads::router(Arc::new(mads::Source { store: store.clone(), hub: hub.clone() }));
+    let mads_router = metrics::instrument(mads_router, "mads_server", metrics.clone());
     let mads_router =
-        if mads_tls { mads::with_token(mads_router, load_or_create_token(&data_dir)?.0) } else { mads_router };
+        if mads_tls { bearer::require(mads_router, load_or_create_token(&data_dir)?.0, "MADS") } else { mads_router };
+    let metrics_router =
+        metrics::router(Arc::new(metrics::Sources { store: store.clone(), xds: xds.clone(), runtime, metrics }));
+    let metrics_router = if metrics_tls {
+        bearer::require(metrics_router, load_or_create_token(&data_dir)?.0, "/metrics")
+    } else {
+        metrics_router
+    };
 
     let mut listening = format!("api={}", api_listener.local_addr()?);
     if let Some(l) = &api_tls_listener {
@@ -319,6 +345,9 @@ async fn serve_control_plane<S: ResourceStore>(
     listening.push_str(&format!(" dp={} dp_tls={dp_tls}", dp_listener.local_addr()?));
     if let Some(l) = &mads_listener {
         listening.push_str(&format!(" mads={}", l.local_addr()?));
+    }
+    if let Some(l) = &metrics_listener {
+        listening.push_str(&format!(" metrics={}", l.local_addr()?));
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -336,6 +365,10 @@ async fn serve_control_plane<S: ResourceStore>(
     if let Some(l) = mads_listener {
         let config = if mads_tls { tls.clone() } else { None };
         tasks.spawn(serve("monitoring assignment server", l, mads_router, config, stop_rx.clone()));
+    }
+    if let Some(l) = metrics_listener {
+        let config = if metrics_tls { tls.clone() } else { None };
+        tasks.spawn(serve("metrics server", l, metrics_router, config, stop_rx.clone()));
     }
     for part in parts {
         tasks.spawn(part(stop_rx.clone()));

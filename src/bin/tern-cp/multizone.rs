@@ -101,8 +101,8 @@ pub fn mode(args: &MultizoneArgs, store_kind: &str) -> Result<Mode> {
     }))
 }
 
-/// This process, as ZoneInsights name it: host and process id.
-fn instance_id() -> String {
+/// This process, as ZoneInsights and `cp_info` name it: host and process id.
+pub fn instance_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
     format!("{}-{}", host.unwrap_or_else(|| "tern-cp".into()), std::process::id())
 }

@@ -187,7 +187,7 @@ async fn start_control_plane(bins: &Binaries, dir: &Path, args: &[&str]) -> Resu
     let mut proc = spawn(
         Command::new(&bins.tern_cp)
             .args(["run", "--api-addr", &format!("127.0.0.1:{api_port}"), "--dp-addr", &format!("127.0.0.1:{dp_port}")])
-            .args(["--api-tls-addr", "off", "--mads-addr", "127.0.0.1:0"])
+            .args(["--api-tls-addr", "off", "--mads-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
             .args(args)
             .arg("--data-dir")
             .arg(dir),
