@@ -7,8 +7,10 @@
 # (outside the clone, so fresh clones and CI runs on the same machine reuse
 # them): the OpenTelemetry Collector (tools/otelcol) into otelcol-<release>/,
 # linked from .tools/otelcol, and kube-apiserver, kubectl and etcd
-# (tools/kube) into kube-<Kubernetes release>/, linked from .tools/. Prints the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL,
-# TERN_TEST_OTELCOL, TERN_TEST_KUBE_APISERVER, TERN_TEST_KUBECTL and TERN_TEST_ETCD:
+# (tools/kube) into kube-<Kubernetes release>/, and Prometheus 3
+# (tools/prometheus) into prometheus-<release>/, linked from .tools/. Prints
+# the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL, TERN_TEST_OTELCOL,
+# TERN_TEST_KUBE_APISERVER, TERN_TEST_KUBECTL, TERN_TEST_ETCD and TERN_TEST_PROMETHEUS:
 #   eval "$(scripts/install-tools.sh)"
 set -euo pipefail
 cd "$(dirname "$0")/.."

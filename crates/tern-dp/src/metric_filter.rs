@@ -123,25 +123,40 @@ impl MetricFilter {
         self.basic && line.contains(INTERNAL_CLUSTER)
     }
 
-    /// The families of `text` (Prometheus' text format) this filter keeps.
-    pub fn apply(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
+    /// The families of `text` (Prometheus' text format) this filter keeps,
+    /// at most [`MAX_SERIES_PER_METRIC`] label sets each (the same cap as
+    /// the OpenTelemetry path), and how many label sets were left out.
+    pub fn apply(&self, text: &str) -> Filtered {
+        let mut out = Filtered { text: String::with_capacity(text.len()), dropped_series: 0 };
         let mut family = Family::default();
         for line in text.lines() {
             let name = family_of(line);
             if name != family.name {
-                family.flush(self, &mut out);
+                family.flush(self, &mut out.text);
                 family = Family { name: name.to_string(), ..Family::default() };
             }
             if line.starts_with('#') {
                 family.header.push(line);
             } else if !line.is_empty() && !self.is_internal(line) {
-                family.samples.push(line);
+                if family.admit(line) {
+                    family.samples.push(line);
+                } else {
+                    out.dropped_series += 1;
+                }
             }
         }
-        family.flush(self, &mut out);
+        family.flush(self, &mut out.text);
         out
     }
+}
+
+pub use tern_pipe::envoy_metrics::MAX_SERIES_PER_METRIC;
+
+/// What [`MetricFilter::apply`] kept.
+pub struct Filtered {
+    pub text: String,
+    /// Samples left out because their family already had the most label sets.
+    pub dropped_series: usize,
 }
 
 /// The lines of one metric family while they are read.
@@ -150,9 +165,25 @@ struct Family<'a> {
     name: String,
     header: Vec<&'a str>,
     samples: Vec<&'a str>,
+    /// The label sets seen (a histogram's `le` aside).
+    series: std::collections::HashSet<String>,
 }
 
-impl Family<'_> {
+impl<'a> Family<'a> {
+    /// Whether a sample's label set fits under the cap.
+    fn admit(&mut self, line: &'a str) -> bool {
+        let labels = line.split_once('{').and_then(|(_, rest)| rest.rsplit_once('}')).map(|(l, _)| l).unwrap_or("");
+        let series: String = labels.split(',').filter(|p| !p.starts_with("le=")).collect::<Vec<_>>().join(",");
+        if self.series.contains(&series) {
+            return true;
+        }
+        if self.series.len() >= MAX_SERIES_PER_METRIC {
+            return false;
+        }
+        self.series.insert(series);
+        true
+    }
+
     fn flush(&self, filter: &MetricFilter, out: &mut String) {
         if self.samples.is_empty() || !filter.keeps(&self.name) {
             return;
@@ -208,25 +239,44 @@ mod tests {
 
     #[test]
     fn basic_keeps_the_golden_signals_without_terns_own_clusters() {
-        let out = MetricFilter::new(&SidecarMetrics::default()).apply(TEXT);
+        let out = MetricFilter::new(&SidecarMetrics::default()).apply(TEXT).text;
         assert_eq!(families(&out), ["envoy_cluster_upstream_rq_total", "envoy_cluster_upstream_rq_time"]);
         assert!(!out.contains("tern_control_plane") && out.contains("le=\"1\""), "{out}");
     }
 
     #[test]
     fn all_keeps_everything_and_none_with_include_keeps_exactly_that() {
-        let all = MetricFilter::new(&conf(&["All"], &[], &[])).apply(TEXT);
+        let all = MetricFilter::new(&conf(&["All"], &[], &[])).apply(TEXT).text;
         assert_eq!(families(&all).len(), 4);
         assert!(all.contains("tern_control_plane"), "only Basic drops Tern's own clusters");
-        let none = MetricFilter::new(&conf(&["None"], &[("Exact", "envoy_runtime_load_success")], &[])).apply(TEXT);
+        let none =
+            MetricFilter::new(&conf(&["None"], &[("Exact", "envoy_runtime_load_success")], &[])).apply(TEXT).text;
         assert_eq!(families(&none), ["envoy_runtime_load_success"]);
-        let regex = MetricFilter::new(&conf(&["None"], &[("Regex", "rq_t(ime|otal)$")], &[])).apply(TEXT);
+        let regex = MetricFilter::new(&conf(&["None"], &[("Regex", "rq_t(ime|otal)$")], &[])).apply(TEXT).text;
         assert_eq!(families(&regex), ["envoy_cluster_upstream_rq_total", "envoy_cluster_upstream_rq_time"]);
     }
 
     #[test]
     fn include_wins_over_exclude() {
         let f = MetricFilter::new(&conf(&["All"], &[("Contains", "rq_time")], &[("Prefix", "envoy_cluster")]));
-        assert_eq!(families(&f.apply(TEXT)), ["envoy_cluster_upstream_rq_time", "envoy_runtime_load_success"]);
+        assert_eq!(families(&f.apply(TEXT).text), ["envoy_cluster_upstream_rq_time", "envoy_runtime_load_success"]);
+    }
+
+    #[test]
+    fn label_sets_per_family_are_capped_and_counted() {
+        let mut text = String::from("# TYPE envoy_cluster_upstream_rq_total counter\n");
+        for i in 0..10_000 {
+            text.push_str(&format!("envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"c{i}\"}} 1\n"));
+        }
+        text.push_str("# TYPE envoy_cluster_upstream_rq_time histogram\n");
+        for le in ["1", "+Inf"] {
+            text.push_str(&format!(
+                "envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name=\"a\",le=\"{le}\"}} 1\n"
+            ));
+        }
+        let out = MetricFilter::new(&SidecarMetrics::default()).apply(&text);
+        let kept = out.text.lines().filter(|l| l.starts_with("envoy_cluster_upstream_rq_total{")).count();
+        assert_eq!((kept, out.dropped_series), (MAX_SERIES_PER_METRIC, 10_000 - MAX_SERIES_PER_METRIC));
+        assert_eq!(out.text.lines().filter(|l| l.contains("_bucket")).count(), 2, "buckets are one series");
     }
 }

@@ -27,6 +27,8 @@ struct Source {
     plan: watch::Receiver<OtelPlan>,
     /// `key="value"` pairs added to every sample, already escaped.
     labels: String,
+    /// Whether the cardinality cap has been reported (once).
+    warned_cap: std::sync::atomic::AtomicBool,
     pipe: Arc<Mutex<PipeManager>>,
 }
 
@@ -39,7 +41,14 @@ pub async fn serve_endpoints(
     pipe: Arc<Mutex<PipeManager>>,
 ) -> Result<(), String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let source = Arc::new(Source { client, admin, plan: plan.clone(), labels: label_text(&labels), pipe });
+    let source = Arc::new(Source {
+        client,
+        admin,
+        plan: plan.clone(),
+        labels: label_text(&labels),
+        warned_cap: Default::default(),
+        pipe,
+    });
     let mut servers: JoinSet<()> = JoinSet::new();
     let mut running: BTreeMap<(u16, String), AbortHandle> = BTreeMap::new();
     loop {
@@ -109,7 +118,15 @@ async fn scrape(State(source): State<Arc<Source>>) -> Response {
         Ok(r) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin answered {}\n", r.status())).into_response(),
         Err(e) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin is not reachable: {e}\n")).into_response(),
     };
-    let mut body = with_labels(&MetricFilter::new(&sidecar).apply(&envoy), &source.labels);
+    let filtered = MetricFilter::new(&sidecar).apply(&envoy);
+    if filtered.dropped_series > 0 && !source.warned_cap.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        warn!(
+            dropped_series = filtered.dropped_series,
+            cap = crate::metric_filter::MAX_SERIES_PER_METRIC,
+            "Envoy metrics over the per-metric series cap were left out of the Prometheus endpoint"
+        );
+    }
+    let mut body = with_labels(&filtered.text, &source.labels);
     body.push_str(&with_labels(&source.pipe.lock().await.prometheus(), &source.labels));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -407,7 +407,8 @@ async fn envoy_metrics(
             Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
             _ => continue, // Envoy not up yet
         };
-        let text = crate::metric_filter::MetricFilter::new(&sidecar).apply(&text);
+        // The OTLP conversion below applies the same cap and reports it.
+        let text = crate::metric_filter::MetricFilter::new(&sidecar).apply(&text).text;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
