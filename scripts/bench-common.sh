@@ -32,7 +32,7 @@ machine() {
 # start_cp [FLAGS...]: a control plane with its API at $api and data-plane server at $dp.
 start_cp() {
   api=$(port); dp=$(port)
-  $bin/tern-cp run --data-dir "$work/cp" --api-addr "127.0.0.1:$api" --api-tls-addr off --dp-addr "127.0.0.1:$dp" "$@" \
+  $bin/tern-cp run --data-dir "$work/cp" --api-addr "127.0.0.1:$api" --api-tls-addr off --dp-addr "127.0.0.1:$dp" --mads-addr off --metrics-addr off "$@" \
     2> "$work/cp.log" & tern_cp=$!
   pids+=($tern_cp)
   wait_for "curl -sf http://127.0.0.1:$api/ >/dev/null"

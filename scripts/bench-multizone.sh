@@ -16,7 +16,7 @@ machine
 
 gapi=$(port); gdp=$(port); kds=$(port)
 $bin/tern-cp run --mode global --data-dir "$work/global" --api-addr "127.0.0.1:$gapi" --api-tls-addr off \
-  --dp-addr "127.0.0.1:$gdp" --kds-addr "127.0.0.1:$kds" 2> "$work/global.log" & pids+=($!)
+  --dp-addr "127.0.0.1:$gdp" --kds-addr "127.0.0.1:$kds" --metrics-addr off 2> "$work/global.log" & pids+=($!)
 wait_for "curl -sf http://127.0.0.1:$gapi/ >/dev/null"
 g() { $bin/ternctl --api "http://127.0.0.1:$gapi" "$@"; }
 g generate zone-token --zone bench --valid-for 1h > "$work/zone.token"
@@ -34,7 +34,7 @@ $bin/tern-bench seed-zone --store "sqlite:$work/zone/tern.db" --zone bench --cou
 zapi=$(port); zdp=$(port)
 $bin/tern-cp run --mode zone --zone bench --global-address "https://127.0.0.1:$kds" \
   --global-ca-file "$work/global/tls/ca.crt" --zone-token-file "$work/zone.token" --data-dir "$work/zone" \
-  --api-addr "127.0.0.1:$zapi" --api-tls-addr off --dp-addr "127.0.0.1:$zdp" 2> "$work/zone.log" & pids+=($!)
+  --api-addr "127.0.0.1:$zapi" --api-tls-addr off --dp-addr "127.0.0.1:$zdp" --metrics-addr off --mads-addr off 2> "$work/zone.log" & pids+=($!)
 echo "initial sync: $resources resources to the zone, $dataplanes data planes + insights to the global"
 $bin/tern-bench sync-initial --global "http://127.0.0.1:$gapi" --zone "http://127.0.0.1:$zapi" --zone-name bench \
   --resources "$resources" --dataplanes "$dataplanes"
