@@ -163,6 +163,11 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         &[],
         &extra,
     );
+    // web's application exposes its own metrics; web's data plane passes them on.
+    let apps = format!(
+        "type: MeshMetric\nname: web-application\nmesh: default\nspec:\n  targetRef: {{kind: Dataplane, name: web}}\n  default:\n    applications:\n      - name: demo\n        address: 127.0.0.1\n        port: {web_app}\n"
+    );
+    cp.ternctl_stdin(&["apply", "-f", "-"], &apps).ok();
     let prometheus = start_prometheus(dir.path(), &mads, cp.metrics.as_deref().expect("tern-cp serves /metrics"));
 
     for job in ["kuma-dataplanes", "kuma-dataplanes-long-poll"] {
@@ -209,6 +214,18 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         });
         let rq: Vec<&str> = scraped.lines().filter(|l| l.contains("upstream_rq_total")).collect();
         (services.contains(&"web") && services.contains(&"api")).then_some(()).ok_or(format!("{v}; web serves {rq:?}"))
+    });
+
+    // The application's own metrics reach Prometheus through its data plane.
+    let app_query =
+        format!("{}/api/v1/query?query=demo_requests_total%7Bjob%3D%22kuma-dataplanes%22%7D", prometheus.url);
+    eventually(WAIT, "the application's metrics in Prometheus, with the data plane's labels", || {
+        let v = get_json(&app_query)?;
+        let series = &v["data"]["result"][0];
+        let served: f64 = series["value"][1].as_str().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+        (series["metric"]["kuma_io_service"] == "web" && series["metric"]["handler"] == "orders" && served > 0.0)
+            .then_some(())
+            .ok_or(v.to_string())
     });
 
     // The data plane's own labels ride on every series it serves.
@@ -292,6 +309,11 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
             "{inspect}"
         );
     }
+
+    eventually(WAIT, "the application's metrics at the OpenTelemetry collector", || {
+        let names = collector.with(|r| r.metric_names.clone());
+        names.iter().any(|n| n == "demo_requests_total").then_some(()).ok_or(format!("{names:?}"))
+    });
 
     // A regex Kuma's validator refuses is refused at apply.
     let bad = policy.replace(

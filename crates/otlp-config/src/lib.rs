@@ -26,5 +26,5 @@ pub use merge::{
     resolve_backends, resolve_signal, BackendSettings, BackendUse, BlockedReason, SignalResolution, Source, State,
 };
 pub use parse::ParsedEnv;
-pub use plan::{MetricSelector, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint, SidecarMetrics};
+pub use plan::{AppMetrics, MetricSelector, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint, SidecarMetrics};
 pub use status::SignalStatus;

@@ -19,6 +19,23 @@ pub struct OtelPlan {
     /// on the Prometheus endpoints and the OpenTelemetry path alike.
     #[serde(default)]
     pub sidecar_metrics: SidecarMetrics,
+    /// MeshMetric `applications`: endpoints of the application's own
+    /// metrics `tern-dp` scrapes and passes on with Envoy's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<AppMetrics>,
+}
+
+/// One application metrics endpoint (MeshMetric `applications[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppMetrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The data plane's address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub port: u16,
+    pub path: String,
 }
 
 /// MeshMetric's `sidecar.profiles` and `includeUnused`, as merged.

@@ -28,8 +28,8 @@ use tern_model::spec::policy::{BackendRef, TargetRef};
 use tern_model::{Kind, Resource};
 use tern_otlp_config::merge::BackendUse;
 use tern_otlp_config::{
-    resolve_backends, BackendSettings, MetricSelector, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint,
-    SidecarMetrics, Signal, SignalStatus,
+    resolve_backends, AppMetrics, BackendSettings, MetricSelector, OtelPlan, PlanBackend, PlanSignal,
+    PrometheusEndpoint, SidecarMetrics, Signal, SignalStatus,
 };
 
 /// One dataplane and, once it has registered, its session.
@@ -93,6 +93,7 @@ struct MergedConf {
     trace: TraceConf,
     prometheus: Vec<PrometheusEndpoint>,
     sidecar_metrics: SidecarMetrics,
+    applications: Vec<AppMetrics>,
 }
 
 impl MergedConf {
@@ -103,6 +104,7 @@ impl MergedConf {
             Kind::MeshMetric => {
                 self.prometheus = other.prometheus;
                 self.sidecar_metrics = other.sidecar_metrics;
+                self.applications = other.applications;
             }
             _ => {}
         }
@@ -391,6 +393,7 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntr
             .map(|c| MergedConf {
                 prometheus: prometheus_endpoints(&c),
                 sidecar_metrics: sidecar_metrics(&c),
+                applications: applications(&c),
                 ..Default::default()
             })
             .unwrap_or_default(),
@@ -415,6 +418,22 @@ fn sidecar_metrics(conf: &MeshMetricConf) -> SidecarMetrics {
         exclude: selectors(profiles.and_then(|p| p.exclude.as_ref())),
         include_unused: sidecar.and_then(|s| s.include_unused).unwrap_or(false),
     }
+}
+
+/// A merged MeshMetric's `applications`, with Kuma's default path.
+fn applications(conf: &MeshMetricConf) -> Vec<AppMetrics> {
+    conf.applications
+        .iter()
+        .flatten()
+        .filter_map(|a| {
+            Some(AppMetrics {
+                name: a.name.clone(),
+                address: a.address.clone(),
+                port: u16::try_from(a.port).ok()?,
+                path: a.path.clone().unwrap_or_else(|| "/metrics".into()),
+            })
+        })
+        .collect()
 }
 
 /// The Prometheus endpoints of a merged MeshMetric conf, one per client id
@@ -666,6 +685,7 @@ fn dataplane_outcome(
     let mut plan = OtelPlan {
         prometheus: conf.prometheus.clone(),
         sidecar_metrics: conf.sidecar_metrics.clone(),
+        applications: conf.applications.clone(),
         ..OtelPlan::default()
     };
     let mut status = OpenTelemetryStatus::default();

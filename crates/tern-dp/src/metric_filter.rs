@@ -107,6 +107,11 @@ impl MetricFilter {
         MetricFilter { all, basic, profile, include: compile(&conf.include), exclude: compile(&conf.exclude) }
     }
 
+    /// Every family, under the cardinality cap only (an application's own metrics).
+    pub fn all() -> MetricFilter {
+        MetricFilter { all: true, basic: false, profile: Vec::new(), include: Vec::new(), exclude: Vec::new() }
+    }
+
     /// Whether the family `name` leaves the data plane.
     pub fn keeps(&self, name: &str) -> bool {
         if self.include.iter().any(|s| s.matches(name)) {

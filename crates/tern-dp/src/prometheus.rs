@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tern_otlp_config::{OtelPlan, PrometheusEndpoint, SidecarMetrics};
+use tern_otlp_config::{AppMetrics, OtelPlan, PrometheusEndpoint, SidecarMetrics};
 use tern_pipe::PipeManager;
 use tokio::sync::{watch, Mutex};
 use tokio::task::{AbortHandle, JoinSet};
@@ -25,8 +25,10 @@ struct Source {
     admin: u16,
     /// The current plan: its `sidecar_metrics` filter what is served.
     plan: watch::Receiver<OtelPlan>,
-    /// `key="value"` pairs added to every sample, already escaped.
-    labels: String,
+    /// `key="value"` pairs added to every sample (values already escaped).
+    labels: Vec<(String, String)>,
+    /// The data plane's address: where applications are, unless they say.
+    address: IpAddr,
     /// Whether the cardinality cap has been reported (once).
     warned_cap: std::sync::atomic::AtomicBool,
     pipe: Arc<Mutex<PipeManager>>,
@@ -45,7 +47,8 @@ pub async fn serve_endpoints(
         client,
         admin,
         plan: plan.clone(),
-        labels: label_text(&labels),
+        labels: escaped(&labels),
+        address,
         warned_cap: Default::default(),
         pipe,
     });
@@ -127,44 +130,74 @@ async fn scrape(State(source): State<Arc<Source>>) -> Response {
         );
     }
     let mut body = with_labels(&filtered.text, &source.labels);
+    let apps = source.plan.borrow().applications.clone();
+    for app in &apps {
+        match application_metrics(&source.client, source.address, app).await {
+            Ok(text) => body.push_str(&with_labels(&MetricFilter::all().apply(&text).text, &source.labels)),
+            Err(e) => tracing::debug!(error = %e, "application metrics not served"),
+        }
+    }
     body.push_str(&with_labels(&source.pipe.lock().await.prometheus(), &source.labels));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-/// `key="value",...` with Prometheus' escaping of values.
-fn label_text(labels: &[(String, String)]) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
-        .collect::<Vec<_>>()
-        .join(",")
+/// An application's own metrics (MeshMetric `applications[]`), as text.
+pub async fn application_metrics(
+    client: &reqwest::Client,
+    dp_address: IpAddr,
+    app: &AppMetrics,
+) -> Result<String, String> {
+    let host = app.address.clone().unwrap_or_else(|| dp_address.to_string());
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    let url = format!("http://{host}:{}{}", app.port, normalized(&app.path));
+    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    response.text().await.map_err(|e| format!("{url}: {e}"))
 }
 
-/// Prometheus text with `labels` added to every sample line.
-pub fn with_labels(text: &str, labels: &str) -> String {
+/// Label values with Prometheus' escaping.
+fn escaped(labels: &[(String, String)]) -> Vec<(String, String)> {
+    labels.iter().map(|(k, v)| (k.clone(), v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))).collect()
+}
+
+/// Prometheus text with `labels` added to every sample line, except those
+/// a sample already has (an application's own `mesh` label stays its own).
+pub fn with_labels(text: &str, labels: &[(String, String)]) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 4);
     for line in text.lines() {
         if labels.is_empty() || line.is_empty() || line.starts_with('#') {
             out.push_str(line);
-        } else if let Some(brace) = line.find('{').filter(|b| line[..*b].find(' ').is_none()) {
-            let (name, rest) = line.split_at(brace);
-            let rest = &rest[1..];
-            out.push_str(name);
-            out.push('{');
-            out.push_str(labels);
-            if !rest.starts_with('}') {
-                out.push(',');
-            }
-            out.push_str(rest);
-        } else if let Some((name, value)) = line.split_once(' ') {
-            out.push_str(name);
-            out.push('{');
-            out.push_str(labels);
-            out.push_str("} ");
-            out.push_str(value);
-        } else {
-            out.push_str(line);
+            out.push('\n');
+            continue;
         }
+        let (name, existing, value) = match line.find('{').filter(|b| !line[..*b].contains(' ')) {
+            Some(brace) => match line[brace..].rfind('}') {
+                Some(close) => (&line[..brace], &line[brace + 1..brace + close], &line[brace + close + 1..]),
+                None => (line, "", ""),
+            },
+            None => match line.split_once(' ') {
+                Some((name, _)) => (name, "", &line[name.len()..]),
+                None => (line, "", ""),
+            },
+        };
+        if value.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let has = |key: &str| existing.starts_with(&format!("{key}=")) || existing.contains(&format!(",{key}="));
+        let added: Vec<String> = labels.iter().filter(|(k, _)| !has(k)).map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        out.push_str(name);
+        out.push('{');
+        out.push_str(&added.join(","));
+        if !added.is_empty() && !existing.is_empty() {
+            out.push(',');
+        }
+        out.push_str(existing);
+        out.push('}');
+        out.push_str(value);
         out.push('\n');
     }
     out
@@ -176,11 +209,13 @@ mod tests {
 
     #[test]
     fn labels_join_every_sample_and_leave_comments() {
-        let labels = label_text(&[("mesh".into(), "default".into()), ("dataplane".into(), "we\"b".into())]);
+        let labels = escaped(&[("mesh".into(), "default".into()), ("dataplane".into(), "we\"b".into())]);
         let text = "# TYPE envoy_x counter\nenvoy_x{cluster=\"a\"} 3\nenvoy_y 4\nenvoy_z{} 5\n\n";
         assert_eq!(
             with_labels(text, &labels),
             "# TYPE envoy_x counter\nenvoy_x{mesh=\"default\",dataplane=\"we\\\"b\",cluster=\"a\"} 3\nenvoy_y{mesh=\"default\",dataplane=\"we\\\"b\"} 4\nenvoy_z{mesh=\"default\",dataplane=\"we\\\"b\"} 5\n\n"
         );
+        // A label the sample has already is not added twice (an invalid exposition).
+        assert_eq!(with_labels("app_x{mesh=\"mine\"} 1\n", &labels), "app_x{dataplane=\"we\\\"b\",mesh=\"mine\"} 1\n");
     }
 }

@@ -118,7 +118,8 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
                 warn!("the Dataplane's address is not an IP address: MeshMetric Prometheus backends are not served")
             }
         }
-        parts.spawn(until_halt("Envoy metrics", halt.clone(), envoy_metrics(pipe.clone(), plan_rx, admin, resource)));
+        let metrics = envoy_metrics(pipe.clone(), plan_rx, admin, address, resource);
+        parts.spawn(until_halt("Envoy metrics", halt.clone(), metrics));
     }
     let stats_path = work_dir.join(STATS_FILE);
     parts.spawn(until_halt(
@@ -390,6 +391,7 @@ async fn envoy_metrics(
     pipe: Arc<Mutex<PipeManager>>,
     plan: watch::Receiver<OtelPlan>,
     admin: u16,
+    address: Option<std::net::IpAddr>,
     resource: Vec<(String, String)>,
 ) -> Result<(), String> {
     let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -422,13 +424,27 @@ async fn envoy_metrics(
                 "Envoy metrics over the per-metric series cap were left out"
             );
         }
-        // Encoded once, shared by every backend that is due.
-        let payload = tern_pipe::OtlpRequest::Metrics(converted.request).to_payload();
+        // Encoded once, shared by every backend that is due; then each
+        // application's own metrics (MeshMetric `applications[]`).
+        let mut payloads = vec![tern_pipe::OtlpRequest::Metrics(converted.request).to_payload()];
+        let apps = plan.borrow().applications.clone();
+        for app in apps.iter().filter(|_| address.is_some()) {
+            let dp_address = address.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            match crate::prometheus::application_metrics(&client, dp_address, app).await {
+                Ok(text) => payloads.push(
+                    tern_pipe::OtlpRequest::Metrics(tern_pipe::envoy_metrics::to_otlp(&text, &resource, now).request)
+                        .to_payload(),
+                ),
+                Err(e) => tracing::debug!(error = %e, "application metrics not pushed"),
+            }
+        }
         for backend in due {
             last.insert(backend.clone(), tokio::time::Instant::now());
-            let submitted = pipe.lock().await.submit(&backend, payload.clone());
-            if let Err(e) = submitted {
-                tracing::debug!(backend = %backend, error = %e, "Envoy metrics not queued");
+            for payload in &payloads {
+                let submitted = pipe.lock().await.submit(&backend, payload.clone());
+                if let Err(e) = submitted {
+                    tracing::debug!(backend = %backend, error = %e, "metrics not queued");
+                }
             }
         }
     }

@@ -2,6 +2,8 @@
 //! run): answers every HTTP/1.1 request with a fixed body; with `call`, it
 //! first calls that URL, forwarding the W3C `traceparent` header as any
 //! traced application does, so spans across services join one trace.
+//! `GET /metrics` answers the application's own metrics (requests served,
+//! in Prometheus' text format), as an instrumented application would.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -10,12 +12,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// connection setup.
 pub fn serve(listener: tokio::net::TcpListener, body: String, call: Option<String>) {
     let client = reqwest::Client::new();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((conn, _)) = listener.accept().await else { return };
-            tokio::spawn(connection(conn, client.clone(), call.clone(), body.clone()));
+            tokio::spawn(connection(conn, client.clone(), call.clone(), body.clone(), served.clone()));
         }
     });
+}
+
+/// The application's own metrics.
+fn metrics(served: u64) -> String {
+    format!("# HELP demo_requests_total Requests the demo application served.\n# TYPE demo_requests_total counter\ndemo_requests_total{{handler=\"orders\"}} {served}\n")
 }
 
 /// The value of header `name` in a request head.
@@ -25,7 +33,13 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
 }
 
-async fn connection(mut conn: tokio::net::TcpStream, client: reqwest::Client, call: Option<String>, body: String) {
+async fn connection(
+    mut conn: tokio::net::TcpStream,
+    client: reqwest::Client,
+    call: Option<String>,
+    body: String,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -51,6 +65,16 @@ async fn connection(mut conn: tokio::net::TcpStream, client: reqwest::Client, ca
         buf.drain(..length);
         let close = header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
             || head.lines().next().is_some_and(|l| l.ends_with("HTTP/1.0"));
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        if head.starts_with("GET /metrics ") {
+            let text = metrics(served.load(std::sync::atomic::Ordering::Relaxed));
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n{connection}\r\n{text}", text.len());
+            if conn.write_all(reply.as_bytes()).await.is_err() || close {
+                return;
+            }
+            continue;
+        }
+        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut status = "200 OK";
         if let Some(url) = &call {
             let mut req = client.get(url);
@@ -61,7 +85,6 @@ async fn connection(mut conn: tokio::net::TcpStream, client: reqwest::Client, ca
                 status = "502 Bad Gateway";
             }
         }
-        let connection = if close { "Connection: close\r\n" } else { "" };
         let reply = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{connection}\r\n{body}", body.len());
         if conn.write_all(reply.as_bytes()).await.is_err() || close {
             return;
