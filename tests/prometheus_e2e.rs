@@ -43,7 +43,7 @@ impl Drop for Prometheus {
 
 /// Seed 003's scrape config, twice: with `fetch_timeout: 0s` (no long
 /// polling, the 2.6.0 workaround) and with the default long poll.
-fn config(mads: &str, cp_metrics: &str) -> String {
+fn config(mads: &str, cp_metrics: &str, ca_file: &str) -> String {
     let job = |name: &str, fetch: &str| {
         format!(
             r#"  - job_name: '{name}'
@@ -67,15 +67,15 @@ fn config(mads: &str, cp_metrics: &str) -> String {
     };
     let cp = cp_metrics.trim_start_matches("http://");
     format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}  - job_name: tern-cp\n    static_configs:\n      - targets: ['{cp}']\n",
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}  - job_name: tern-cp\n    static_configs:\n      - targets: ['{cp}']\n  - job_name: secure\n    scrape_interval: 1s\n    tls_config:\n      ca_file: {ca_file}\n    relabel_configs:\n      - source_labels: [__meta_kuma_dataplane]\n        target_label: dataplane\n    kuma_sd_configs:\n      - server: \"{mads}\"\n        client_id: secure\n        refresh_interval: 1s\n        fetch_timeout: 0s\n",
         job("kuma-dataplanes", "        fetch_timeout: 0s\n"),
         job("kuma-dataplanes-long-poll", "")
     )
 }
 
-fn start_prometheus(dir: &std::path::Path, mads: &str, cp_metrics: &str) -> Prometheus {
+fn start_prometheus(dir: &std::path::Path, mads: &str, cp_metrics: &str, ca_file: &str) -> Prometheus {
     let file = dir.join("prometheus.yml");
-    std::fs::write(&file, config(mads, cp_metrics)).unwrap();
+    std::fs::write(&file, config(mads, cp_metrics, ca_file)).unwrap();
     let port = free_port();
     let log = dir.join("prometheus.log");
     let child = Command::new(prometheus_binary())
@@ -147,13 +147,29 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
     let (web_in, web_app, web_admin, web_out) = (free_port(), free_port(), free_port(), free_port());
     let _api_app = support::demo_app(api_app, "api ok", None);
     let _web_app = support::demo_app(web_app, "web ok", Some(format!("http://127.0.0.1:{web_out}/items")));
+    // api also serves a ProvidedTLS endpoint to another Prometheus client, with its certificate.
+    let (ca, cert, key) = support::test_certificate(&["127.0.0.3"], "api metrics");
+    let tls_dir = dir.path().join("api-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    for (name, text) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
+        std::fs::write(tls_dir.join(name), text).unwrap();
+    }
+    let secure_port = free_port();
+    let secure = format!(
+        "type: MeshMetric\nname: api-secure\nmesh: default\nspec:\n  targetRef: {{kind: Dataplane, name: api}}\n  default:\n    backends:\n      - type: Prometheus\n        prometheus:\n          port: {metrics_port}\n      - type: Prometheus\n        prometheus:\n          clientId: secure\n          port: {secure_port}\n          tls: {{mode: ProvidedTLS}}\n"
+    );
+    cp.ternctl_stdin(&["apply", "-f", "-"], &secure).ok();
+    let (cert_file, key_file) =
+        (tls_dir.join("tls.crt").display().to_string(), tls_dir.join("tls.key").display().to_string());
+    let api_extra =
+        [extra[0], extra[1], "--metrics-cert-file", cert_file.as_str(), "--metrics-key-file", key_file.as_str()];
     let _api = DataPlane::start(
         &cp,
         &root,
         "api",
         &dataplane("api", "127.0.0.3", api_in, api_app, api_admin, None),
         &[],
-        &extra,
+        &api_extra,
     );
     let web = DataPlane::start(
         &cp,
@@ -168,7 +184,9 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         "type: MeshMetric\nname: web-application\nmesh: default\nspec:\n  targetRef: {{kind: Dataplane, name: web}}\n  default:\n    applications:\n      - name: demo\n        address: 127.0.0.1\n        port: {web_app}\n"
     );
     cp.ternctl_stdin(&["apply", "-f", "-"], &apps).ok();
-    let prometheus = start_prometheus(dir.path(), &mads, cp.metrics.as_deref().expect("tern-cp serves /metrics"));
+    let ca_file = tls_dir.join("ca.crt").display().to_string();
+    let prometheus =
+        start_prometheus(dir.path(), &mads, cp.metrics.as_deref().expect("tern-cp serves /metrics"), &ca_file);
 
     for job in ["kuma-dataplanes", "kuma-dataplanes-long-poll"] {
         eventually(WAIT, "both data planes up in Prometheus' targets", || {
@@ -292,24 +310,28 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         let v = get_json(&url)?;
         v["data"]["result"][0]["value"][1].as_str().and_then(|n| n.parse().ok()).ok_or(v.to_string())
     };
+    // What `ternctl inspect` says, summed: the data planes whose metrics are ready
+    // (web; api's own policy names only Prometheus backends).
+    let ready_in_inspect = ["web", "api"]
+        .iter()
+        .filter(|dp| {
+            let inspect = cp.ternctl(&["inspect", "dataplane", dp]).ok().stdout;
+            inspect.lines().any(|l| l.starts_with("otel ") && l.contains("metrics") && l.contains("ready"))
+        })
+        .count() as f64;
+    assert_eq!(ready_in_inspect, 1.0);
     eventually(WAIT, "tern-cp's metrics in Prometheus", || {
         let dataplanes = value(r#"resources_count{job="tern-cp",resource_type="Dataplane"}"#)?;
         let backends = value(r#"resources_count{job="tern-cp",resource_type="MeshOpenTelemetryBackend"}"#)?;
         let streams = value(r#"xds_streams_active{job="tern-cp"}"#)?;
         let ready = value(r#"tern_otel_signals{job="tern-cp",signal="metrics",state="ready"}"#)?;
         let acks = value(r#"sum(xds_requests_received{job="tern-cp",confirmation="ACK"})"#)?;
-        ((dataplanes, backends, streams, ready) == (2.0, 1.0, 2.0, 2.0) && acks > 0.0).then_some(()).ok_or(format!(
-            "dataplanes {dataplanes}, backends {backends}, streams {streams}, metrics ready {ready}, ACKs {acks}"
-        ))
+        ((dataplanes, backends, streams, ready) == (2.0, 1.0, 2.0, ready_in_inspect) && acks > 0.0).then_some(()).ok_or(
+            format!(
+                "dataplanes {dataplanes}, backends {backends}, streams {streams}, metrics ready {ready}, ACKs {acks}"
+            ),
+        )
     });
-    for dp in ["web", "api"] {
-        let inspect = cp.ternctl(&["inspect", "dataplane", dp]).ok().stdout;
-        assert!(
-            inspect.lines().any(|l| l.starts_with("otel ") && l.contains("metrics") && l.contains("ready")),
-            "{inspect}"
-        );
-    }
-
     eventually(WAIT, "the application's metrics at the OpenTelemetry collector", || {
         let names = collector.with(|r| r.metric_names.clone());
         names.iter().any(|n| n == "demo_requests_total").then_some(()).ok_or(format!("{names:?}"))

@@ -123,21 +123,12 @@ impl Drop for KubeCluster {
 fn write_pki(dir: &Path) -> PathBuf {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).expect("pki dir");
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tern-test-kube-ca");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let key = rcgen::KeyPair::generate().expect("serving key");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, "kube-apiserver");
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("serving certificate");
+    let (ca, cert, key) = super::test_certificate(&["localhost", "127.0.0.1"], "kube-apiserver");
     let sa = rcgen::KeyPair::generate().expect("service-account key");
     for (name, text) in [
-        ("ca.crt", ca.pem()),
-        ("apiserver.crt", cert.pem()),
-        ("apiserver.key", key.serialize_pem()),
+        ("ca.crt", ca),
+        ("apiserver.crt", cert),
+        ("apiserver.key", key),
         ("sa.key", sa.serialize_pem()),
         ("sa.pub", sa.public_key_pem()),
         ("tokens.csv", format!("{},tern-admin,tern-admin-uid,\"system:masters\"\n", ADMIN_TOKEN)),

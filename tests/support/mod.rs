@@ -444,3 +444,19 @@ pub fn sidecar_dataplane(mesh: &str, name: &str, inbound: u16, app: u16, admin: 
         "type: Dataplane\nname: {name}\nmesh: {mesh}\nnetworking:\n  address: 127.0.0.1\n  admin:\n    port: {admin}\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n      tags:\n        kuma.io/service: {name}\n        kuma.io/protocol: http\n"
     )
 }
+
+/// A test CA and a serving certificate it signs for `sans` (names or IP
+/// addresses): `(CA PEM, certificate PEM, key PEM)`.
+pub fn test_certificate(sans: &[&str], common_name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{common_name} test CA"));
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("serving key");
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("serving certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}

@@ -80,6 +80,13 @@ enum Command {
         /// Serve tern-dp's own delivery counts for Prometheus at http://ADDR/metrics.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// The certificate (PEM) MeshMetric Prometheus endpoints with `tls.mode: ProvidedTLS`
+        /// are served with (Kuma's KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH).
+        #[arg(long, env = "TERN_DP_METRICS_CERT_FILE", requires = "metrics_key_file")]
+        metrics_cert_file: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, env = "TERN_DP_METRICS_KEY_FILE", requires = "metrics_cert_file")]
+        metrics_key_file: Option<PathBuf>,
     },
     /// OpenTelemetry exporter configuration from the OTEL_EXPORTER_OTLP_* environment.
     #[command(subcommand)]
@@ -157,6 +164,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// The TLS configuration of ProvidedTLS Prometheus endpoints, checked at start.
+fn metrics_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    let cert_pem = std::fs::read(cert).map_err(|e| format!("reading --metrics-cert-file {}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("reading --metrics-key-file {}: {e}", key.display()))?;
+    tern_tls::server_config(&cert_pem, &key_pem).map_err(|e| format!("--metrics-cert-file/--metrics-key-file: {e}"))
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -176,16 +190,23 @@ fn main() {
             otel_queue_bytes,
             otel_queue_wait,
             metrics_addr,
+            metrics_cert_file,
+            metrics_key_file,
         } => {
+            let metrics_tls = match (metrics_cert_file, metrics_key_file) {
+                (Some(cert), Some(key)) => metrics_tls(&cert, &key).map(Some),
+                _ => Ok(None),
+            };
             let token = match (dataplane_token_file, dataplane_token) {
                 (Some(path), _) => read_token(&path).map(Some),
                 (None, token) => Ok(token.map(|t| t.trim().to_string())),
             };
             let cp = |token| cp::Settings { address: cp_address, token, ca_cert: ca_cert_file };
-            let args = |dataplane, cp| run::RunArgs {
+            let args = |dataplane, cp, metrics_tls| run::RunArgs {
                 cp,
                 envoy_binary,
                 metrics_addr,
+                metrics_tls,
                 dataplane,
                 work_dir,
                 otel_pipe,
@@ -200,7 +221,7 @@ fn main() {
                 (None, Some(name), Some(mesh)) => Ok(run::DataplaneSource::Stored { mesh, name }),
                 _ => Err("give --dataplane-file, or --name and --mesh".to_string()),
             };
-            token.and_then(|t| dataplane.and_then(|dp| run_agent(args(dp, cp(t)))))
+            token.and_then(|t| dataplane.and_then(|dp| metrics_tls.and_then(|tls| run_agent(args(dp, cp(t), tls)))))
         }
         Command::Otel(OtelCommand::Inventory) => otel::inventory().map(|s| s + "\n"),
         Command::Otel(OtelCommand::Resolve { plan }) => otel::resolve(&plan).map(|s| s + "\n"),

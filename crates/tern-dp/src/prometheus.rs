@@ -34,10 +34,17 @@ struct Source {
     pipe: Arc<Mutex<PipeManager>>,
 }
 
+/// Where endpoints are served: the data plane's address, and the TLS
+/// configuration for `ProvidedTLS` ones (`--metrics-cert-file`).
+pub struct Serving {
+    pub address: IpAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Keeps one server per endpoint of the current plan until `plan` closes.
 pub async fn serve_endpoints(
     mut plan: watch::Receiver<OtelPlan>,
-    address: IpAddr,
+    serving: Serving,
     admin: u16,
     labels: Vec<(String, String)>,
     pipe: Arc<Mutex<PipeManager>>,
@@ -48,7 +55,7 @@ pub async fn serve_endpoints(
         admin,
         plan: plan.clone(),
         labels: escaped(&labels),
-        address,
+        address: serving.address,
         warned_cap: Default::default(),
         pipe,
     });
@@ -69,18 +76,30 @@ pub async fn serve_endpoints(
             if running.contains_key(&key) {
                 continue;
             }
-            if endpoint.tls {
-                warn!(port = endpoint.port, "tls.mode ProvidedTLS is not supported by tern-dp yet; serving plain HTTP (as Kuma does without certificates)");
-            }
-            let addr = std::net::SocketAddr::new(address, endpoint.port);
+            let tls = match (endpoint.tls, &serving.tls) {
+                (true, Some(config)) => Some(config.clone()),
+                (true, None) => {
+                    warn!(port = endpoint.port, "tls.mode ProvidedTLS without --metrics-cert-file and --metrics-key-file: serving plain HTTP (as Kuma does without certificates)");
+                    None
+                }
+                (false, _) => None,
+            };
+            let addr = std::net::SocketAddr::new(serving.address, endpoint.port);
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
-                    info!(addr = %addr, path = %endpoint.path, client = %endpoint.client_id, "serving Prometheus metrics");
+                    info!(addr = %addr, path = %endpoint.path, client = %endpoint.client_id, tls = tls.is_some(), "serving Prometheus metrics");
                     let router = axum::Router::new()
                         .route(&normalized(&endpoint.path), axum::routing::get(scrape))
                         .with_state(source.clone());
                     let handle = servers.spawn(async move {
-                        if let Err(e) = axum::serve(listener, router).await {
+                        // Stopped by aborting the task: the stop signal never fires,
+                        // and its sender lives as long as the task.
+                        let (_never, stop) = watch::channel(false);
+                        let served = match tls {
+                            Some(config) => tern_tls::serve(listener, router, config, stop).await,
+                            None => axum::serve(listener, router).await.map_err(|e| e.to_string()),
+                        };
+                        if let Err(e) = served {
                             warn!(addr = %addr, error = %e, "Prometheus endpoint stopped");
                         }
                     });

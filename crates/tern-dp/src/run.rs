@@ -22,6 +22,8 @@ pub struct RunArgs {
     pub cp: crate::cp::Settings,
     pub envoy_binary: Option<PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// For MeshMetric Prometheus endpoints with `tls.mode: ProvidedTLS`.
+    pub metrics_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub dataplane: DataplaneSource,
     pub work_dir: Option<PathBuf>,
     pub otel_pipe: bool,
@@ -107,7 +109,7 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
             Some(address) => {
                 let endpoints = crate::prometheus::serve_endpoints(
                     plan_rx.clone(),
-                    address,
+                    crate::prometheus::Serving { address, tls: args.metrics_tls.clone() },
                     admin,
                     prometheus_labels(&dp, &spec),
                     pipe.clone(),

@@ -6,17 +6,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::debug;
 
 /// Where the serving certificate comes from.
 pub struct TlsSource {
@@ -41,23 +35,7 @@ pub fn server_config(source: &TlsSource, data_dir: &Path) -> Result<Arc<rustls::
         (None, None) => generated(data_dir, &source.sans)?,
         _ => bail!("--tls-cert-file and --tls-key-file go together: give both, or neither for a generated certificate"),
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow!("the TLS certificate is not PEM: {e}"))?;
-    if certs.is_empty() {
-        bail!("the TLS certificate file holds no certificate");
-    }
-    let key =
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| anyhow!("the TLS key file holds no private key in PEM"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not form a usable pair")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    tern_tls::server_config(&cert_pem, &key_pem).map_err(|e| anyhow!(e))
 }
 
 /// The data directory's CA (`tls/ca.crt`, key `tls/ca.key` 0600), made the
@@ -114,41 +92,12 @@ fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<(Vec<u8>, Vec<u8>
     Ok((cert.pem().into_bytes(), key.serialize_pem().into_bytes()))
 }
 
-/// Serves `router` over TLS until `stop` turns true; open connections get
-/// two seconds to finish, then they are closed.
+/// Serves `router` over TLS until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: Arc<rustls::ServerConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted.context("accepting a connection")?,
-            _ = stop.wait_for(|s| *s) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
-        connections.spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(tls) => tls,
-                Err(e) => return debug!(peer = %peer, error = %e, "TLS handshake failed"),
-            };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await;
-            if let Err(e) = served {
-                debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    let drained =
-        tokio::time::timeout(Duration::from_secs(2), async { while connections.join_next().await.is_some() {} });
-    if drained.await.is_err() {
-        connections.abort_all();
-    }
-    Ok(())
+    tern_tls::serve(listener, router, config, stop).await.map_err(|e| anyhow!(e))
 }
