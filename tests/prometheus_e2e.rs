@@ -326,6 +326,10 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         let streams = value(r#"xds_streams_active{job="tern-cp"}"#)?;
         let ready = value(r#"tern_otel_signals{job="tern-cp",signal="metrics",state="ready"}"#)?;
         let acks = value(r#"sum(xds_requests_received{job="tern-cp",confirmation="ACK"})"#)?;
+        let applies = value(r#"sum(store_count{job="tern-cp",operation="apply"})"#)?;
+        if applies == 0.0 {
+            return Err("no store operation timed".into());
+        }
         ((dataplanes, backends, streams, ready) == (2.0, 1.0, 2.0, ready_in_inspect) && acks > 0.0).then_some(()).ok_or(
             format!(
                 "dataplanes {dataplanes}, backends {backends}, streams {streams}, metrics ready {ready}, ACKs {acks}"

@@ -8,6 +8,7 @@ mod kubernetes;
 mod mads;
 mod metrics;
 mod multizone;
+mod timed_store;
 mod tls;
 
 use anyhow::{bail, Context, Result};
@@ -241,6 +242,8 @@ async fn serve_control_plane<S: ResourceStore>(
     extras: Extras,
 ) -> Result<()> {
     let Extras { parts, leader, authenticate, foreign } = extras;
+    let metrics = metrics::CpMetrics::new(multizone::instance_id(), leader.clone());
+    let store = Arc::new(timed_store::TimedStore::new(store, metrics.clone()));
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
     let api_tls = args.api_tls_addr.0;
     // A global control plane has no data planes of its own to assign (Kuma: no MADS on global).
@@ -299,7 +302,6 @@ async fn serve_control_plane<S: ResourceStore>(
     let hub = Arc::new(PlanHub::default());
     let xds = Arc::new(tern_xds::XdsHub::default());
     let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
-    let metrics = metrics::CpMetrics::new(multizone::instance_id(), leader.clone());
     let observed = metrics.clone();
     let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone())
         .with_state(runtime.clone())

@@ -56,21 +56,49 @@ impl Histogram {
 
 /// HTTP request durations by server, route, method and status code.
 type HttpKey = (&'static str, String, String, u16);
+/// Store operation durations by operation and resource type.
+type StoreKey = (&'static str, String);
 
 pub struct CpMetrics {
     pub instance_id: String,
     pub leader: Option<watch::Receiver<bool>>,
     pub reconcile: Histogram,
     http: Mutex<BTreeMap<HttpKey, Arc<Histogram>>>,
+    store: Mutex<BTreeMap<StoreKey, Arc<Histogram>>>,
+    store_conflicts: Mutex<BTreeMap<String, u64>>,
 }
 
 impl CpMetrics {
     pub fn new(instance_id: String, leader: Option<watch::Receiver<bool>>) -> Arc<Self> {
-        Arc::new(CpMetrics { instance_id, leader, reconcile: Histogram::default(), http: Mutex::default() })
+        Arc::new(CpMetrics {
+            instance_id,
+            leader,
+            reconcile: Histogram::default(),
+            http: Mutex::default(),
+            store: Mutex::default(),
+            store_conflicts: Mutex::default(),
+        })
     }
 
     fn http_histogram(&self, key: HttpKey) -> Arc<Histogram> {
         self.http.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+    }
+
+    /// One store call (Kuma's `store{operation,resource_type}`).
+    pub fn store_operation(&self, operation: &'static str, kind: &str, took: Duration) {
+        let histogram = self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((operation, kind.to_string()))
+            .or_default()
+            .clone();
+        histogram.observe(took);
+    }
+
+    /// A write refused because the resource changed meanwhile (Kuma's `store_conflicts`).
+    pub fn store_conflict(&self, kind: &str) {
+        *self.store_conflicts.lock().unwrap_or_else(|p| p.into_inner()).entry(kind.to_string()).or_default() += 1;
     }
 }
 
@@ -171,6 +199,17 @@ async fn render<S: ResourceStore>(s: &Sources<S>) -> Result<String, tern_store::
         }
         let labels = format!("handler=\"{}\",method=\"{}\",code=\"{code}\"", escape(&handler), escape(&method));
         h.render(&mut out, &name, &labels);
+    }
+
+    let store: Vec<(StoreKey, Arc<Histogram>)> =
+        m.store.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, h)| (k.clone(), h.clone())).collect();
+    let _ = writeln!(out, "# TYPE store histogram");
+    for ((operation, kind), h) in store {
+        h.render(&mut out, "store", &format!("operation=\"{operation}\",resource_type=\"{}\"", escape(&kind)));
+    }
+    let _ = writeln!(out, "# TYPE store_conflicts counter");
+    for (kind, n) in m.store_conflicts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "store_conflicts{{resource_type=\"{}\"}} {n}", escape(kind));
     }
 
     let _ = writeln!(out, "# TYPE tern_reconcile_duration_seconds histogram");
