@@ -12,12 +12,11 @@ const MAX_BASE: usize = 236;
 /// [`ALPHABET`]. `extras` are the zone, then the Kubernetes namespace, when
 /// the resource has them.
 pub fn hashed_name(mesh: &str, display_name: &str, extras: &[&str]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = mesh.bytes().chain(display_name.bytes()).chain(extras.iter().flat_map(|e| e.bytes()));
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut hash = Fnv1a::default();
+    hash.write(mesh.as_bytes());
+    hash.write(display_name.as_bytes());
+    extras.iter().for_each(|e| hash.write(e.as_bytes()));
+    let hash = hash.0;
     let suffix: String =
         format!("{hash:016x}").bytes().map(|c| ALPHABET[usize::from(c) % ALPHABET.len()] as char).collect();
     let mut base = display_name;
@@ -29,6 +28,25 @@ pub fn hashed_name(mesh: &str, display_name: &str, extras: &[&str]) -> String {
         base = &base[..end];
     }
     format!("{base}-{suffix}")
+}
+
+/// FNV-1a, 64 bit: Kuma's hash for names, and Tern's for content versions
+/// (stable across processes and releases, unlike std's hasher).
+pub struct Fnv1a(pub u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 #[cfg(test)]

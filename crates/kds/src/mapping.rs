@@ -9,7 +9,7 @@
 //!   status) and the backends and policies created in the zone;
 //!   `kuma.io/origin: zone` and `kuma.io/zone: <zone>`, names hashed.
 
-use crate::hash::hashed_name;
+use crate::hash::{hashed_name, Fnv1a};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -202,13 +202,11 @@ pub fn key_of_wire(kind: Kind, wire: &str) -> Option<ResourceKey> {
 /// A content version both sides compute alike from what they hold: the
 /// sender from the mapped resource, the receiver from its stored copy.
 pub fn version_of(r: &Resource, with_status: bool) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = Fnv1a::default();
+    // Each field ends with a byte no UTF-8 text holds, so fields cannot run together.
     let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        hash ^= 0xff;
+        hash.write(bytes);
+        hash.write(&[0xff]);
     };
     feed(r.name.as_bytes());
     feed(r.mesh.as_bytes());
@@ -220,7 +218,7 @@ pub fn version_of(r: &Resource, with_status: bool) -> String {
     if with_status {
         feed(r.status.as_ref().map(canonical).unwrap_or_default().as_bytes());
     }
-    format!("{hash:016x}")
+    format!("{:016x}", hash.0)
 }
 
 /// JSON with object keys sorted, so key order never changes a version.

@@ -78,6 +78,8 @@ struct Publisher<'a, S> {
     peer: BTreeMap<Kind, BTreeMap<String, String>>,
     in_flight: HashMap<String, InFlight>,
     nonce: u64,
+    /// A response was rejected since the loop last looked: schedule the resend.
+    nacked: bool,
 }
 
 /// Runs one stream's sending side until the peer closes it. `requests` are
@@ -93,7 +95,8 @@ where
     I: Stream<Item = Result<DeltaDiscoveryRequest, tonic::Status>> + Unpin,
 {
     let mut feed = outbox.store.subscribe();
-    let mut sender = Publisher { outbox, out, stats, peer: BTreeMap::new(), in_flight: HashMap::new(), nonce: 0 };
+    let mut sender =
+        Publisher { outbox, out, stats, peer: BTreeMap::new(), in_flight: HashMap::new(), nonce: 0, nacked: false };
     let mut dirty: BTreeSet<Kind> = BTreeSet::new();
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -138,7 +141,7 @@ where
                 dirty.extend(sender.peer.keys().copied());
             }
         }
-        if sender.retry_due() {
+        if std::mem::take(&mut sender.nacked) {
             retry_at.get_or_insert_with(|| Instant::now() + NACK_BACKOFF);
         }
     }
@@ -182,14 +185,10 @@ impl<S: ResourceStore> Publisher<'_, S> {
                 for name in sent.names {
                     known.insert(name, String::new());
                 }
+                self.nacked = true;
             }
         }
         Ok(None)
-    }
-
-    /// Whether a rejected response waits to be sent again.
-    fn retry_due(&self) -> bool {
-        self.peer.values().any(|known| known.values().any(String::is_empty))
     }
 
     /// Sends what differs between the store and the peer, for one kind.

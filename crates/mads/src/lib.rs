@@ -33,7 +33,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One data plane to scrape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MonitoringAssignment {
     #[serde(rename = "@type")]
     pub type_url: String,
@@ -44,7 +44,7 @@ pub struct MonitoringAssignment {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Target {
     pub name: String,
     pub scheme: String,
@@ -91,15 +91,13 @@ pub fn assignments(client: &str, dataplanes: &[Resource], endpoints: &Endpoints)
     out
 }
 
-/// The version of a set of assignments: it moves only when they change.
+/// The version of a set of assignments: it moves only when they change
+/// (within one control plane; after a restart a client gets them once more).
 pub fn version(assignments: &[MonitoringAssignment]) -> String {
-    let text = serde_json::to_string(assignments).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    assignments.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// Where assignments come from: the control plane's data planes and plans.

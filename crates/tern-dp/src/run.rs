@@ -429,15 +429,16 @@ async fn envoy_metrics(
         // Encoded once, shared by every backend that is due; then each
         // application's own metrics (MeshMetric `applications[]`).
         let mut payloads = vec![tern_pipe::OtlpRequest::Metrics(converted.request).to_payload()];
-        let apps = plan.borrow().applications.clone();
-        for app in apps.iter().filter(|_| address.is_some()) {
-            let dp_address = address.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-            match crate::prometheus::application_metrics(&client, dp_address, app).await {
-                Ok(text) => payloads.push(
-                    tern_pipe::OtlpRequest::Metrics(tern_pipe::envoy_metrics::to_otlp(&text, &resource, now).request)
-                        .to_payload(),
-                ),
-                Err(e) => tracing::debug!(error = %e, "application metrics not pushed"),
+        if let Some(dp_address) = address {
+            let apps = plan.borrow().applications.clone();
+            for app in &apps {
+                match crate::prometheus::application_metrics(&client, dp_address, app).await {
+                    Ok(text) => {
+                        let request = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now).request;
+                        payloads.push(tern_pipe::OtlpRequest::Metrics(request).to_payload());
+                    }
+                    Err(e) => tracing::debug!(error = %e, "application metrics not pushed"),
+                }
             }
         }
         for backend in due {
