@@ -327,8 +327,10 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         let ready = value(r#"tern_otel_signals{job="tern-cp",signal="metrics",state="ready"}"#)?;
         let acks = value(r#"sum(xds_requests_received{job="tern-cp",confirmation="ACK"})"#)?;
         let applies = value(r#"sum(store_count{job="tern-cp",operation="apply"})"#)?;
-        if applies == 0.0 {
-            return Err("no store operation timed".into());
+        // Both data planes' snapshots were built at least once, and changed.
+        let generated = value(r#"sum(xds_generation_count{job="tern-cp",result="changed"})"#)?;
+        if applies == 0.0 || generated < 2.0 {
+            return Err(format!("store operations timed {applies}, snapshot builds timed {generated}"));
         }
         ((dataplanes, backends, streams, ready) == (2.0, 1.0, 2.0, ready_in_inspect) && acks > 0.0).then_some(()).ok_or(
             format!(
@@ -364,4 +366,70 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
             (names == ["api"]).then_some(()).ok_or(format!("{names:?}"))
         });
     }
+}
+
+/// Serves `body` as `/metrics` on 127.0.0.1:`port` (HTTP/1.0, one answer per connection).
+fn serve_metrics(port: u16, body: String) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind metrics");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes()));
+        }
+    });
+}
+
+/// An application whose one metric has 10,000 label sets: the data plane
+/// passes at most the cap (500) on both paths, and says so once per path.
+#[tokio::test(flavor = "multi_thread")]
+async fn label_sets_beyond_the_cap_are_cut_on_both_paths_and_said_once() {
+    let envoy = support::envoy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let (inbound, app, admin, wide, metrics_port) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let _app = support::demo_app(app, "web ok", None);
+    let mut body = String::from("# TYPE wide_series counter\n");
+    for i in 0..10_000 {
+        body.push_str(&format!("wide_series{{id=\"{i}\"}} 1\n"));
+    }
+    serve_metrics(wide, body);
+    let policy = format!(
+        "type: MeshOpenTelemetryBackend\nname: otel\nmesh: default\nspec:\n  endpoint:\n    address: 127.0.0.1\n    port: {}\n---\ntype: MeshMetric\nname: wide\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    applications:\n      - name: wide\n        address: 127.0.0.1\n        port: {wide}\n    backends:\n      - type: Prometheus\n        prometheus:\n          port: {metrics_port}\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: otel}}\n          refreshInterval: 1s\n",
+        collector.port
+    );
+    cp.ternctl_stdin(&["apply", "-f", "-"], &policy).ok();
+    let yaml = dataplane("web", "127.0.0.2", inbound, app, admin, None);
+    let dp = DataPlane::start(&cp, &dir.path().join("dps"), "web", &yaml, &[], &["--envoy-binary", envoy.as_str()]);
+
+    let endpoint = format!("http://127.0.0.2:{metrics_port}/metrics");
+    let count = |text: &str| text.lines().filter(|l| l.starts_with("wide_series{")).count();
+    for _ in 0..3 {
+        let text = eventually(WAIT, "the Prometheus endpoint answers", || {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let r = reqwest::get(&endpoint).await.map_err(|e| e.to_string())?;
+                    let text = r.text().await.map_err(|e| e.to_string())?;
+                    (count(&text) > 0).then_some(text).ok_or("no wide_series yet".to_string())
+                })
+            })
+        });
+        assert_eq!(count(&text), 500, "the Prometheus endpoint holds exactly the cap");
+    }
+    eventually(WAIT, "two OpenTelemetry exports of the application's metric", || {
+        let sizes: Vec<usize> =
+            collector.with(|r| r.metric_series.iter().filter(|(n, _)| n == "wide_series").map(|(_, p)| *p).collect());
+        if sizes.iter().any(|p| *p > 500) {
+            panic!("an export carried more than the cap: {sizes:?}");
+        }
+        (sizes.len() >= 2 && sizes.iter().all(|p| *p == 500)).then_some(()).ok_or(format!("{sizes:?}"))
+    });
+    let log = dp.log_text();
+    let said = |path: &str| log.lines().filter(|l| l.contains("per-metric cap") && l.contains(path)).count();
+    assert_eq!(said("path=\"prometheus\""), 1, "{log}");
+    assert_eq!(said("path=\"opentelemetry\""), 1, "{log}");
 }

@@ -24,6 +24,10 @@ pub struct SpanRecord {
     pub trace_id: Vec<u8>,
     pub span_id: Vec<u8>,
     pub parent_span_id: Vec<u8>,
+    /// `(trace id, span id)` of each linked span.
+    pub links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// String-valued attributes.
+    pub attributes: Vec<(String, String)>,
 }
 
 /// Everything received so far.
@@ -34,6 +38,8 @@ pub struct Received {
     pub log_bodies: Vec<String>,
     pub metric_points: usize,
     pub metric_names: Vec<String>,
+    /// Each metric of each export: its name and number of data points.
+    pub metric_series: Vec<(String, usize)>,
     /// Request metadata (headers) of every export, flattened to `key=value`.
     pub headers: Vec<String>,
     /// The bytes of every trace export, as they arrived (after gzip).
@@ -84,12 +90,22 @@ impl Recorder {
                 .unwrap_or_default();
             for span in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
                 rec.spans.push(span.name.clone());
+                let attributes = span
+                    .attributes
+                    .iter()
+                    .filter_map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => Some((kv.key.clone(), s.clone())),
+                        _ => None,
+                    })
+                    .collect();
                 rec.span_records.push(SpanRecord {
                     service: service.clone(),
                     name: span.name,
                     trace_id: span.trace_id,
                     span_id: span.span_id,
                     parent_span_id: span.parent_span_id,
+                    links: span.links.into_iter().map(|l| (l.trace_id, l.span_id)).collect(),
+                    attributes,
                 });
             }
         }
@@ -187,11 +203,13 @@ impl MetricsService for Recorder {
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
         let mut rec = self.0.lock().expect("lock");
         for m in r.into_inner().resource_metrics.into_iter().flat_map(|rm| rm.scope_metrics).flat_map(|sm| sm.metrics) {
-            rec.metric_points += match &m.data {
+            let points = match &m.data {
                 Some(Data::Gauge(g)) => g.data_points.len(),
                 Some(Data::Sum(s)) => s.data_points.len(),
                 _ => 0,
             };
+            rec.metric_points += points;
+            rec.metric_series.push((m.name.clone(), points));
             rec.metric_names.push(m.name);
         }
         drop(rec);

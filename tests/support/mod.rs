@@ -36,6 +36,8 @@ pub struct ControlPlane {
     pub ca: PathBuf,
     /// Extra `tern-cp run` arguments.
     extra: Vec<String>,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
     /// The data-plane server (bootstrap, plans).
     pub dp: String,
     /// The monitoring assignment server (MADS), when it runs.
@@ -60,12 +62,27 @@ impl ControlPlane {
 
     /// Starts with extra `tern-cp run` arguments (e.g. `--dp-tls`).
     pub fn start_args(data_dir: &Path, store: Option<&str>, bind_ip: &str, extra: &[&str]) -> ControlPlane {
-        let mut cp = ControlPlane {
+        let mut cp = Self::unstarted(data_dir, store, bind_ip, extra);
+        cp.spawn();
+        cp
+    }
+
+    /// Starts on SQLite with extra arguments and environment variables.
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ControlPlane {
+        let mut cp = Self::unstarted(data_dir, None, "127.0.0.1", extra);
+        cp.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        cp.spawn();
+        cp
+    }
+
+    fn unstarted(data_dir: &Path, store: Option<&str>, bind_ip: &str, extra: &[&str]) -> ControlPlane {
+        ControlPlane {
             child: None,
             api: String::new(),
             api_tls: String::new(),
             ca: data_dir.join("tls").join("ca.crt"),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
             dp: String::new(),
             mads: None,
             metrics: None,
@@ -73,9 +90,7 @@ impl ControlPlane {
             log: data_dir.join(format!("tern-cp-{}.log", Instant::now().elapsed().as_nanos())),
             store: store.map(str::to_string),
             bind_ip: bind_ip.to_string(),
-        };
-        cp.spawn();
-        cp
+        }
     }
 
     fn spawn(&mut self) {
@@ -87,6 +102,7 @@ impl ControlPlane {
             .args(["--api-tls-addr", &format!("{}:0", self.bind_ip)])
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(store) = &self.store {

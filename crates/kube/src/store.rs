@@ -304,22 +304,20 @@ impl KubeStore {
                     Some(before) if before.1 == now.1 => ChangeOp::StatusUpdated,
                     Some(_) => ChangeOp::Updated,
                 };
-                vec![Change { key, op, version: now.0 }]
+                vec![Change::new(key, op, now.0)]
             }
             watcher::Event::InitDone => {
                 let seen = listing.remove(&kind).unwrap_or_default();
                 let gone: Vec<ResourceKey> =
                     known.keys().filter(|k| k.kind == kind && !seen.contains(k)).cloned().collect();
                 gone.into_iter()
-                    .filter_map(|key| {
-                        known.remove(&key).map(|(v, _)| Change { key, op: ChangeOp::Deleted, version: v })
-                    })
+                    .filter_map(|key| known.remove(&key).map(|(v, _)| Change::new(key, ChangeOp::Deleted, v)))
                     .collect()
             }
             watcher::Event::Delete(obj) => {
                 let Some(key) = key_of(&obj) else { return vec![] };
                 known.remove(&key);
-                vec![Change { key, op: ChangeOp::Deleted, version: version(&obj.metadata) }]
+                vec![Change::new(key, ChangeOp::Deleted, version(&obj.metadata))]
             }
         }
     }

@@ -26,11 +26,21 @@ use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
 use tern_xds::{ServiceEndpoint, ServiceMap, XdsHub};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// How long the loop gathers changes before recomputing (a multi-document
 /// apply lands as one batch of changes).
 const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// The steps the loop times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// One mesh recomputed and written out.
+    Reconcile,
+    /// One data plane's xDS snapshot built and published (Kuma's
+    /// `xds_generation`); `changed` when it differs from the last one.
+    XdsGeneration { changed: bool },
+}
 
 /// What changed in one mesh since its last recompute.
 #[derive(Debug, Default)]
@@ -38,6 +48,8 @@ struct Pending {
     everything: bool,
     dataplanes: BTreeSet<String>,
     backends: BTreeSet<String>,
+    /// The spans (API requests) whose writes this recompute answers.
+    causes: Vec<tern_trace::Cause>,
 }
 
 impl Pending {
@@ -85,8 +97,8 @@ pub struct Reconciler<S> {
     /// Resources another control plane owns (on a global one, what zones
     /// synced): their status and lifetime are not this loop's to write.
     foreign: Option<fn(&Resource) -> bool>,
-    /// Told how long each mesh's recompute took (the control plane's metrics).
-    observer: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
+    /// Told how long each step took (the control plane's metrics).
+    observer: Option<Arc<dyn Fn(Step, Duration) + Send + Sync>>,
 }
 
 impl<S: ResourceStore> Reconciler<S> {
@@ -107,8 +119,8 @@ impl<S: ResourceStore> Reconciler<S> {
         }
     }
 
-    /// Calls `observer` with the duration of every mesh's recompute.
-    pub fn with_observer(mut self, observer: Arc<dyn Fn(Duration) + Send + Sync>) -> Self {
+    /// Calls `observer` with the duration of every timed [`Step`].
+    pub fn with_observer(mut self, observer: Arc<dyn Fn(Step, Duration) + Send + Sync>) -> Self {
         self.observer = Some(observer);
         self
     }
@@ -118,6 +130,12 @@ impl<S: ResourceStore> Reconciler<S> {
     pub fn with_foreign(mut self, foreign: fn(&Resource) -> bool) -> Self {
         self.foreign = Some(foreign);
         self
+    }
+
+    fn observe(&self, step: Step, started: std::time::Instant) {
+        if let Some(observe) = &self.observer {
+            observe(step, started.elapsed());
+        }
     }
 
     fn owns(&self, r: &Resource) -> bool {
@@ -201,10 +219,10 @@ impl<S: ResourceStore> Reconciler<S> {
             let mut failed = BTreeMap::new();
             for (mesh, pending) in std::mem::take(&mut dirty) {
                 let started = std::time::Instant::now();
-                let result = self.reconcile_mesh(&mesh, pending).await;
-                if let Some(observe) = &self.observer {
-                    observe(started.elapsed());
-                }
+                let span = tracing::info_span!("reconcile", otel.name = %format!("reconcile {mesh}"), mesh = %mesh);
+                tern_trace::continues(&span, &pending.causes);
+                let result = self.reconcile_mesh(&mesh, pending).instrument(span).await;
+                self.observe(Step::Reconcile, started);
                 if let Err(e) = result {
                     warn!(mesh = %mesh, error = %e, retry_in = ?backoff, "reconcile failed; retrying");
                     failed.insert(mesh, Pending::everything());
@@ -290,9 +308,13 @@ impl<S: ResourceStore> Reconciler<S> {
                 continue;
             }
             let spec: DataplaneSpec = serde_json::from_value(dp.spec.clone()).unwrap_or_default();
-            let snapshot = tern_xds::build(&spec, &outcome.envoy_telemetry(), &services);
+            let started = std::time::Instant::now();
+            let mut snapshot = tern_xds::build(&spec, &outcome.envoy_telemetry(), &services);
+            snapshot.cause = tern_trace::current();
             let version = snapshot.version.clone();
-            if self.xds.publish(&tern_xds::node_id(mesh, &dp.name), snapshot) {
+            let changed = self.xds.publish(&tern_xds::node_id(mesh, &dp.name), snapshot);
+            self.observe(Step::XdsGeneration { changed }, started);
+            if changed {
                 debug!(mesh = %mesh, dataplane = %dp.name, version = %version, "xDS snapshot updated");
             }
         }
@@ -416,6 +438,7 @@ fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Chang
     let key = &change.key;
     let mesh = if key.kind == Kind::Mesh { &key.name } else { &key.mesh };
     let pending = dirty.entry(mesh.clone()).or_default();
+    tern_trace::gather(&mut pending.causes, change.cause.as_ref());
     match key.kind {
         Kind::Dataplane | Kind::DataplaneInsight => {
             pending.dataplanes.insert(key.name.clone());

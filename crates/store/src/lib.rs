@@ -72,6 +72,16 @@ pub struct Change {
     pub op: ChangeOp,
     /// The version after the change (the last version for a deletion).
     pub version: i64,
+    /// The span the write was made in (an API request), for the work the
+    /// change causes to continue; `None` with tracing off.
+    pub cause: Option<tern_trace::Cause>,
+}
+
+impl Change {
+    /// A change made now, caused by the current span.
+    pub fn new(key: ResourceKey, op: ChangeOp, version: i64) -> Change {
+        Change { key, op, version, cause: tern_trace::current() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,7 +103,7 @@ impl SqlStore {
             .await?;
         tx.commit().await?;
         let key = ResourceKey::new(Kind::Mesh, "", DEFAULT_MESH);
-        let _ = self.changes.send(Change { key, op: ChangeOp::Created, version: 1 });
+        let _ = self.changes.send(Change::new(key, ChangeOp::Created, 1));
         Ok(())
     }
 }
@@ -283,7 +283,7 @@ impl ResourceStore for SqlStore {
                 WriteOutcome::Updated { .. } => ChangeOp::Updated,
                 WriteOutcome::Unchanged { .. } => continue,
             };
-            let _ = self.changes.send(Change { key: w.resource.key(), op, version: outcome.version() });
+            let _ = self.changes.send(Change::new(w.resource.key(), op, outcome.version()));
         }
         Ok(outcomes)
     }
@@ -293,7 +293,7 @@ impl ResourceStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         let stored = fetch_one_resource(&mut tx, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         check_precondition(key, precondition, Some(stored.meta.version))?;
-        let mut deleted = vec![Change { key: key.clone(), op: ChangeOp::Deleted, version: stored.meta.version }];
+        let mut deleted = vec![Change::new(key.clone(), ChangeOp::Deleted, stored.meta.version)];
         if key.kind == Kind::Mesh {
             // Kuma refuses to orphan running proxies. Writers of this store
             // hold the write lock, so no Dataplane lands between the check
@@ -315,7 +315,7 @@ impl ResourceStore for SqlStore {
                 let Some(kind) = Kind::from_name(&kind) else { continue };
                 let name: String = row.try_get("name")?;
                 let inner = ResourceKey::new(kind, &key.name, &name);
-                deleted.push(Change { key: inner, op: ChangeOp::Deleted, version: row.try_get("version")? });
+                deleted.push(Change::new(inner, ChangeOp::Deleted, row.try_get("version")?));
             }
             sqlx::query("DELETE FROM tern_resources WHERE mesh = $1").bind(&key.name).execute(&mut *tx).await?;
         }
@@ -355,7 +355,7 @@ impl ResourceStore for SqlStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let _ = self.changes.send(Change { key: key.clone(), op: ChangeOp::StatusUpdated, version });
+        let _ = self.changes.send(Change::new(key.clone(), ChangeOp::StatusUpdated, version));
         Ok(version)
     }
 

@@ -157,6 +157,18 @@ impl MetricFilter {
 
 pub use tern_pipe::envoy_metrics::MAX_SERIES_PER_METRIC;
 
+/// Says once per path (`warned`) that label sets over the cap were left out.
+pub fn report_cap(warned: &std::sync::atomic::AtomicBool, dropped_series: usize, path: &'static str) {
+    if dropped_series > 0 && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            dropped_series,
+            cap = MAX_SERIES_PER_METRIC,
+            path,
+            "metrics with more label sets than the per-metric cap were cut to the cap (said once)"
+        );
+    }
+}
+
 /// What [`MetricFilter::apply`] kept.
 pub struct Filtered {
     pub text: String,

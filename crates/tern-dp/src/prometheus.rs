@@ -141,21 +141,20 @@ async fn scrape(State(source): State<Arc<Source>>) -> Response {
         Err(e) => return (StatusCode::BAD_GATEWAY, format!("Envoy's admin is not reachable: {e}\n")).into_response(),
     };
     let filtered = MetricFilter::new(&sidecar).apply(&envoy);
-    if filtered.dropped_series > 0 && !source.warned_cap.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        warn!(
-            dropped_series = filtered.dropped_series,
-            cap = crate::metric_filter::MAX_SERIES_PER_METRIC,
-            "Envoy metrics over the per-metric series cap were left out of the Prometheus endpoint"
-        );
-    }
+    let mut dropped = filtered.dropped_series;
     let mut body = with_labels(&filtered.text, &source.labels);
     let apps = source.plan.borrow().applications.clone();
     for app in &apps {
         match application_metrics(&source.client, source.address, app).await {
-            Ok(text) => body.push_str(&with_labels(&MetricFilter::all().apply(&text).text, &source.labels)),
+            Ok(text) => {
+                let filtered = MetricFilter::all().apply(&text);
+                dropped += filtered.dropped_series;
+                body.push_str(&with_labels(&filtered.text, &source.labels));
+            }
             Err(e) => tracing::debug!(error = %e, "application metrics not served"),
         }
     }
+    crate::metric_filter::report_cap(&source.warned_cap, dropped, "prometheus");
     body.push_str(&with_labels(&source.pipe.lock().await.prometheus(), &source.labels));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -397,7 +397,7 @@ async fn envoy_metrics(
     resource: Vec<(String, String)>,
 ) -> Result<(), String> {
     let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut warned_cap = false;
+    let warned_cap = std::sync::atomic::AtomicBool::new(false);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
     let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
@@ -411,21 +411,14 @@ async fn envoy_metrics(
             Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
             _ => continue, // Envoy not up yet
         };
-        // The OTLP conversion below applies the same cap and reports it.
+        // The OTLP conversion below applies the same cap.
         let text = crate::metric_filter::MetricFilter::new(&sidecar).apply(&text).text;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let converted = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now);
-        if converted.dropped_series > 0 && !warned_cap {
-            warned_cap = true;
-            warn!(
-                dropped_series = converted.dropped_series,
-                cap = tern_pipe::envoy_metrics::MAX_SERIES_PER_METRIC,
-                "Envoy metrics over the per-metric series cap were left out"
-            );
-        }
+        let mut dropped = converted.dropped_series;
         // Encoded once, shared by every backend that is due; then each
         // application's own metrics (MeshMetric `applications[]`).
         let mut payloads = vec![tern_pipe::OtlpRequest::Metrics(converted.request).to_payload()];
@@ -434,13 +427,15 @@ async fn envoy_metrics(
             for app in &apps {
                 match crate::prometheus::application_metrics(&client, dp_address, app).await {
                     Ok(text) => {
-                        let request = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now).request;
-                        payloads.push(tern_pipe::OtlpRequest::Metrics(request).to_payload());
+                        let converted = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now);
+                        dropped += converted.dropped_series;
+                        payloads.push(tern_pipe::OtlpRequest::Metrics(converted.request).to_payload());
                     }
                     Err(e) => tracing::debug!(error = %e, "application metrics not pushed"),
                 }
             }
         }
+        crate::metric_filter::report_cap(&warned_cap, dropped, "opentelemetry");
         for backend in due {
             last.insert(backend.clone(), tokio::time::Instant::now());
             for payload in &payloads {

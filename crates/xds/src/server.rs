@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// The node id a data plane's Envoy uses: `<mesh>/<name>`.
 pub fn node_id(mesh: &str, name: &str) -> String {
@@ -268,7 +268,7 @@ async fn run_stream(
                 if snapshot.version.is_empty() || state.sent_version.as_ref() == Some(&snapshot.version) {
                     continue;
                 }
-                if send(&hub.stats, &tx, &snapshot, &req.type_url, state, &mut nonce).await.is_err() {
+                if send(&node, &hub.stats, &tx, &snapshot, &req.type_url, state, &mut nonce).await.is_err() {
                     break;
                 }
             }
@@ -279,7 +279,7 @@ async fn run_stream(
                 for t in [CLUSTER, ENDPOINTS, LISTENER] {
                     let Some(state) = types.get_mut(t) else { continue };
                     if state.sent_version.as_ref() != Some(&snapshot.version)
-                        && send(&hub.stats, &tx, &snapshot, t, state, &mut nonce).await.is_err()
+                        && send(&node, &hub.stats, &tx, &snapshot, t, state, &mut nonce).await.is_err()
                     {
                         return;
                     }
@@ -292,12 +292,18 @@ async fn run_stream(
     }
 }
 
+/// `Listener` for `type.googleapis.com/envoy.config.listener.v3.Listener`.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
 /// A node id from the network, safe to log: controls replaced, at most 256 characters.
 fn printable(s: &str) -> String {
     s.chars().take(256).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 async fn send(
+    node: &str,
     stats: &XdsStats,
     tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     snapshot: &Snapshot,
@@ -306,6 +312,8 @@ async fn send(
     nonce: &mut u64,
 ) -> Result<(), ()> {
     let Some(by_name) = snapshot.resources.get(type_url) else { return Ok(()) };
+    let span = tracing::info_span!("xds push", otel.name = %format!("xds push {}", short_type(type_url)), node = %node, type_url, version = %snapshot.version);
+    tern_trace::continues(&span, snapshot.cause.as_slice());
     let resources = by_name
         .iter()
         .filter(|(name, _)| type_url != ENDPOINTS || state.names.is_empty() || state.names.contains(name))
@@ -321,7 +329,7 @@ async fn send(
         nonce: state.nonce.clone(),
         ..Default::default()
     };
-    tx.send(Ok(response)).await.map_err(|_| ())?;
+    tx.send(Ok(response)).instrument(span).await.map_err(|_| ())?;
     stats.response(type_url);
     Ok(())
 }

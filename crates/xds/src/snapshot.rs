@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub resources: BTreeMap<&'static str, BTreeMap<String, Any>>,
     /// A hash of the content: equal snapshots have equal versions.
     pub version: String,
+    /// The reconcile pass that built it, continued by each push.
+    pub cause: Option<tern_trace::Cause>,
 }
 
 fn duration_ms(ms: i64) -> Duration {
@@ -417,7 +419,7 @@ pub fn build(spec: &DataplaneSpec, telemetry: &EnvoyTelemetry, services: &Servic
         resources.entry(t).or_default();
     }
     let version = version_of(&resources);
-    Snapshot { resources, version }
+    Snapshot { resources, version, cause: None }
 }
 
 /// FNV-1a over every resource's bytes, in name order.

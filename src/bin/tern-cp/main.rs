@@ -10,6 +10,7 @@ mod metrics;
 mod multizone;
 mod timed_store;
 mod tls;
+mod traces;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -59,6 +60,11 @@ struct RunArgs {
     /// to serve none. Beyond loopback over HTTPS, with the API token.
     #[arg(long, default_value = "127.0.0.1:5680", env = "TERN_METRICS_ADDR", value_parser = parse_optional_addr)]
     metrics_addr: OptionalAddr,
+    /// Export the control plane's own spans (API requests, reconcile passes, xDS pushes) over
+    /// OTLP to where the standard OTEL_EXPORTER_OTLP_* variables say (Kuma's
+    /// KUMA_TRACING_OPENTELEMETRY_ENABLED).
+    #[arg(long, env = "TERN_TRACING_OPENTELEMETRY_ENABLED", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
+    tracing_opentelemetry_enabled: bool,
     /// Serve the data-plane server over TLS also on loopback (off loopback it always is).
     #[arg(long, env = "TERN_DP_TLS")]
     dp_tls: bool,
@@ -305,7 +311,7 @@ async fn serve_control_plane<S: ResourceStore>(
     let observed = metrics.clone();
     let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone())
         .with_state(runtime.clone())
-        .with_observer(Arc::new(move |d| observed.reconcile.observe(d)));
+        .with_observer(Arc::new(move |step, took| observed.step(step).observe(took)));
     if let Some(leader) = leader {
         reconciler = reconciler.with_leadership(leader);
     }
@@ -474,24 +480,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = match cli.command {
-        Command::Run(args) => runtime.block_on(run(args)),
-    };
-    if let Err(e) = result {
+fn main() {
+    let Command::Run(args) = Cli::parse().command;
+    if let Err(e) = start(args) {
         eprintln!("tern-cp: {e:#}");
         std::process::exit(1);
     }
-    Ok(())
+}
+
+fn start(args: RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let tracing = traces::init(args.tracing_opentelemetry_enabled, runtime.handle().clone())?;
+    let result = runtime.block_on(run(args));
+    // Sends the spans still queued while the runtime can carry them.
+    tracing.shutdown();
+    result
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tern_model::Kind;
 use tern_store::{ListFilter, ResourceStore};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Seconds; Prometheus' default buckets.
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -41,13 +42,20 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        self.render_scaled(out, name, labels, 1.0)
+    }
+
+    /// Renders in another unit: bounds and sum multiplied by `scale`
+    /// (1000 for milliseconds).
+    fn render_scaled(&self, out: &mut String, name: &str, labels: &str, scale: f64) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            let bound = bound * scale;
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6 * scale;
         let braced = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let _ = writeln!(out, "{name}_sum{braced} {sum}");
         let _ = writeln!(out, "{name}_count{braced} {count}");
@@ -62,7 +70,9 @@ type StoreKey = (&'static str, String);
 pub struct CpMetrics {
     pub instance_id: String,
     pub leader: Option<watch::Receiver<bool>>,
-    pub reconcile: Histogram,
+    reconcile: Histogram,
+    /// Unchanged, changed.
+    xds_generation: [Histogram; 2],
     http: Mutex<BTreeMap<HttpKey, Arc<Histogram>>>,
     store: Mutex<BTreeMap<StoreKey, Arc<Histogram>>>,
     store_conflicts: Mutex<BTreeMap<String, u64>>,
@@ -74,10 +84,19 @@ impl CpMetrics {
             instance_id,
             leader,
             reconcile: Histogram::default(),
+            xds_generation: Default::default(),
             http: Mutex::default(),
             store: Mutex::default(),
             store_conflicts: Mutex::default(),
         })
+    }
+
+    /// The histogram of one of the reconcile loop's steps.
+    pub fn step(&self, step: tern_reconcile::Step) -> &Histogram {
+        match step {
+            tern_reconcile::Step::Reconcile => &self.reconcile,
+            tern_reconcile::Step::XdsGeneration { changed } => &self.xds_generation[usize::from(changed)],
+        }
     }
 
     fn http_histogram(&self, key: HttpKey) -> Arc<Histogram> {
@@ -115,8 +134,10 @@ pub fn instrument(router: axum::Router, prefix: &'static str, metrics: Arc<CpMet
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "unmatched".into());
             let method = req.method().to_string();
+            let span = crate::traces::request_span(prefix, &method, &handler, req.headers());
             let started = std::time::Instant::now();
-            let response = next.run(req).await;
+            let response = next.run(req).instrument(span.clone()).await;
+            span.record("http.response.status_code", response.status().as_u16());
             let key = (prefix, handler, method, response.status().as_u16());
             metrics.http_histogram(key).observe(started.elapsed());
             response
@@ -214,6 +235,12 @@ async fn render<S: ResourceStore>(s: &Sources<S>) -> Result<String, tern_store::
 
     let _ = writeln!(out, "# TYPE tern_reconcile_duration_seconds histogram");
     m.reconcile.render(&mut out, "tern_reconcile_duration_seconds", "");
+    // Kuma's unit here is milliseconds.
+    let _ = writeln!(out, "# TYPE xds_generation histogram");
+    for (result, histogram) in ["unchanged", "changed"].iter().zip(&m.xds_generation) {
+        let labels = format!("proxy_type=\"sidecar\",result=\"{result}\"");
+        histogram.render_scaled(&mut out, "xds_generation", &labels, 1000.0);
+    }
 
     let _ = writeln!(out, "# TYPE tern_otel_signals gauge");
     for ((mesh, signal, state), n) in signal_states(&insights) {
