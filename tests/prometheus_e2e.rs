@@ -329,8 +329,13 @@ async fn prometheus_discovers_scrapes_and_queries_both_data_planes() {
         let applies = value(r#"sum(store_count{job="tern-cp",operation="apply"})"#)?;
         // Both data planes' snapshots were built at least once, and changed.
         let generated = value(r#"sum(xds_generation_count{job="tern-cp",result="changed"})"#)?;
-        if applies == 0.0 || generated < 2.0 {
-            return Err(format!("store operations timed {applies}, snapshot builds timed {generated}"));
+        // Both tern-dp follow their plans; web's changed while it waited.
+        let polls = value(r#"tern_plan_polls_active{job="tern-cp"}"#)?;
+        let delivered = value(r#"tern_plan_delivery_seconds_count{job="tern-cp"}"#)?;
+        if applies == 0.0 || generated < 2.0 || polls != 2.0 || delivered == 0.0 {
+            return Err(format!(
+                "store operations timed {applies}, snapshot builds {generated}, polls {polls}, plans delivered {delivered}"
+            ));
         }
         ((dataplanes, backends, streams, ready) == (2.0, 1.0, 2.0, ready_in_inspect) && acks > 0.0).then_some(()).ok_or(
             format!(

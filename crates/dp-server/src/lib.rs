@@ -260,9 +260,16 @@ async fn plan<S: ResourceStore>(
     let mut rx = state.hub.subscribe(&mesh, &name);
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(300));
     let ready = |s: &tern_reconcile::PlanState| s.version != 0 && s.version != q.version;
+    let waiting = state.runtime.poll_started();
+    let since = std::time::Instant::now();
     let outcome = tokio::time::timeout(wait, rx.wait_for(ready)).await;
+    drop(waiting);
     match outcome {
         Ok(Ok(s)) => {
+            // Published while this poll waited: the plan's delivery latency.
+            if let Some(published) = s.published.filter(|p| *p >= since) {
+                state.runtime.plan_delivered(published);
+            }
             let body = PlanResponse { version: s.version, plan: s.plan.clone(), notes: s.notes.clone() };
             Ok(Json(body).into_response())
         }

@@ -10,11 +10,40 @@ pub struct RuntimeState {
     /// Per (mesh, name): the last report and when it arrived (RFC 3339).
     delivery: Mutex<HashMap<(String, String), (DeliveryReport, String)>>,
     xds: Arc<tern_xds::XdsHub>,
+    /// Plan long-polls waiting now.
+    polls: std::sync::atomic::AtomicI64,
+    /// Told how long each plan took from its publication to a data plane
+    /// that was waiting for it.
+    delivered: Option<Arc<dyn Fn(std::time::Duration) + Send + Sync>>,
 }
 
 impl RuntimeState {
     pub fn new(xds: Arc<tern_xds::XdsHub>) -> Self {
-        RuntimeState { delivery: Default::default(), xds }
+        RuntimeState { delivery: Default::default(), xds, polls: Default::default(), delivered: None }
+    }
+
+    /// Calls `observer` with each plan's delivery latency.
+    pub fn with_delivery_observer(mut self, observer: Arc<dyn Fn(std::time::Duration) + Send + Sync>) -> Self {
+        self.delivered = Some(observer);
+        self
+    }
+
+    /// Plan long-polls waiting now (data planes following their plans).
+    pub fn polls_active(&self) -> i64 {
+        self.polls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one waiting long-poll for as long as the guard lives.
+    pub(crate) fn poll_started(&self) -> PollGuard<'_> {
+        self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PollGuard(self)
+    }
+
+    /// A plan published at `published` reached a poll that waited for it.
+    pub(crate) fn plan_delivered(&self, published: std::time::Instant) {
+        if let Some(observe) = &self.delivered {
+            observe(published.elapsed());
+        }
     }
 
     pub(crate) fn record_delivery(&self, mesh: &str, name: &str, report: DeliveryReport) {
@@ -88,5 +117,13 @@ mod tests {
         use tern_api::RuntimeView as _;
         assert!(state.dataplane("default", "web-1").delivery.is_none());
         assert!(state.dataplane("default", "web-2").delivery.is_some());
+    }
+}
+
+pub(crate) struct PollGuard<'a>(&'a RuntimeState);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.polls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -13,6 +13,8 @@ pub struct PlanState {
     pub version: u64,
     pub plan: OtelPlan,
     pub notes: Vec<String>,
+    /// When this version was published (`None` before the first).
+    pub published: Option<std::time::Instant>,
 }
 
 type Key = (String, String);
@@ -65,7 +67,8 @@ impl PlanHub {
             if state.version > 0 && state.plan == plan && state.notes == notes {
                 return false;
             }
-            *state = PlanState { version: self.next(state.version), plan, notes };
+            let now = Some(std::time::Instant::now());
+            *state = PlanState { version: self.next(state.version), plan, notes, published: now };
             published = Some(state.version);
             true
         });

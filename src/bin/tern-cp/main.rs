@@ -307,7 +307,11 @@ async fn serve_control_plane<S: ResourceStore>(
 
     let hub = Arc::new(PlanHub::default());
     let xds = Arc::new(tern_xds::XdsHub::default());
-    let runtime = Arc::new(tern_dp_server::RuntimeState::new(xds.clone()));
+    let delivered = metrics.clone();
+    let runtime = Arc::new(
+        tern_dp_server::RuntimeState::new(xds.clone())
+            .with_delivery_observer(Arc::new(move |took| delivered.plan_delivery.observe(took))),
+    );
     let observed = metrics.clone();
     let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone())
         .with_state(runtime.clone())

@@ -50,7 +50,7 @@ impl Histogram {
     fn render_scaled(&self, out: &mut String, name: &str, labels: &str, scale: f64) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            let bound = bound * scale;
+            let bound = (bound * scale * 1e6).round() / 1e6;
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -71,6 +71,8 @@ pub struct CpMetrics {
     pub instance_id: String,
     pub leader: Option<watch::Receiver<bool>>,
     reconcile: Histogram,
+    /// From a plan's publication to the data plane waiting for it.
+    pub plan_delivery: Histogram,
     /// Unchanged, changed.
     xds_generation: [Histogram; 2],
     http: Mutex<BTreeMap<HttpKey, Arc<Histogram>>>,
@@ -84,6 +86,7 @@ impl CpMetrics {
             instance_id,
             leader,
             reconcile: Histogram::default(),
+            plan_delivery: Histogram::default(),
             xds_generation: Default::default(),
             http: Mutex::default(),
             store: Mutex::default(),
@@ -235,6 +238,9 @@ async fn render<S: ResourceStore>(s: &Sources<S>) -> Result<String, tern_store::
 
     let _ = writeln!(out, "# TYPE tern_reconcile_duration_seconds histogram");
     m.reconcile.render(&mut out, "tern_reconcile_duration_seconds", "");
+    let _ = writeln!(out, "# TYPE tern_plan_delivery_seconds histogram");
+    m.plan_delivery.render(&mut out, "tern_plan_delivery_seconds", "");
+    let _ = writeln!(out, "# TYPE tern_plan_polls_active gauge\ntern_plan_polls_active {}", s.runtime.polls_active());
     // Kuma's unit here is milliseconds.
     let _ = writeln!(out, "# TYPE xds_generation histogram");
     for (result, histogram) in ["unchanged", "changed"].iter().zip(&m.xds_generation) {
