@@ -100,6 +100,14 @@ impl tern_api::RuntimeView for RuntimeState {
     }
 }
 
+pub(crate) struct PollGuard<'a>(&'a RuntimeState);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.polls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,13 +125,5 @@ mod tests {
         use tern_api::RuntimeView as _;
         assert!(state.dataplane("default", "web-1").delivery.is_none());
         assert!(state.dataplane("default", "web-2").delivery.is_some());
-    }
-}
-
-pub(crate) struct PollGuard<'a>(&'a RuntimeState);
-
-impl Drop for PollGuard<'_> {
-    fn drop(&mut self) {
-        self.0.polls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
