@@ -11,6 +11,8 @@
 //!   is created earlier in the same batch);
 //! - every committed change is announced on the change feed, in commit order.
 
+mod feed;
+pub mod leader;
 mod sql;
 
 use std::collections::BTreeMap;

@@ -32,11 +32,20 @@ const DEFAULT_MESH_MARK: &str = "default_mesh_created";
 /// The resource store on a SQL database.
 pub struct SqlStore {
     pool: AnyPool,
-    /// Writers take turns: batches are short, and one writer at a time keeps
-    /// SQLite free of busy errors. Version checks in SQL still guard against
-    /// other processes sharing a PostgreSQL database.
+    /// Writers in this process take turns: batches are short, and one writer
+    /// at a time keeps SQLite free of busy errors. Version checks in SQL
+    /// still guard against other replicas sharing a PostgreSQL database.
     write_lock: Mutex<()>,
     changes: broadcast::Sender<Change>,
+    engine: Engine,
+}
+
+enum Engine {
+    /// One process owns the file (locked while open): changes are announced
+    /// as they commit.
+    Sqlite { _owner: Option<std::fs::File> },
+    /// Shared by replicas: changes are announced by [`SqlStore::follow`].
+    Postgres(crate::feed::SharedFeed),
 }
 
 impl SqlStore {
@@ -60,17 +69,31 @@ impl SqlStore {
                 "unsupported store {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
             )));
         };
+        let engine = match url.strip_prefix("sqlite://") {
+            Some(path) => Engine::Sqlite { _owner: crate::feed::own_sqlite_file(path.trim_end_matches("?mode=rwc"))? },
+            None => Engine::Postgres(crate::feed::SharedFeed::new(&url)),
+        };
         let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
-        if url.starts_with("sqlite:") {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        let mut tx = pool.begin().await?;
+        match &engine {
+            Engine::Sqlite { .. } => {
+                sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            }
+            // Replicas starting together create the schema one at a time.
+            Engine::Postgres(_) => crate::feed::lock_writers(&mut tx).await?,
         }
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
+        for statement in SCHEMA.iter().chain(matches!(engine, Engine::Postgres(_)).then_some(&crate::feed::SCHEMA)) {
+            sqlx::query(statement).execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         let (changes, _) = broadcast::channel(4096);
-        let store = SqlStore { pool, write_lock: Mutex::new(()), changes };
+        let store = SqlStore { pool, write_lock: Mutex::new(()), changes, engine };
         if default_mesh {
             store.ensure_default_mesh().await?;
+        }
+        // What was written before this replica opened is its starting state.
+        if let Engine::Postgres(feed) = &store.engine {
+            feed.start_after(&store.pool).await?;
         }
         Ok(store)
     }
@@ -78,6 +101,9 @@ impl SqlStore {
     async fn ensure_default_mesh(&self) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
+        if let Engine::Postgres(_) = &self.engine {
+            crate::feed::lock_writers(&mut tx).await?;
+        }
         let marked = sqlx::query("SELECT value FROM tern_meta WHERE key = $1")
             .bind(DEFAULT_MESH_MARK)
             .fetch_optional(&mut *tx)
@@ -101,14 +127,51 @@ impl SqlStore {
             .bind("true")
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         let key = ResourceKey::new(Kind::Mesh, "", DEFAULT_MESH);
-        let _ = self.changes.send(Change::new(key, ChangeOp::Created, 1));
-        Ok(())
+        self.commit(tx, vec![Change::new(key, ChangeOp::Created, 1)]).await
+    }
+
+    /// Commits `tx` with the changes it made, and announces them: at once on
+    /// SQLite; on PostgreSQL through the shared change log, which every
+    /// replica (this one too) follows.
+    async fn commit(&self, tx: Tx<'_>, changes: Vec<Change>) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite { .. } => {
+                tx.commit().await?;
+                for change in changes {
+                    let _ = self.changes.send(change);
+                }
+                Ok(())
+            }
+            Engine::Postgres(feed) => feed.commit(tx, changes).await,
+        }
+    }
+
+    /// Follows the other replicas' changes (PostgreSQL): returns only on a
+    /// fatal error. On SQLite there are none to follow: it never returns.
+    pub async fn follow(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite { .. } => std::future::pending().await,
+            Engine::Postgres(feed) => feed.follow(&self.pool, &self.changes).await,
+        }
+    }
+
+    /// Whether changes are being announced from the shared log now
+    /// (PostgreSQL); always on SQLite.
+    pub fn following(&self) -> bool {
+        match &self.engine {
+            Engine::Sqlite { .. } => true,
+            Engine::Postgres(feed) => feed.following(),
+        }
+    }
+
+    /// Whether replicas can share this store (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
     }
 }
 
-fn format_time(t: DateTime<Utc>) -> String {
+pub(crate) fn format_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
@@ -161,7 +224,7 @@ fn check_precondition(key: &ResourceKey, pre: Precondition, stored: Option<i64>)
     }
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 async fn fetch_one_resource(tx: &mut Tx<'_>, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 AND name = $3"))
@@ -276,15 +339,19 @@ impl ResourceStore for SqlStore {
             }
             outcomes.push(outcome);
         }
-        tx.commit().await?;
-        for (w, outcome) in writes.iter().zip(&outcomes) {
-            let op = match outcome {
-                WriteOutcome::Created { .. } => ChangeOp::Created,
-                WriteOutcome::Updated { .. } => ChangeOp::Updated,
-                WriteOutcome::Unchanged { .. } => continue,
-            };
-            let _ = self.changes.send(Change::new(w.resource.key(), op, outcome.version()));
-        }
+        let changes = writes
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(w, outcome)| {
+                let op = match outcome {
+                    WriteOutcome::Created { .. } => ChangeOp::Created,
+                    WriteOutcome::Updated { .. } => ChangeOp::Updated,
+                    WriteOutcome::Unchanged { .. } => return None,
+                };
+                Some(Change::new(w.resource.key(), op, outcome.version()))
+            })
+            .collect();
+        self.commit(tx, changes).await?;
         Ok(outcomes)
     }
 
@@ -325,11 +392,7 @@ impl ResourceStore for SqlStore {
             .bind(&key.name)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        for change in deleted {
-            let _ = self.changes.send(change);
-        }
-        Ok(())
+        self.commit(tx, deleted).await
     }
 
     async fn set_status(
@@ -343,7 +406,7 @@ impl ResourceStore for SqlStore {
         let stored = fetch_one_resource(&mut tx, key).await?;
         check_precondition(key, Precondition::Version(expected_version), stored.map(|s| s.meta.version))?;
         let version = expected_version + 1;
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE tern_resources SET version = $1, status = $2 WHERE kind = $3 AND mesh = $4 AND name = $5 AND version = $6",
         )
         .bind(version)
@@ -354,8 +417,11 @@ impl ResourceStore for SqlStore {
         .bind(expected_version)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        let _ = self.changes.send(Change::new(key.clone(), ChangeOp::StatusUpdated, version));
+        if done.rows_affected() != 1 {
+            // Another replica wrote it between the read and the update.
+            return Err(StoreError::Conflict { key: key.clone(), expected: expected_version, actual: -1 });
+        }
+        self.commit(tx, vec![Change::new(key.clone(), ChangeOp::StatusUpdated, version)]).await?;
         Ok(version)
     }
 

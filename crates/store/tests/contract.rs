@@ -5,7 +5,9 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use tern_model::{parse_documents, resource_from_document, Kind, Resource, ResourceKey};
-use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, SqlStore, StoreError, Write, WriteOutcome};
+use tern_store::{
+    Change, ChangeOp, ListFilter, Precondition, ResourceStore, SqlStore, StoreError, Write, WriteOutcome,
+};
 
 fn resource(yaml: &str) -> Resource {
     let docs = parse_documents(yaml).expect("yaml");
@@ -63,8 +65,15 @@ macro_rules! contract {
         mod on_postgres {
             $(#[tokio::test] async fn $name() {
                 let url = super::postgres_url().await;
-                let s = tern_store::SqlStore::open(&url).await.expect("postgres opens");
+                let s = std::sync::Arc::new(tern_store::SqlStore::open(&url).await.expect("postgres opens"));
+                // Replicas announce changes from the shared log.
+                let follower = s.clone();
+                let follow = tokio::spawn(async move { follower.follow().await });
+                while !s.following() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
                 super::$name(&s).await;
+                follow.abort();
             })*
             #[tokio::test]
             async fn survives_reopen() {
@@ -181,17 +190,30 @@ async fn list_by_mesh_and_labels(s: &SqlStore) {
     assert!(s.list(Kind::MeshTrace, &ListFilter::default()).await.expect("list").is_empty());
 }
 
+/// The next change on `feed` (on PostgreSQL it comes through the shared log).
+async fn next(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
+    tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv()).await.expect("a change in 10s").expect("feed")
+}
+
+/// Nothing more arrives on `feed` for a while.
+async fn quiet(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> bool {
+    tokio::time::timeout(std::time::Duration::from_millis(500), feed.recv()).await.is_err()
+}
+
 async fn change_feed_reports_commits(s: &SqlStore) {
     let mut feed = s.subscribe();
     s.apply(vec![put(backend("default", "main", 4317))]).await.expect("create");
     s.apply(vec![put(backend("default", "main", 4318))]).await.expect("update");
     s.delete(&key(Kind::MeshOpenTelemetryBackend, "default", "main"), Precondition::None).await.expect("delete");
-    let ops: Vec<(ChangeOp, i64)> =
-        (0..3).map(|_| feed.try_recv().expect("change")).map(|c| (c.op, c.version)).collect();
+    let mut ops = Vec::new();
+    for _ in 0..3 {
+        let c = next(&mut feed).await;
+        ops.push((c.op, c.version));
+    }
     assert_eq!(ops, [(ChangeOp::Created, 1), (ChangeOp::Updated, 2), (ChangeOp::Deleted, 2)]);
     let failed = Write { resource: backend("default", "x", 1), precondition: Precondition::Version(7) };
     assert!(s.apply(vec![failed]).await.is_err());
-    assert!(feed.try_recv().is_err(), "a failed batch announces nothing");
+    assert!(quiet(&mut feed).await, "a failed batch announces nothing");
 }
 
 async fn deleting_a_mesh_deletes_its_resources(s: &SqlStore) {
@@ -219,7 +241,7 @@ async fn deleting_a_mesh_with_dataplanes_is_refused(s: &SqlStore) {
         }
         other => panic!("expected MeshHasDataplanes, got {other:?}"),
     }
-    assert!(feed.try_recv().is_err(), "a refused delete announces nothing");
+    assert!(quiet(&mut feed).await, "a refused delete announces nothing");
     assert!(s.get(&key(Kind::Mesh, "", "busy")).await.expect("get").is_some(), "the mesh stays");
     assert!(
         s.get(&key(Kind::MeshOpenTelemetryBackend, "busy", "b")).await.expect("get").is_some(),
@@ -236,7 +258,7 @@ async fn status_writes_are_versioned(s: &SqlStore) {
     let status = json!({"conditions": [{"type": "ReferencedByPolicies", "status": "False", "reason": "NotReferenced", "message": "Not referenced by any observability policy"}]});
     let mut feed = s.subscribe();
     assert_eq!(s.set_status(&k, Some(status.clone()), 1).await.expect("status"), 2);
-    assert_eq!(feed.try_recv().expect("announced").op, ChangeOp::StatusUpdated);
+    assert_eq!(next(&mut feed).await.op, ChangeOp::StatusUpdated);
     assert!(matches!(s.set_status(&k, None, 1).await, Err(StoreError::Conflict { .. })));
     let got = s.get(&k).await.expect("get").expect("exists");
     assert_eq!(got.status, Some(status.clone()));

@@ -8,6 +8,7 @@ mod kubernetes;
 mod mads;
 mod metrics;
 mod multizone;
+mod replicas;
 mod timed_store;
 mod tls;
 mod traces;
@@ -200,20 +201,22 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     info!(store = %redact_url(&store_url), mode = %args.multizone.mode, "store open");
     let store = Arc::new(store);
+    let replica = replicas::start(store.clone(), &store_url);
+    let mut extras = Extras { parts: replica.parts, leader: replica.leader, ..Extras::default() };
     match mode {
-        multizone::Mode::Standalone => serve_control_plane(args, data_dir, store, Extras::default()).await,
+        multizone::Mode::Standalone => serve_control_plane(args, data_dir, store, extras).await,
         multizone::Mode::Global => {
             let tls = tls::server_config(&tls_source(&args), &data_dir)?;
-            let parts = multizone::global_parts(&args.multizone, store.clone(), tls, &data_dir).await?;
+            extras.parts.extend(multizone::global_parts(&args.multizone, store.clone(), tls, &data_dir).await?);
+            extras.foreign = Some(multizone::from_a_zone);
             let guarded = Arc::new(OriginGuard::new(store, Role::Global));
-            let extras = Extras { parts, foreign: Some(multizone::from_a_zone), ..Extras::default() };
             serve_control_plane(args, data_dir, guarded, extras).await
         }
         multizone::Mode::Zone(config) => {
             let role = Role::Zone { zone: config.zone.clone() };
-            let parts = vec![multizone::zone_part(store.clone(), config)];
+            extras.parts.push(multizone::zone_part(store.clone(), config));
             let guarded = Arc::new(OriginGuard::new(store, role));
-            serve_control_plane(args, data_dir, guarded, Extras { parts, ..Extras::default() }).await
+            serve_control_plane(args, data_dir, guarded, extras).await
         }
     }
 }
