@@ -262,7 +262,8 @@ async fn write_one(
             .bind(to_text(&r.spec))
             .bind(now)
             .execute(&mut **tx)
-            .await?;
+            .await
+            .map_err(|e| created_meanwhile(e, &key))?;
         return Ok(WriteOutcome::Created { version: 1 });
     };
     if stored.labels == r.labels && stored.spec == r.spec {
@@ -287,6 +288,17 @@ async fn write_one(
         return Err(StoreError::Conflict { key, expected: stored.meta.version, actual: -1 });
     }
     Ok(WriteOutcome::Updated { version })
+}
+
+/// An insert that lost a race with another replica's insert of the same
+/// resource reads as the conflict it is, not as a database failure.
+fn created_meanwhile(e: sqlx::Error, key: &ResourceKey) -> StoreError {
+    let unique = e.as_database_error().is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation);
+    if unique {
+        StoreError::AlreadyExists { key: key.clone() }
+    } else {
+        e.into()
+    }
 }
 
 impl ResourceStore for SqlStore {

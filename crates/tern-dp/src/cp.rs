@@ -1,8 +1,11 @@
 //! The control plane as `tern-dp` sees it: its data-plane server over HTTP
 //! or HTTPS (trusting `--ca-cert-file`), every request carrying this data
-//! plane's token.
+//! plane's token. With several replicas (`--cp-address` repeated), requests
+//! go to one of them until it fails to answer, then to the next.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tern_protocol::{BootstrapRequest, BootstrapResponse, DeliveryReport, PlanResponse};
 use tracing::warn;
@@ -10,8 +13,9 @@ use tracing::warn;
 /// How to reach and authenticate to the control plane.
 #[derive(Clone)]
 pub struct Settings {
-    /// `http://HOST:PORT` (loopback) or `https://HOST:PORT` ([`parse_address`]).
-    pub address: url::Url,
+    /// The replicas' `http://HOST:PORT` (loopback) or `https://HOST:PORT`
+    /// ([`parse_address`]), at least one, all with one scheme.
+    pub addresses: Vec<url::Url>,
     /// The data-plane token (never logged).
     pub token: Option<String>,
     /// The CA that signed the control plane's certificate (PEM).
@@ -21,7 +25,7 @@ pub struct Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("address", &self.address)
+            .field("addresses", &self.addresses)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("ca_cert", &self.ca_cert.as_ref().map(|_| "<set>"))
             .finish()
@@ -68,9 +72,23 @@ pub fn parse_address(text: &str) -> Result<url::Url, String> {
     ok.then_some(url).ok_or_else(bad)
 }
 
+/// Several `--cp-address` values must agree on the scheme (one TLS setting
+/// for every replica).
+pub fn check_addresses(addresses: &[url::Url]) -> Result<(), String> {
+    let Some(first) = addresses.first() else { return Err("give at least one --cp-address".into()) };
+    if addresses.iter().any(|a| a.scheme() != first.scheme()) {
+        return Err(
+            "--cp-address: every control-plane replica must be reached the same way (all http or all https)".into()
+        );
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct ControlPlane {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// The replica requests go to now.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -79,7 +97,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl ControlPlane {
     pub fn connect(settings: &Settings) -> Result<ControlPlane, String> {
-        let base = settings.address.as_str().trim_end_matches('/').to_string();
+        let bases = settings.addresses.iter().map(|a| a.as_str().trim_end_matches('/').to_string()).collect();
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(45));
         if let Some(path) = &settings.ca_cert {
             let pem = std::fs::read(path).map_err(|e| format!("reading --ca-cert-file {}: {e}", path.display()))?;
@@ -88,14 +106,30 @@ impl ControlPlane {
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
         }
         let http = builder.build().map_err(|e| format!("setting up the control-plane client: {e}"))?;
-        Ok(ControlPlane { base, token: settings.token.clone(), http })
+        Ok(ControlPlane { bases: Arc::new(bases), current: Arc::default(), token: settings.token.clone(), http })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
+    /// A request to the current replica, and which one that is.
+    fn request(&self, method: reqwest::Method, path: &str) -> (usize, reqwest::RequestBuilder) {
+        let at = self.current.load(Ordering::Relaxed) % self.bases.len();
+        let req = self.http.request(method, format!("{}{path}", self.bases[at]));
+        let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
+        };
+        (at, req)
+    }
+
+    /// Replica `at` did not answer: the next one takes the following requests.
+    fn fail_over(&self, at: usize) {
+        if self.bases.len() > 1
+            && self
+                .current
+                .compare_exchange(at, (at + 1) % self.bases.len(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let next = &self.bases[(at + 1) % self.bases.len()];
+            warn!(unreachable = %self.bases[at], next = %next, "control-plane replica not answering; moving to the next");
         }
     }
 
@@ -103,7 +137,8 @@ impl ControlPlane {
     pub async fn bootstrap(&self, request: &BootstrapRequest) -> Result<BootstrapResponse, BootstrapError> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.request(reqwest::Method::POST, "/bootstrap").json(request).send().await {
+            let (at, req) = self.request(reqwest::Method::POST, "/bootstrap");
+            match req.json(request).send().await {
                 Ok(resp) if resp.status().is_success() => {
                     return resp
                         .json()
@@ -117,8 +152,14 @@ impl ControlPlane {
                     let why = format!("the control plane refused this data plane: {}", problem(resp).await);
                     return Err(BootstrapError::Refused(Refused(why)));
                 }
-                Ok(resp) => warn!(status = resp.status().as_u16(), "bootstrap failed; retrying"),
-                Err(e) => warn!(cp = %self.base, error = %root_cause(&e), "control plane unreachable; retrying"),
+                Ok(resp) => {
+                    warn!(cp = %self.bases[at], status = resp.status().as_u16(), "bootstrap failed; retrying");
+                    self.fail_over(at);
+                }
+                Err(e) => {
+                    warn!(cp = %self.bases[at], error = %root_cause(&e), "control plane unreachable; retrying");
+                    self.fail_over(at);
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -128,11 +169,14 @@ impl ControlPlane {
     /// One long-poll: a new plan, or `None` when nothing changed.
     pub async fn poll_plan(&self, plan_path: &str, version: u64) -> Result<Option<PlanResponse>, PollError> {
         let path = format!("{plan_path}?version={version}&timeout=30");
-        let resp = self
-            .request(reqwest::Method::GET, &path)
-            .send()
-            .await
-            .map_err(|e| PollError::Transient(format!("control plane unreachable: {}", root_cause(&e))))?;
+        let (at, req) = self.request(reqwest::Method::GET, &path);
+        let resp = req.send().await.map_err(|e| {
+            self.fail_over(at);
+            PollError::Transient(format!("control plane {} unreachable: {}", self.bases[at], root_cause(&e)))
+        })?;
+        if resp.status().is_server_error() {
+            self.fail_over(at);
+        }
         match resp.status().as_u16() {
             200 => resp.json().await.map(Some).map_err(|e| PollError::Transient(format!("reading the plan: {e}"))),
             304 => Ok(None),
@@ -147,7 +191,11 @@ impl ControlPlane {
 
     /// Sends delivery counts; whether the control plane took them.
     pub async fn report_delivery(&self, mesh: &str, name: &str, report: &DeliveryReport) -> bool {
-        let sent = self.request(reqwest::Method::POST, &format!("/delivery/{mesh}/{name}")).json(report).send().await;
+        let (at, req) = self.request(reqwest::Method::POST, &format!("/delivery/{mesh}/{name}"));
+        let sent = req.json(report).send().await;
+        if sent.as_ref().map_or(true, |r| r.status().is_server_error()) {
+            self.fail_over(at);
+        }
         sent.is_ok_and(|r| r.status().is_success())
     }
 }

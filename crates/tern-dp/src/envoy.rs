@@ -16,8 +16,8 @@ pub struct EnvoySetup {
     pub service: String,
     pub admin_port: u16,
     /// The control plane's data-plane server (ADS).
-    pub cp_host: String,
-    pub cp_port: u16,
+    /// The control-plane replicas: host (a DNS name or an IP address) and port.
+    pub cp: Vec<(String, u16)>,
     /// Over TLS, verified against this CA (a file Envoy reads); `None` for plain HTTP/2 on loopback.
     pub cp_tls: Option<CpTls>,
     /// The data-plane token Envoy presents on its ADS stream.
@@ -40,10 +40,17 @@ pub fn setup(
         warn!("no Envoy binary (--envoy-binary, or envoy on PATH): running without a sidecar proxy");
         return Ok(None);
     };
-    let url = &args.cp.address;
-    let cp_host = url.host_str().map(|h| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
-    // parse_address made sure of a port.
-    let cp_port = url.port_or_known_default().unwrap_or(5678);
+    let cp = args
+        .cp
+        .addresses
+        .iter()
+        .map(|url| {
+            let host = url.host_str().map(|h| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
+            // parse_address made sure of a port.
+            (host, url.port_or_known_default().unwrap_or(5678))
+        })
+        .collect();
+    let tls = args.cp.addresses.first().is_some_and(|url| url.scheme() == "https");
     let ca_file = match &args.cp.ca_cert {
         Some(p) => Some(std::fs::canonicalize(p).map_err(|e| format!("--ca-cert-file {}: {e}", p.display()))?),
         None => None,
@@ -54,9 +61,8 @@ pub fn setup(
         node_id: format!("{}/{}", dp.mesh, dp.name),
         service: crate::run::service_of(dp, spec),
         admin_port: spec.admin_port(),
-        cp_host,
-        cp_port,
-        cp_tls: (url.scheme() == "https").then_some(CpTls { ca_file }),
+        cp,
+        cp_tls: tls.then_some(CpTls { ca_file }),
         token: args.cp.token.clone(),
     }))
 }
@@ -83,7 +89,7 @@ pub const MIN_FLUSH_SPANS: u64 = 50;
 /// changed live), and everything else over ADS from the control plane.
 pub fn bootstrap(s: &EnvoySetup) -> Value {
     let ads_source = json!({"ads": {}, "resource_api_version": "V3"});
-    let cp_is_ip = s.cp_host.parse::<std::net::IpAddr>().is_ok();
+    let cp_is_ip = s.cp.iter().all(|(host, _)| host.parse::<std::net::IpAddr>().is_ok());
     let mut grpc_service = json!({"envoy_grpc": {"cluster_name": "tern_control_plane"}});
     if let Some(token) = &s.token {
         grpc_service["initial_metadata"] =
@@ -91,7 +97,7 @@ pub fn bootstrap(s: &EnvoySetup) -> Value {
     }
     let mut cluster = control_plane_cluster(s, cp_is_ip);
     if let Some(tls) = &s.cp_tls {
-        cluster["transport_socket"] = control_plane_tls(s, tls, cp_is_ip);
+        cluster["transport_socket"] = control_plane_tls(s, tls);
     }
     json!({
         "node": {"id": s.node_id, "cluster": s.service},
@@ -126,19 +132,30 @@ fn control_plane_cluster(s: &EnvoySetup, cp_is_ip: bool) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}
         }},
-        "load_assignment": {"cluster_name": "tern_control_plane", "endpoints": [{"lb_endpoints": [{"endpoint": {
-            "address": {"socket_address": {"address": s.cp_host, "port_value": s.cp_port}}
-        }}]}]}
+        // A replica that refuses connections is set aside while the others serve.
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100
+        },
+        "load_assignment": {"cluster_name": "tern_control_plane", "endpoints": [{"lb_endpoints": s.cp.iter().map(|(host, port)| json!({"endpoint": {
+            "address": {"socket_address": {"address": host, "port_value": port}}
+        }})).collect::<Vec<_>>()}]}
     })
 }
 
 /// TLS to the control plane: its certificate must chain to the CA and name
 /// the host Envoy dials (as a DNS name or an IP address).
-fn control_plane_tls(s: &EnvoySetup, tls: &CpTls, cp_is_ip: bool) -> Value {
-    let san_type = if cp_is_ip { "IP_ADDRESS" } else { "DNS" };
-    let mut validation = json!({
-        "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": s.cp_host}}]
-    });
+fn control_plane_tls(s: &EnvoySetup, tls: &CpTls) -> Value {
+    let names: Vec<Value> =
+        s.cp.iter()
+            .map(|(host, _)| {
+                let san_type = if host.parse::<std::net::IpAddr>().is_ok() { "IP_ADDRESS" } else { "DNS" };
+                json!({"san_type": san_type, "matcher": {"exact": host}})
+            })
+            .collect();
+    let mut validation = json!({"match_typed_subject_alt_names": names});
     if let Some(ca) = &tls.ca_file {
         validation["trusted_ca"] = json!({"filename": ca.display().to_string()});
     }
@@ -146,8 +163,10 @@ fn control_plane_tls(s: &EnvoySetup, tls: &CpTls, cp_is_ip: bool) -> Value {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {"alpn_protocols": ["h2"], "validation_context": validation}
     });
-    if !cp_is_ip {
-        context["sni"] = json!(s.cp_host);
+    // One SNI per cluster: the first replica's name (replicas behind one
+    // name, or sharing a certificate, are the common case).
+    if let Some((host, _)) = s.cp.first().filter(|(h, _)| h.parse::<std::net::IpAddr>().is_err()) {
+        context["sni"] = json!(host);
     }
     json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }

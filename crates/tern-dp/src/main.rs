@@ -33,8 +33,10 @@ enum Command {
     /// Register with the control plane and follow the OpenTelemetry plan.
     Run {
         /// The control plane's data-plane server: http://HOST:PORT on loopback, else https://HOST:PORT.
-        #[arg(long, default_value = "http://127.0.0.1:5678", env = "TERN_CP_ADDRESS", value_parser = cp::parse_address)]
-        cp_address: url::Url,
+        /// Repeat it (or separate with commas) for several replicas: tern-dp and Envoy move to the
+        /// next when one stops answering.
+        #[arg(long, default_value = "http://127.0.0.1:5678", env = "TERN_CP_ADDRESS", value_parser = cp::parse_address, value_delimiter = ',')]
+        cp_address: Vec<url::Url>,
         /// The CA (PEM) the control plane's certificate chains to (tern-cp's data directory: tls/ca.crt).
         #[arg(long, env = "TERN_CA_CERT_FILE")]
         ca_cert_file: Option<PathBuf>,
@@ -201,7 +203,8 @@ fn main() {
                 (Some(path), _) => read_token(&path).map(Some),
                 (None, token) => Ok(token.map(|t| t.trim().to_string())),
             };
-            let cp = |token| cp::Settings { address: cp_address, token, ca_cert: ca_cert_file };
+            let token = cp::check_addresses(&cp_address).and(token);
+            let cp = |token| cp::Settings { addresses: cp_address, token, ca_cert: ca_cert_file };
             let args = |dataplane, cp, metrics_tls| run::RunArgs {
                 cp,
                 envoy_binary,
