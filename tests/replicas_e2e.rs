@@ -207,3 +207,65 @@ fn a_second_control_plane_on_one_sqlite_file_is_refused() {
     assert!(stderr.contains("in use by another tern-cp"), "{stderr}");
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
 }
+
+/// `tern-bench dataplanes`, small, against a real `tern-cp`: every simulated
+/// data plane bootstraps, holds a plan and gets every edit; the ADS share
+/// holds streams with listeners (the counts add up; no timing is checked).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_load_tool_counts_add_up() {
+    let url = support::fresh_postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_args(dir.path(), Some(&url), "127.0.0.1", &["--dp-auth", "none"]);
+    let metrics = cp.metrics.clone().unwrap();
+    let pid = cp.pid().unwrap().to_string();
+    let args: Vec<String> = [
+        "dataplanes",
+        "--cp",
+        cp.dp.as_str(),
+        "--api",
+        cp.api.as_str(),
+        "--metrics",
+        metrics.as_str(),
+        "--pid",
+        pid.as_str(),
+        "--postgres",
+        url.as_str(),
+        "--count",
+        "40",
+        "--ads-share",
+        "0.25",
+        "--edits",
+        "2",
+        "--backends",
+        "5",
+        "--policies",
+        "12",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let bench = support::workspace_binary("tern-bench");
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(bench).args(args).output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = &report["counts"];
+    assert_eq!(counts["bootstrapped"], 40, "{report}");
+    assert_eq!(counts["withPlan"], 40, "{report}");
+    assert_eq!(report["adsStreams"], 10, "{report}");
+    assert_eq!(counts["adsStreams"], 10, "{report}");
+    assert_eq!(counts["adsWithListeners"], 10, "{report}");
+    let edits = report["edits"].as_array().unwrap();
+    assert_eq!(edits.len(), 2);
+    for e in edits {
+        // dp-3, dp-6 and dp-9 have a MeshTrace of their own on another backend.
+        assert_eq!(e["affected"], 37, "{report}");
+        assert_eq!(e["delivered"], 37, "every affected data plane got the edit: {report}");
+        assert!(e["storeCalls"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(e["postgresTransactions"].as_i64().unwrap() > 0, "{report}");
+    }
+    assert!(counts["planResponses"].as_u64().unwrap() >= 40 + 37 * 2, "{report}");
+    assert!(report["rss"]["beforeMb"].as_f64().unwrap() > 0.0, "{report}");
+}

@@ -15,10 +15,20 @@ pub const TERNCTL: &str = env!("CARGO_BIN_EXE_ternctl");
 /// database stack), built next to these tests' binaries by scripts/test.sh
 /// (`cargo build --workspace --bins`).
 pub fn tern_dp() -> PathBuf {
+    workspace_binary("tern-dp")
+}
+
+/// A binary of another workspace package (`tern-dp`, `tern-bench`), built
+/// next to these tests' binaries by scripts/test.sh.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let path = dir.join("tern-dp");
-    assert!(path.exists(), "{} is missing: run scripts/test.sh, or `cargo build -p tern-dp` first", path.display());
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, or `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 

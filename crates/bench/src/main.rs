@@ -14,6 +14,7 @@
 //! - `seed-zone`, `sync-initial`, `sync-latency`: the multi-zone sync
 //!   benchmark (`multizone.rs`).
 
+mod dataplanes;
 mod http_load;
 mod multizone;
 
@@ -132,6 +133,9 @@ enum Cmd {
         #[arg(long)]
         dataplanes: u64,
     },
+    /// Simulate COUNT data planes against tern-cp replicas: the bootstrap storm, backend edits
+    /// until every plan has them, RSS, CPU, store calls; print JSON.
+    Dataplanes(dataplanes::Options),
     /// Time EDITS backend edits on the global until each shows on the zone; print JSON.
     SyncLatency {
         #[arg(long)]
@@ -478,6 +482,7 @@ async fn main() {
             report(multizone::initial(&global, &zone, &zone_name, resources, dataplanes).await)
         }
         Cmd::SyncLatency { global, zone, edits } => report(multizone::latency(&global, &zone, edits).await),
+        Cmd::Dataplanes(options) => report(dataplanes::run(options).await),
         Cmd::Sink { listen, rate } => {
             let pace = rate.map(|r| {
                 Arc::new(Pace {
