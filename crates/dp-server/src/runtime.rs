@@ -79,7 +79,7 @@ impl RuntimeState {
 }
 
 impl tern_reconcile::DataplaneState for RuntimeState {
-    fn retain(&self, mesh: &str, keep: &[&str]) {
+    fn retain(&self, mesh: &str, keep: &std::collections::HashSet<&str>) {
         let mut map = self.delivery.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|(m, name), _| m != mesh || keep.contains(&name.as_str()));
     }
@@ -120,7 +120,7 @@ mod tests {
             state.record_delivery("default", name, DeliveryReport::default());
         }
         state.record_delivery("other", "web-1", DeliveryReport::default());
-        state.retain("default", &["web-2"]);
+        state.retain("default", &["web-2"].into());
         assert_eq!(state.delivery_entries(), 2, "web-1 of mesh default is gone, other meshes untouched");
         use tern_api::RuntimeView as _;
         assert!(state.dataplane("default", "web-1").delivery.is_none());

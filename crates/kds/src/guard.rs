@@ -14,7 +14,7 @@ use crate::mapping::{ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL};
 use std::sync::Arc;
 use tern_model::spec::DataplaneSpec;
 use tern_model::{Kind, Resource, ResourceKey};
-use tern_store::{Change, ListFilter, Precondition, ResourceStore, StoreError, Write, WriteOutcome};
+use tern_store::{Change, ListFilter, Precondition, ResourceStore, StatusWrite, StoreError, Write, WriteOutcome};
 use tokio::sync::broadcast;
 
 /// Which control plane this is.
@@ -149,6 +149,18 @@ impl<S: ResourceStore> ResourceStore for OriginGuard<S> {
             }
         }
         self.inner.set_status(key, status, expected_version).await
+    }
+
+    async fn set_statuses(&self, writes: Vec<StatusWrite>) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        if self.role == Role::Global {
+            // Each is checked against what is stored, as set_status does.
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(self.set_status(&w.key, w.status, w.expected_version).await);
+            }
+            return Ok(out);
+        }
+        self.inner.set_statuses(writes).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {

@@ -89,7 +89,7 @@ impl PlanHub {
 
     /// Forgets dataplanes of `mesh` not in `keep` (deleted ones), giving
     /// their followers an empty plan first.
-    pub fn retain(&self, mesh: &str, keep: &[&str]) {
+    pub fn retain(&self, mesh: &str, keep: &std::collections::HashSet<&str>) {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|(m, name), tx| {
             let kept = m != mesh || keep.contains(&name.as_str());

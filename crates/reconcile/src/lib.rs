@@ -9,21 +9,20 @@
 //! recompute or overwrite a newer spec.
 
 mod hub;
+mod index;
 
 pub use hub::{PlanHub, PlanState};
+use index::MeshIndex;
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tern_model::spec::dataplane::{DataplaneSpec, PROTOCOL_TAG, SERVICE_TAG};
 use tern_model::spec::motb::Condition;
 use tern_model::{Kind, Resource, ResourceKey};
-use tern_resolve::{
-    resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, Session, UnresolvedRef,
-};
-use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StoreError};
-use tern_xds::{ServiceEndpoint, ServiceMap, XdsHub};
+use tern_resolve::{resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, UnresolvedRef};
+use tern_store::{ChangeOp, ListFilter, Precondition, ResourceStore, StatusWrite, StoreError};
+use tern_xds::{ServiceMap, XdsHub};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn, Instrument};
@@ -45,16 +44,29 @@ pub enum Step {
 /// What changed in one mesh since its last recompute.
 #[derive(Debug, Default)]
 struct Pending {
+    /// Read the whole mesh again (at start, after a lag or a failure, or
+    /// when the Mesh itself changed) and recompute everything.
+    reload: bool,
+    /// Resources to read again, with the change's operation and version.
+    reread: BTreeMap<ResourceKey, (ChangeOp, i64)>,
+    /// Recompute every data plane (a policy changed).
     everything: bool,
     dataplanes: BTreeSet<String>,
     backends: BTreeSet<String>,
+    /// A Dataplane was deleted: state kept per data plane is pruned.
+    deleted: bool,
     /// The spans (API requests) whose writes this recompute answers.
     causes: Vec<tern_trace::Cause>,
 }
 
 impl Pending {
-    fn everything() -> Self {
-        Pending { everything: true, ..Default::default() }
+    fn reload() -> Self {
+        Pending { reload: true, everything: true, ..Default::default() }
+    }
+
+    /// Whether plans may change (not only statuses were written).
+    fn recomputes(&self) -> bool {
+        self.reload || self.everything || !self.dataplanes.is_empty() || !self.backends.is_empty()
     }
 }
 
@@ -62,11 +74,11 @@ impl Pending {
 /// counts) that must not outlive its dataplane: after each recompute of a
 /// mesh, everything not in `keep` is dropped.
 pub trait DataplaneState: Send + Sync {
-    fn retain(&self, mesh: &str, keep: &[&str]);
+    fn retain(&self, mesh: &str, keep: &HashSet<&str>);
 }
 
 impl DataplaneState for XdsHub {
-    fn retain(&self, mesh: &str, keep: &[&str]) {
+    fn retain(&self, mesh: &str, keep: &HashSet<&str>) {
         XdsHub::retain(self, mesh, keep)
     }
 }
@@ -81,8 +93,12 @@ pub struct Reconciler<S> {
     xds: Arc<XdsHub>,
     /// Other per-dataplane state to prune with the dataplanes.
     states: Vec<Arc<dyn DataplaneState>>,
+    /// What this loop knows of each mesh, kept current from the feed.
+    index: BTreeMap<String, MeshIndex>,
     /// The service endpoints per mesh as of the last recompute.
     services: BTreeMap<String, ServiceMap>,
+    /// The service endpoints the published snapshots were built with.
+    services_published: BTreeMap<String, ServiceMap>,
     /// The last resolution per mesh, reused for what a change does not touch.
     previous: BTreeMap<String, MeshResolution>,
     /// Unresolved references already logged, per mesh: log once per change.
@@ -108,7 +124,9 @@ impl<S: ResourceStore> Reconciler<S> {
             hub,
             xds,
             states: Vec::new(),
+            index: BTreeMap::new(),
             services: BTreeMap::new(),
+            services_published: BTreeMap::new(),
             previous: BTreeMap::new(),
             logged_unresolved: BTreeMap::new(),
             logged_no_feature: HashSet::new(),
@@ -210,7 +228,7 @@ impl<S: ResourceStore> Reconciler<S> {
             if resync {
                 match self.store.list(Kind::Mesh, &ListFilter::default()).await {
                     Ok(meshes) => {
-                        dirty.extend(meshes.into_iter().map(|m| (m.name, Pending::everything())));
+                        dirty.extend(meshes.into_iter().map(|m| (m.name, Pending::reload())));
                         resync = false;
                     }
                     Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot list meshes; retrying"),
@@ -225,7 +243,7 @@ impl<S: ResourceStore> Reconciler<S> {
                 self.observe(Step::Reconcile, started);
                 if let Err(e) = result {
                     warn!(mesh = %mesh, error = %e, retry_in = ?backoff, "reconcile failed; retrying");
-                    failed.insert(mesh, Pending::everything());
+                    failed.insert(mesh, Pending::reload());
                 }
             }
             // Wait for a change (or, after a failure, at most the backoff),
@@ -256,69 +274,122 @@ impl<S: ResourceStore> Reconciler<S> {
         }
     }
 
-    /// Recomputes one mesh and writes out what changed.
+    /// Brings one mesh's index up to date, recomputes what the changes
+    /// touch, and writes out the result: xDS snapshots and plans first (what
+    /// data planes wait for), then statuses in batches, then clean-up.
     async fn reconcile_mesh(&mut self, mesh: &str, pending: Pending) -> Result<(), StoreError> {
-        let in_mesh = ListFilter { mesh: Some(mesh.to_string()), ..Default::default() };
-        let backends = self.store.list(Kind::MeshOpenTelemetryBackend, &in_mesh).await?;
-        let mut policies = Vec::new();
-        for kind in [Kind::MeshTrace, Kind::MeshMetric, Kind::MeshAccessLog] {
-            policies.extend(self.store.list(kind, &in_mesh).await?);
+        let mut index = match self.index.remove(mesh) {
+            Some(index) if !pending.reload => index,
+            _ => MeshIndex::load(&*self.store, mesh).await?,
+        };
+        if !pending.reload {
+            // On failure the index is dropped: the retry reads the mesh whole.
+            self.reread(&mut index, &pending).await?;
         }
-        let dataplanes = self.store.list(Kind::Dataplane, &in_mesh).await?;
-        let insights: BTreeMap<String, Resource> =
-            self.store.list(Kind::DataplaneInsight, &in_mesh).await?.into_iter().map(|i| (i.name.clone(), i)).collect();
-        let sessions: BTreeMap<&str, Session> = insights
+        if pending.recomputes() {
+            self.recompute(mesh, &mut index, &pending).await;
+        }
+        self.index.insert(mesh.to_string(), index);
+        Ok(())
+    }
+
+    /// Reads again what the changes name, skipping this loop's own status
+    /// writes (already in the index).
+    async fn reread(&self, index: &mut MeshIndex, pending: &Pending) -> Result<(), StoreError> {
+        for (key, (op, version)) in &pending.reread {
+            let known = index.version(key).is_some_and(|v| v >= *version);
+            if *op != ChangeOp::Deleted && known {
+                continue;
+            }
+            index.refresh(&*self.store, key).await?;
+        }
+        Ok(())
+    }
+
+    async fn recompute(&mut self, mesh: &str, index: &mut MeshIndex, pending: &Pending) {
+        let backends: Vec<Resource> = index.backends.values().cloned().collect();
+        let policies: Vec<Resource> = index.policies.values().cloned().collect();
+        let inputs: Vec<DataplaneInput<'_>> = index
+            .dataplanes
             .iter()
-            .filter_map(|(name, i)| Session::from_insight_spec(&i.spec).map(|s| (name.as_str(), s)))
+            .map(|(name, d)| DataplaneInput {
+                resource: &d.resource,
+                session: index.insights.get(name).and_then(|i| i.session.as_ref()),
+            })
             .collect();
-        let inputs: Vec<DataplaneInput<'_>> =
-            dataplanes.iter().map(|d| DataplaneInput { resource: d, session: sessions.get(d.name.as_str()) }).collect();
         let input = MeshInput { backends: &backends, policies: &policies, dataplanes: &inputs };
         let previous = self.previous.remove(mesh);
-        let changed = match (&previous, &pending) {
+        let changed = match (&previous, pending) {
             (Some(_), p) if !p.everything && p.backends.is_empty() => Changed::Dataplanes(&p.dataplanes),
             (Some(_), p) if !p.everything && p.dataplanes.is_empty() => Changed::Backends(&p.backends),
             _ => Changed::Everything,
         };
         let previous = previous.unwrap_or_default();
         let resolution = resolve_mesh_incremental(&input, &previous, changed);
-
+        drop(inputs);
         self.log_unresolved(mesh, &resolution.unresolved);
-        let names: Vec<&str> = dataplanes.iter().map(|d| d.name.as_str()).collect();
-        // An insight outlives its dataplane only until here (the leader's job).
-        for (name, insight) in insights.iter().filter(|(_, i)| self.is_leader() && self.owns(i)) {
-            if !names.contains(&name.as_str()) {
-                match self.store.delete(&insight.key(), Precondition::Version(insight.meta.version)).await {
-                    Ok(()) => info!(mesh = %mesh, dataplane = %name, "dataplane deleted; its insight removed"),
-                    Err(e) => debug!(mesh = %mesh, dataplane = %name, error = %e, "insight cleanup deferred"),
-                }
+        if pending.reload || pending.deleted {
+            let names: HashSet<&str> = index.dataplanes.keys().map(String::as_str).collect();
+            self.hub.retain(mesh, &names);
+            DataplaneState::retain(&*self.xds, mesh, &names);
+            for state in &self.states {
+                state.retain(mesh, &names);
             }
         }
-        self.hub.retain(mesh, &names);
-        DataplaneState::retain(&*self.xds, mesh, &names);
-        for state in &self.states {
-            state.retain(mesh, &names);
-        }
-        let services = service_map(&dataplanes);
-        let services_changed = self.services.get(mesh) != Some(&services);
-        for dp in &dataplanes {
-            let Some(outcome) = resolution.dataplanes.get(&dp.name) else { continue };
-            let untouched = previous.dataplanes.get(&dp.name).is_some_and(|p| Arc::ptr_eq(p, outcome));
+        self.publish_snapshots(mesh, index, &resolution, &previous, pending);
+        let statuses = self.publish_plans(mesh, index, &resolution, &previous);
+        self.write_statuses(index, statuses, &backends, &policies, &resolution).await;
+        self.clean_up_insights(mesh, index).await;
+        self.previous.insert(mesh.to_string(), resolution);
+    }
+
+    /// Every touched data plane's xDS snapshot (all of them when the mesh's
+    /// service endpoints moved).
+    fn publish_snapshots(
+        &mut self,
+        mesh: &str,
+        index: &MeshIndex,
+        resolution: &MeshResolution,
+        previous: &MeshResolution,
+        pending: &Pending,
+    ) {
+        let endpoints_may_move = pending.reload || !pending.dataplanes.is_empty();
+        let services = match self.services.remove(mesh) {
+            Some(known) if !endpoints_may_move => known,
+            _ => index.services(),
+        };
+        let services_changed = self.services_published.get(mesh) != Some(&services);
+        for (name, dp) in &index.dataplanes {
+            let Some(outcome) = resolution.dataplanes.get(name) else { continue };
+            let untouched = previous.dataplanes.get(name).is_some_and(|p| Arc::ptr_eq(p, outcome));
             if untouched && !services_changed {
                 continue;
             }
-            let spec: DataplaneSpec = serde_json::from_value(dp.spec.clone()).unwrap_or_default();
             let started = std::time::Instant::now();
-            let mut snapshot = tern_xds::build(&spec, &outcome.envoy_telemetry(), &services);
+            let mut snapshot = tern_xds::build(&dp.spec, &outcome.envoy_telemetry(), &services);
             snapshot.cause = tern_trace::current();
             let version = snapshot.version.clone();
-            let changed = self.xds.publish(&tern_xds::node_id(mesh, &dp.name), snapshot);
+            let changed = self.xds.publish(&tern_xds::node_id(mesh, name), snapshot);
             self.observe(Step::XdsGeneration { changed }, started);
             if changed {
-                debug!(mesh = %mesh, dataplane = %dp.name, version = %version, "xDS snapshot updated");
+                debug!(mesh = %mesh, dataplane = %name, version = %version, "xDS snapshot updated");
             }
         }
+        if services_changed {
+            self.services_published.insert(mesh.to_string(), services.clone());
+        }
         self.services.insert(mesh.to_string(), services);
+    }
+
+    /// Every touched data plane's plan; returns the insight statuses to write.
+    fn publish_plans(
+        &mut self,
+        mesh: &str,
+        index: &MeshIndex,
+        resolution: &MeshResolution,
+        previous: &MeshResolution,
+    ) -> Vec<(ResourceKey, i64, Option<Value>)> {
+        let mut statuses = Vec::new();
         for (name, outcome) in &resolution.dataplanes {
             if previous.dataplanes.get(name).is_some_and(|p| Arc::ptr_eq(p, outcome)) {
                 continue; // untouched by this change
@@ -329,28 +400,90 @@ impl<S: ResourceStore> Reconciler<S> {
                 }
             }
             if let Some(version) = self.hub.publish(mesh, name, outcome.plan.clone(), outcome.notes.clone()) {
-                info!(mesh = %mesh, dataplane = %name, version, backends = outcome.plan.backends.len(), "OpenTelemetry plan updated");
+                debug!(mesh = %mesh, dataplane = %name, version, backends = outcome.plan.backends.len(), "OpenTelemetry plan updated");
             }
             let mut status = json!({"openTelemetry": outcome.status});
             if !outcome.notes.is_empty() {
                 status["notes"] = json!(outcome.notes);
             }
-            if let Some(insight) = insights.get(name) {
-                self.write_status(insight, Some(status)).await;
+            if let Some(insight) = index.insights.get(name) {
+                let r = &insight.resource;
+                if r.status.as_ref() != Some(&status) && self.owns(r) {
+                    statuses.push((r.key(), r.meta.version, Some(status)));
+                }
             }
         }
-        for b in &backends {
+        statuses
+    }
+
+    /// Insight statuses and backend and policy conditions, in batches (the
+    /// leader's job); what was written goes into the index.
+    async fn write_statuses(
+        &self,
+        index: &mut MeshIndex,
+        mut writes: Vec<(ResourceKey, i64, Option<Value>)>,
+        backends: &[Resource],
+        policies: &[Resource],
+        resolution: &MeshResolution,
+    ) {
+        if !self.is_leader() {
+            return;
+        }
+        for b in backends {
             if let Some(c) = resolution.backend_conditions.get(&b.name) {
-                self.write_condition(b, c).await;
+                writes.extend(self.condition_write(b, c));
             }
         }
-        for p in &policies {
+        for p in policies {
             if let Some(c) = resolution.policy_conditions.get(&(p.kind, p.name.clone())) {
-                self.write_condition(p, c).await;
+                writes.extend(self.condition_write(p, c));
             }
         }
-        self.previous.insert(mesh.to_string(), resolution);
-        Ok(())
+        if writes.is_empty() {
+            return;
+        }
+        let batch: Vec<StatusWrite> = writes
+            .iter()
+            .map(|(key, version, status)| StatusWrite {
+                key: key.clone(),
+                status: status.clone(),
+                expected_version: *version,
+            })
+            .collect();
+        match self.store.set_statuses(batch).await {
+            Ok(outcomes) => {
+                for ((key, _, status), outcome) in writes.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(version) => index.status_written(&key, status, version),
+                        // Someone wrote the resource meanwhile; that change brings a fresh recompute.
+                        Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                            debug!(resource = %key, "status write skipped: resource changed")
+                        }
+                        Err(e) => warn!(resource = %key, error = %e, "status write failed"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, statuses = writes.len(), "status writes failed; the next change writes them"),
+        }
+    }
+
+    /// An insight outlives its dataplane only until here (the leader's job).
+    async fn clean_up_insights(&self, mesh: &str, index: &mut MeshIndex) {
+        if !self.is_leader() {
+            return;
+        }
+        let orphans: Vec<(ResourceKey, i64)> = index
+            .insights
+            .iter()
+            .filter(|(name, i)| !index.dataplanes.contains_key(*name) && self.owns(&i.resource))
+            .map(|(_, i)| (i.resource.key(), i.resource.meta.version))
+            .collect();
+        for (key, version) in orphans {
+            match self.store.delete(&key, Precondition::Version(version)).await {
+                Ok(()) => info!(mesh = %mesh, dataplane = %key.name, "dataplane deleted; its insight removed"),
+                Err(e) => debug!(mesh = %mesh, dataplane = %key.name, error = %e, "insight cleanup deferred"),
+            }
+        }
     }
 
     fn log_unresolved(&mut self, mesh: &str, now: &BTreeSet<UnresolvedRef>) {
@@ -367,8 +500,9 @@ impl<S: ResourceStore> Reconciler<S> {
         *before = now.clone();
     }
 
-    /// Replaces the condition of the same type, keeping the others.
-    async fn write_condition(&self, r: &Resource, c: &Condition) {
+    /// The status write that sets condition `c` on `r` (replacing the
+    /// condition of the same type, keeping the others), if it changes anything.
+    fn condition_write(&self, r: &Resource, c: &Condition) -> Option<(ResourceKey, i64, Option<Value>)> {
         let mut status = r.status.clone().unwrap_or_else(|| json!({}));
         let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
         let new = serde_json::to_value(c).unwrap_or(Value::Null);
@@ -388,65 +522,40 @@ impl<S: ResourceStore> Reconciler<S> {
             list.push(new);
         }
         status["conditions"] = Value::Array(list);
-        self.write_status(r, Some(status)).await;
+        let status = Some(status);
+        (r.status != status && self.owns(r)).then(|| (r.key(), r.meta.version, status))
     }
-
-    async fn write_status(&self, r: &Resource, status: Option<Value>) {
-        if r.status == status || !self.is_leader() || !self.owns(r) {
-            return;
-        }
-        let key: ResourceKey = r.key();
-        match self.store.set_status(&key, status, r.meta.version).await {
-            Ok(_) => debug!(resource = %key, "status written"),
-            // Someone wrote the resource meanwhile; that change brings a fresh recompute.
-            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
-                debug!(resource = %key, "status write skipped: resource changed")
-            }
-            Err(e) => warn!(resource = %key, error = %e, "status write failed"),
-        }
-    }
-}
-
-/// Every service's endpoints: the inbounds of the mesh's dataplanes.
-fn service_map(dataplanes: &[Resource]) -> ServiceMap {
-    let mut map = ServiceMap::new();
-    for dp in dataplanes {
-        let Ok(spec) = serde_json::from_value::<DataplaneSpec>(dp.spec.clone()) else { continue };
-        let Some(net) = spec.networking else { continue };
-        for inbound in &net.inbound {
-            let (Some(service), Ok(port)) = (inbound.tags.get(SERVICE_TAG), u16::try_from(inbound.port)) else {
-                continue;
-            };
-            let protocol = inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into());
-            map.entry(service.clone()).or_default().push(ServiceEndpoint {
-                address: net.address.clone(),
-                port,
-                protocol,
-            });
-        }
-    }
-    for eps in map.values_mut() {
-        eps.sort();
-    }
-    map
 }
 
 fn note_change(dirty: &mut BTreeMap<String, Pending>, change: &tern_store::Change) {
-    if change.op == ChangeOp::StatusUpdated || !change.key.kind.is_mesh_scoped() && change.key.kind != Kind::Mesh {
+    let key = &change.key;
+    if !key.kind.is_mesh_scoped() && key.kind != Kind::Mesh {
         return;
     }
-    let key = &change.key;
     let mesh = if key.kind == Kind::Mesh { &key.name } else { &key.mesh };
     let pending = dirty.entry(mesh.clone()).or_default();
+    if change.op == ChangeOp::StatusUpdated {
+        // Statuses never change plans; the index only learns the new version.
+        if key.kind != Kind::Mesh {
+            pending.reread.insert(key.clone(), (change.op, change.version));
+        }
+        return;
+    }
     tern_trace::gather(&mut pending.causes, change.cause.as_ref());
     match key.kind {
+        Kind::Mesh => {
+            pending.reload = true;
+            pending.everything = true;
+        }
         Kind::Dataplane | Kind::DataplaneInsight => {
             pending.dataplanes.insert(key.name.clone());
+            pending.deleted |= key.kind == Kind::Dataplane && change.op == ChangeOp::Deleted;
         }
         Kind::MeshOpenTelemetryBackend => {
             pending.backends.insert(key.name.clone());
         }
-        Kind::Mesh | Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => pending.everything = true,
-        Kind::Zone | Kind::ZoneInsight | Kind::GlobalSecret => {}
+        Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => pending.everything = true,
+        Kind::Zone | Kind::ZoneInsight | Kind::GlobalSecret => return,
     }
+    pending.reread.insert(key.clone(), (change.op, change.version));
 }

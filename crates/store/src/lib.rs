@@ -161,6 +161,32 @@ pub trait ResourceStore: Send + Sync + 'static {
         expected_version: i64,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// Subscribes to committed changes from now on.
+    /// Writes several statuses, each as [`Self::set_status`] would, in as
+    /// few transactions as the store allows: one outcome per write, in order
+    /// (a conflict on one leaves the others written).
+    fn set_statuses(
+        &self,
+        writes: Vec<StatusWrite>,
+    ) -> impl Future<Output = Result<Vec<Result<i64, StoreError>>, StoreError>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for w in writes {
+                outcomes.push(self.set_status(&w.key, w.status, w.expected_version).await);
+            }
+            Ok(outcomes)
+        }
+    }
+
+    /// Subscribes to committed changes from now on. On a store replicas
+    /// share, changes come from the shared log in commit order, any
+    /// replica's; a write returns once its own replica announced it.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+}
+
+/// One status write of [`ResourceStore::set_statuses`].
+#[derive(Debug, Clone)]
+pub struct StatusWrite {
+    pub key: ResourceKey,
+    pub status: Option<serde_json::Value>,
+    pub expected_version: i64,
 }

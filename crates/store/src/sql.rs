@@ -1,7 +1,7 @@
 //! [`SqlStore`]: the store on SQLite or PostgreSQL. The SQL is written once
 //! in the dialect both accept (`$n` placeholders, TEXT and BIGINT columns).
 
-use crate::{Change, ChangeOp, ListFilter, Precondition, ResourceStore, StoreError, Write, WriteOutcome};
+use crate::{Change, ChangeOp, ListFilter, Precondition, ResourceStore, StatusWrite, StoreError, Write, WriteOutcome};
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -437,7 +437,46 @@ impl ResourceStore for SqlStore {
         Ok(version)
     }
 
+    async fn set_statuses(&self, writes: Vec<StatusWrite>) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(STATUS_BATCH) {
+            let _guard = self.write_lock.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let mut changes = Vec::new();
+            for w in chunk {
+                let version = w.expected_version + 1;
+                let done = sqlx::query(
+                    "UPDATE tern_resources SET version = $1, status = $2 WHERE kind = $3 AND mesh = $4 AND name = $5 AND version = $6",
+                )
+                .bind(version)
+                .bind(w.status.as_ref().map(to_text))
+                .bind(w.key.kind.name())
+                .bind(&w.key.mesh)
+                .bind(&w.key.name)
+                .bind(w.expected_version)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    changes.push(Change::new(w.key.clone(), ChangeOp::StatusUpdated, version));
+                    outcomes.push(Ok(version));
+                } else {
+                    outcomes.push(Err(StoreError::Conflict {
+                        key: w.key.clone(),
+                        expected: w.expected_version,
+                        actual: -1,
+                    }));
+                }
+            }
+            self.commit(tx, changes).await?;
+        }
+        Ok(outcomes)
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 }
+
+/// Status writes per transaction in [`SqlStore::set_statuses`]: few
+/// commits, and writers of other replicas wait at most one batch.
+const STATUS_BATCH: usize = 500;

@@ -86,6 +86,7 @@ macro_rules! contract {
 }
 
 contract!(
+    batched_status_writes_conflict_one_by_one,
     fresh_store_has_default_mesh,
     create_get_update_delete,
     stale_version_is_refused,
@@ -265,6 +266,34 @@ async fn status_writes_are_versioned(s: &SqlStore) {
     // A spec write keeps the status the control plane wrote.
     s.apply(vec![put(backend("default", "main", 4318))]).await.expect("update");
     assert_eq!(s.get(&k).await.expect("get").expect("exists").status, Some(status));
+}
+
+async fn batched_status_writes_conflict_one_by_one(s: &SqlStore) {
+    s.apply(vec![put(backend("default", "a", 1)), put(backend("default", "b", 1)), put(backend("default", "c", 1))])
+        .await
+        .expect("create");
+    let mut feed = s.subscribe();
+    let status = |n: i64| Some(json!({"n": n}));
+    let write = |name: &str, version: i64, n: i64| tern_store::StatusWrite {
+        key: key(Kind::MeshOpenTelemetryBackend, "default", name),
+        status: status(n),
+        expected_version: version,
+    };
+    let outcomes = s.set_statuses(vec![write("a", 1, 1), write("b", 7, 2), write("c", 1, 3)]).await.expect("batch");
+    assert!(matches!(outcomes[0], Ok(2)), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(StoreError::Conflict { .. })), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Ok(2)), "{outcomes:?}");
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        let c = next(&mut feed).await;
+        announced.push((c.key.name.clone(), c.op));
+    }
+    assert_eq!(announced, [("a".to_string(), ChangeOp::StatusUpdated), ("c".to_string(), ChangeOp::StatusUpdated)]);
+    assert!(quiet(&mut feed).await, "the conflicting write announces nothing");
+    let b = s.get(&key(Kind::MeshOpenTelemetryBackend, "default", "b")).await.expect("get").expect("exists");
+    assert_eq!((b.meta.version, b.status), (1, None));
+    let c = s.get(&key(Kind::MeshOpenTelemetryBackend, "default", "c")).await.expect("get").expect("exists");
+    assert_eq!(c.status, status(3));
 }
 
 async fn survives_reopen(s: SqlStore, url: &str) {

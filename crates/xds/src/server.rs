@@ -133,7 +133,7 @@ impl XdsHub {
 
     /// Forgets the nodes of `mesh` not in `keep` (deleted dataplanes): their
     /// snapshots, ACKs and NACKs. Open streams of such a node end.
-    pub fn retain(&self, mesh: &str, keep: &[&str]) {
+    pub fn retain(&self, mesh: &str, keep: &std::collections::HashSet<&str>) {
         let gone = |node: &str| node.split_once('/').is_some_and(|(m, n)| m == mesh && !keep.contains(&n));
         self.channels.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
         self.nacks.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
@@ -349,7 +349,7 @@ mod tests {
                 .unwrap()
                 .insert(node.to_string(), Nack { type_url: "t".into(), version: "1".into(), message: "m".into() });
         }
-        hub.retain("default", &["web-2"]);
+        hub.retain("default", &["web-2"].into());
         assert_eq!(hub.acked_version("default/web-1"), None);
         assert_eq!(hub.nack("default/web-1"), None);
         assert!(!hub.channels.lock().unwrap().contains_key("default/web-1"));

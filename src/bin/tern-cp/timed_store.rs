@@ -6,7 +6,7 @@ use crate::metrics::CpMetrics;
 use std::sync::Arc;
 use std::time::Instant;
 use tern_model::{Kind, Resource, ResourceKey};
-use tern_store::{Change, ListFilter, Precondition, ResourceStore, StoreError, Write, WriteOutcome};
+use tern_store::{Change, ListFilter, Precondition, ResourceStore, StatusWrite, StoreError, Write, WriteOutcome};
 use tokio::sync::broadcast;
 
 pub struct TimedStore<S> {
@@ -75,6 +75,14 @@ impl<S: ResourceStore> ResourceStore for TimedStore<S> {
         let started = Instant::now();
         let result = self.inner.set_status(key, status, expected_version).await;
         self.record("set_status", key.kind.name(), started, &result);
+        result
+    }
+
+    async fn set_statuses(&self, writes: Vec<StatusWrite>) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        let started = Instant::now();
+        let kind = writes.first().map(|w| w.key.kind.name()).unwrap_or("none");
+        let result = self.inner.set_statuses(writes).await;
+        self.record("set_statuses", kind, started, &result);
         result
     }
 
