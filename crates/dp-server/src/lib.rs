@@ -137,7 +137,8 @@ async fn bootstrap<S: ResourceStore>(
     if req.work_dir.is_empty() {
         return Err(invalid("workDir", "must not be empty".into()));
     }
-    let dataplane = match (&req.dataplane, &req.mesh, &req.name) {
+    // A Dataplane sent along is written with its insight, in one batch.
+    let (dataplane, dataplane_write) = match (&req.dataplane, &req.mesh, &req.name) {
         (Some(doc), _, _) => {
             let parsed = resource_from_document(doc)
                 .map_err(|e| ApiError::invalid("Dataplane is not valid", &e.violations, None))?;
@@ -146,8 +147,7 @@ async fn bootstrap<S: ResourceStore>(
             }
             authorize_dataplane(identity.as_ref(), &parsed.resource)?;
             let write = Write { resource: parsed.resource.clone(), precondition: Precondition::None };
-            state.store.apply(vec![write]).await.map_err(|e| ApiError::from_store(e, None))?;
-            parsed.resource
+            (parsed.resource, Some(write))
         }
         (None, Some(mesh), Some(name)) => {
             if let Some(identity) = &identity {
@@ -158,7 +158,7 @@ async fn bootstrap<S: ResourceStore>(
             let stored = stored
                 .ok_or_else(|| ApiError::not_found(format!("{key} not found; send its Dataplane resource instead")))?;
             authorize_dataplane(identity.as_ref(), &stored)?;
-            stored
+            (stored, None)
         }
         _ => {
             return Err(invalid(
@@ -183,11 +183,9 @@ async fn bootstrap<S: ResourceStore>(
         status: None,
         meta: Meta::default(),
     };
-    state
-        .store
-        .apply(vec![Write { resource: insight, precondition: Precondition::None }])
-        .await
-        .map_err(|e| ApiError::from_store(e, None))?;
+    let mut writes: Vec<Write> = dataplane_write.into_iter().collect();
+    writes.push(Write { resource: insight, precondition: Precondition::None });
+    state.store.apply(writes).await.map_err(|e| ApiError::from_store(e, None))?;
     info!(
         mesh = %dataplane.mesh,
         dataplane = %dataplane.name,
@@ -236,8 +234,12 @@ struct PlanQuery {
     timeout: Option<u64>,
 }
 
-/// 404 unless the dataplane has bootstrapped (its insight exists).
+/// 404 unless the dataplane has bootstrapped (its insight exists). A
+/// dataplane with a computed plan has; others are looked up in the store.
 async fn registered<S: ResourceStore>(state: &DpState<S>, mesh: &str, name: &str) -> Result<(), ApiError> {
+    if state.hub.knows(mesh, name) {
+        return Ok(());
+    }
     let key = ResourceKey::new(Kind::DataplaneInsight, mesh, name);
     if state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_none() {
         return Err(ApiError::new(

@@ -114,6 +114,10 @@ impl<S: ResourceStore> ResourceStore for OriginGuard<S> {
         self.inner.get(key).await
     }
 
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<Vec<Resource>, StoreError> {
+        self.inner.get_many(keys).await
+    }
+
     async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
         self.inner.list(kind, filter).await
     }

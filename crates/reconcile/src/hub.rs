@@ -54,6 +54,13 @@ impl PlanHub {
             .clone()
     }
 
+    /// Whether a plan was computed for this dataplane (it is registered:
+    /// resolution covers only dataplanes with a session).
+    pub fn knows(&self, mesh: &str, name: &str) -> bool {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(mesh.to_string(), name.to_string())).is_some_and(|tx| tx.borrow().version != 0)
+    }
+
     /// Follows one dataplane's plan.
     pub fn subscribe(&self, mesh: &str, name: &str) -> watch::Receiver<PlanState> {
         self.sender(mesh, name).subscribe()

@@ -49,11 +49,13 @@ impl MeshIndex {
         Ok(index)
     }
 
-    /// Reads one resource again (gone: removed).
-    pub async fn refresh<S: ResourceStore>(&mut self, store: &S, key: &ResourceKey) -> Result<(), StoreError> {
-        match store.get(key).await? {
-            Some(r) => self.put(r),
-            None => self.remove(key),
+    /// Reads these resources again, in one go (gone ones are removed).
+    pub async fn refresh<S: ResourceStore>(&mut self, store: &S, keys: &[ResourceKey]) -> Result<(), StoreError> {
+        for key in keys {
+            self.remove(key);
+        }
+        for r in store.get_many(keys).await? {
+            self.put(r);
         }
         Ok(())
     }

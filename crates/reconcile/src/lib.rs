@@ -296,14 +296,13 @@ impl<S: ResourceStore> Reconciler<S> {
     /// Reads again what the changes name, skipping this loop's own status
     /// writes (already in the index).
     async fn reread(&self, index: &mut MeshIndex, pending: &Pending) -> Result<(), StoreError> {
-        for (key, (op, version)) in &pending.reread {
-            let known = index.version(key).is_some_and(|v| v >= *version);
-            if *op != ChangeOp::Deleted && known {
-                continue;
-            }
-            index.refresh(&*self.store, key).await?;
-        }
-        Ok(())
+        let stale: Vec<ResourceKey> = pending
+            .reread
+            .iter()
+            .filter(|(key, (op, version))| *op == ChangeOp::Deleted || index.version(key).is_none_or(|v| v < *version))
+            .map(|(key, _)| key.clone())
+            .collect();
+        index.refresh(&*self.store, &stale).await
     }
 
     async fn recompute(&mut self, mesh: &str, index: &mut MeshIndex, pending: &Pending) {
@@ -361,8 +360,13 @@ impl<S: ResourceStore> Reconciler<S> {
         let services_changed = self.services_published.get(mesh) != Some(&services);
         for (name, dp) in &index.dataplanes {
             let Some(outcome) = resolution.dataplanes.get(name) else { continue };
-            let untouched = previous.dataplanes.get(name).is_some_and(|p| Arc::ptr_eq(p, outcome));
-            if untouched && !services_changed {
+            let before = previous.dataplanes.get(name);
+            let untouched = before.is_some_and(|p| Arc::ptr_eq(p, outcome));
+            // A plan can change without touching Envoy (a backend's address
+            // lives in the plan, not in Envoy's configuration).
+            let same_inputs = !pending.dataplanes.contains(name)
+                && before.is_some_and(|p| p.envoy_telemetry() == outcome.envoy_telemetry());
+            if (untouched || same_inputs) && !services_changed {
                 continue;
             }
             let started = std::time::Instant::now();

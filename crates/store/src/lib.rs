@@ -137,6 +137,17 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// One resource, or `None`.
     fn get(&self, key: &ResourceKey) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
 
+    /// The stored ones of `keys` (absent ones are left out), in no order.
+    fn get_many(&self, keys: &[ResourceKey]) -> impl Future<Output = Result<Vec<Resource>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.extend(self.get(key).await?);
+            }
+            Ok(found)
+        }
+    }
+
     /// Resources of one kind, sorted by mesh then name.
     fn list(&self, kind: Kind, filter: &ListFilter) -> impl Future<Output = Result<Vec<Resource>, StoreError>> + Send;
 

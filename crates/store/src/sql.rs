@@ -309,6 +309,31 @@ impl ResourceStore for SqlStore {
         Ok(found)
     }
 
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<Vec<Resource>, StoreError> {
+        let mut by_kind: std::collections::BTreeMap<(Kind, &str), Vec<&str>> = Default::default();
+        for key in keys {
+            by_kind.entry((key.kind, key.mesh.as_str())).or_default().push(key.name.as_str());
+        }
+        let mut found = Vec::with_capacity(keys.len());
+        for ((kind, mesh), names) in by_kind {
+            for chunk in names.chunks(GET_MANY_CHUNK) {
+                let placeholders: Vec<String> = (3..chunk.len() + 3).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 AND name IN ({})",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(kind.name()).bind(mesh);
+                for name in chunk {
+                    query = query.bind(*name);
+                }
+                for row in query.fetch_all(&self.pool).await? {
+                    found.push(row_to_resource(&row)?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
         let rows = match &filter.mesh {
             Some(mesh) => {
@@ -476,6 +501,9 @@ impl ResourceStore for SqlStore {
         self.changes.subscribe()
     }
 }
+
+/// Names per query in [`SqlStore::get_many`] (SQLite allows 32,766 parameters).
+const GET_MANY_CHUNK: usize = 500;
 
 /// Status writes per transaction in [`SqlStore::set_statuses`]: few
 /// commits, and writers of other replicas wait at most one batch.

@@ -87,6 +87,7 @@ macro_rules! contract {
 
 contract!(
     batched_status_writes_conflict_one_by_one,
+    get_many_reads_what_exists,
     fresh_store_has_default_mesh,
     create_get_update_delete,
     stale_version_is_refused,
@@ -294,6 +295,35 @@ async fn batched_status_writes_conflict_one_by_one(s: &SqlStore) {
     assert_eq!((b.meta.version, b.status), (1, None));
     let c = s.get(&key(Kind::MeshOpenTelemetryBackend, "default", "c")).await.expect("get").expect("exists");
     assert_eq!(c.status, status(3));
+}
+
+async fn get_many_reads_what_exists(s: &SqlStore) {
+    s.apply(vec![
+        put(resource("type: Mesh\nname: other\n")),
+        put(backend("default", "a", 1)),
+        put(backend("other", "a", 2)),
+    ])
+    .await
+    .expect("seed");
+    let keys = [
+        key(Kind::MeshOpenTelemetryBackend, "default", "a"),
+        key(Kind::MeshOpenTelemetryBackend, "other", "a"),
+        key(Kind::MeshOpenTelemetryBackend, "default", "absent"),
+        key(Kind::Mesh, "", "other"),
+    ];
+    let mut found: Vec<(Kind, String, String)> =
+        s.get_many(&keys).await.expect("get_many").into_iter().map(|r| (r.kind, r.mesh, r.name)).collect();
+    found.sort();
+    let mut want = vec![
+        (Kind::Mesh, String::new(), "other".to_string()),
+        (Kind::MeshOpenTelemetryBackend, "default".to_string(), "a".to_string()),
+        (Kind::MeshOpenTelemetryBackend, "other".to_string(), "a".to_string()),
+    ];
+    want.sort();
+    assert_eq!(found, want);
+    let many: Vec<ResourceKey> =
+        (0..1200).map(|i| key(Kind::MeshOpenTelemetryBackend, "default", &format!("n{i}"))).collect();
+    assert!(s.get_many(&many).await.expect("more names than one query takes").is_empty());
 }
 
 async fn survives_reopen(s: SqlStore, url: &str) {

@@ -44,6 +44,14 @@ impl<S: ResourceStore> ResourceStore for TimedStore<S> {
         result
     }
 
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<Vec<Resource>, StoreError> {
+        let started = Instant::now();
+        let kind = keys.first().map(|k| k.kind.name()).unwrap_or("none");
+        let result = self.inner.get_many(keys).await;
+        self.record("get_many", kind, started, &result);
+        result
+    }
+
     async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
         let started = Instant::now();
         let result = self.inner.list(kind, filter).await;
