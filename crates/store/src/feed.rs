@@ -136,11 +136,12 @@ impl SharedFeed {
         Ok(())
     }
 
-    /// Logs `changes` and commits them with `tx`, notifying every replica.
-    pub(crate) async fn commit(&self, mut tx: Tx<'_>, changes: Vec<Change>) -> Result<(), StoreError> {
+    /// Logs `changes` and commits them with `tx`, notifying every replica;
+    /// returns the number of the last one (0 for none).
+    pub(crate) async fn commit(&self, mut tx: Tx<'_>, changes: &[Change]) -> Result<i64, StoreError> {
         if changes.is_empty() {
             tx.commit().await?;
-            return Ok(());
+            return Ok(0);
         }
         lock_writers(&mut tx).await?;
         let base: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM tern_changes")
@@ -149,7 +150,7 @@ impl SharedFeed {
             .try_get("last")?;
         let at = crate::sql::format_time(chrono::Utc::now());
         let mut seqs = Vec::new();
-        for (seq, change) in (base + 1..).zip(&changes) {
+        for (seq, change) in (base + 1..).zip(changes) {
             sqlx::query(
                 "INSERT INTO tern_changes (seq, kind, mesh, name, op, version, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
@@ -176,15 +177,14 @@ impl SharedFeed {
             }
         }
         committed?;
-        self.announced_here(base + changes.len() as i64).await;
-        Ok(())
+        Ok(base + changes.len() as i64)
     }
 
     /// Waits (a bounded time, while the log is followed) until this
     /// replica's feed has announced change `seq`: a write returns after its
     /// own replica has seen it, as on SQLite.
-    async fn announced_here(&self, seq: i64) {
-        if !self.following.load(Ordering::SeqCst) {
+    pub(crate) async fn announced_here(&self, seq: i64) {
+        if seq == 0 || !self.following.load(Ordering::SeqCst) {
             return;
         }
         let mut announced = self.announced.subscribe();

@@ -99,7 +99,7 @@ impl SqlStore {
     }
 
     async fn ensure_default_mesh(&self) -> Result<(), StoreError> {
-        let _guard = self.write_lock.lock().await;
+        let writer = self.writer().await;
         let mut tx = self.pool.begin().await?;
         if let Engine::Postgres(_) = &self.engine {
             crate::feed::lock_writers(&mut tx).await?;
@@ -128,23 +128,62 @@ impl SqlStore {
             .execute(&mut *tx)
             .await?;
         let key = ResourceKey::new(Kind::Mesh, "", DEFAULT_MESH);
-        self.commit(tx, vec![Change::new(key, ChangeOp::Created, 1)]).await
+        self.commit(writer, tx, vec![Change::new(key, ChangeOp::Created, 1)]).await
     }
 
-    /// Commits `tx` with the changes it made, and announces them: at once on
-    /// SQLite; on PostgreSQL through the shared change log, which every
-    /// replica (this one too) follows.
-    async fn commit(&self, tx: Tx<'_>, changes: Vec<Change>) -> Result<(), StoreError> {
+    /// Writers take turns on SQLite (one writer keeps it free of busy
+    /// errors). On PostgreSQL they run side by side: row locks and the
+    /// version checks in SQL order them, the change log numbers them.
+    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.engine {
+            Engine::Sqlite { .. } => Some(self.write_lock.lock().await),
+            Engine::Postgres(_) => None,
+        }
+    }
+
+    /// Commits `tx` with the changes it made, lets the next writer in, and
+    /// announces them: at once on SQLite; on PostgreSQL through the shared
+    /// change log, which every replica (this one too) follows; it returns
+    /// once this replica has announced them.
+    async fn commit(
+        &self,
+        writer: Option<tokio::sync::MutexGuard<'_, ()>>,
+        tx: Tx<'_>,
+        changes: Vec<Change>,
+    ) -> Result<(), StoreError> {
         match &self.engine {
             Engine::Sqlite { .. } => {
                 tx.commit().await?;
+                drop(writer);
                 for change in changes {
                     let _ = self.changes.send(change);
                 }
                 Ok(())
             }
-            Engine::Postgres(feed) => feed.commit(tx, changes).await,
+            Engine::Postgres(feed) => {
+                let last = feed.commit(tx, &changes).await?;
+                drop(writer);
+                feed.announced_here(last).await;
+                Ok(())
+            }
         }
+    }
+
+    /// Reads `key` in a write transaction; on PostgreSQL with a row lock
+    /// (`FOR SHARE`: a Mesh another writer deletes meanwhile; `FOR UPDATE`:
+    /// the Mesh this writer deletes).
+    async fn fetch_for_write(
+        &self,
+        tx: &mut Tx<'_>,
+        key: &ResourceKey,
+        exclusive: bool,
+    ) -> Result<Option<Resource>, StoreError> {
+        let lock = match (&self.engine, exclusive) {
+            (Engine::Sqlite { .. }, _) => "",
+            (Engine::Postgres(_), false) => " FOR SHARE",
+            (Engine::Postgres(_), true) => " FOR UPDATE",
+        };
+        fetch_resource(tx, key, lock).await
     }
 
     /// Follows the other replicas' changes (PostgreSQL): returns only on a
@@ -227,17 +266,23 @@ fn check_precondition(key: &ResourceKey, pre: Precondition, stored: Option<i64>)
 pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 async fn fetch_one_resource(tx: &mut Tx<'_>, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 AND name = $3"))
-        .bind(key.kind.name())
-        .bind(&key.mesh)
-        .bind(&key.name)
-        .fetch_optional(&mut **tx)
-        .await?;
+    fetch_resource(tx, key, "").await
+}
+
+async fn fetch_resource(tx: &mut Tx<'_>, key: &ResourceKey, lock: &str) -> Result<Option<Resource>, StoreError> {
+    let row =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM tern_resources WHERE kind = $1 AND mesh = $2 AND name = $3{lock}"))
+            .bind(key.kind.name())
+            .bind(&key.mesh)
+            .bind(&key.name)
+            .fetch_optional(&mut **tx)
+            .await?;
     row.as_ref().map(row_to_resource).transpose()
 }
 
 /// Writes one resource inside a batch transaction.
 async fn write_one(
+    store: &SqlStore,
     tx: &mut Tx<'_>,
     w: &Write,
     now: &str,
@@ -247,7 +292,7 @@ async fn write_one(
     let key = r.key();
     if r.kind.is_mesh_scoped() && !created_meshes.contains(&r.mesh) {
         let mesh_key = ResourceKey::new(Kind::Mesh, "", &r.mesh);
-        if fetch_one_resource(tx, &mesh_key).await?.is_none() {
+        if store.fetch_for_write(tx, &mesh_key, false).await?.is_none() {
             return Err(StoreError::MeshNotFound { mesh: r.mesh.clone(), key });
         }
     }
@@ -363,14 +408,14 @@ impl ResourceStore for SqlStore {
     }
 
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
-        let _guard = self.write_lock.lock().await;
+        let writer = self.writer().await;
         let now = format_time(Utc::now());
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut created_meshes = Vec::new();
         for w in &writes {
             // Dropping `tx` on error rolls the whole batch back.
-            let outcome = write_one(&mut tx, w, &now, &created_meshes).await?;
+            let outcome = write_one(self, &mut tx, w, &now, &created_meshes).await?;
             if w.resource.kind == Kind::Mesh {
                 created_meshes.push(w.resource.name.clone());
             }
@@ -388,20 +433,22 @@ impl ResourceStore for SqlStore {
                 Some(Change::new(w.resource.key(), op, outcome.version()))
             })
             .collect();
-        self.commit(tx, changes).await?;
+        self.commit(writer, tx, changes).await?;
         Ok(outcomes)
     }
 
     async fn delete(&self, key: &ResourceKey, precondition: Precondition) -> Result<(), StoreError> {
-        let _guard = self.write_lock.lock().await;
+        let writer = self.writer().await;
         let mut tx = self.pool.begin().await?;
-        let stored = fetch_one_resource(&mut tx, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let stored = self.fetch_for_write(&mut tx, key, key.kind == Kind::Mesh).await?;
+        let stored = stored.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         check_precondition(key, precondition, Some(stored.meta.version))?;
         let mut deleted = vec![Change::new(key.clone(), ChangeOp::Deleted, stored.meta.version)];
         if key.kind == Kind::Mesh {
-            // Kuma refuses to orphan running proxies. Writers of this store
-            // hold the write lock, so no Dataplane lands between the check
-            // and the delete.
+            // Kuma refuses to orphan running proxies. No Dataplane lands
+            // between the check and the delete: writers take turns on
+            // SQLite, and on PostgreSQL a writer into the mesh waits on the
+            // Mesh row this delete holds.
             let dataplanes = sqlx::query("SELECT name FROM tern_resources WHERE kind = $1 AND mesh = $2 LIMIT 1")
                 .bind(Kind::Dataplane.name())
                 .bind(&key.name)
@@ -429,7 +476,7 @@ impl ResourceStore for SqlStore {
             .bind(&key.name)
             .execute(&mut *tx)
             .await?;
-        self.commit(tx, deleted).await
+        self.commit(writer, tx, deleted).await
     }
 
     async fn set_status(
@@ -438,7 +485,7 @@ impl ResourceStore for SqlStore {
         status: Option<serde_json::Value>,
         expected_version: i64,
     ) -> Result<i64, StoreError> {
-        let _guard = self.write_lock.lock().await;
+        let writer = self.writer().await;
         let mut tx = self.pool.begin().await?;
         let stored = fetch_one_resource(&mut tx, key).await?;
         check_precondition(key, Precondition::Version(expected_version), stored.map(|s| s.meta.version))?;
@@ -458,14 +505,14 @@ impl ResourceStore for SqlStore {
             // Another replica wrote it between the read and the update.
             return Err(StoreError::Conflict { key: key.clone(), expected: expected_version, actual: -1 });
         }
-        self.commit(tx, vec![Change::new(key.clone(), ChangeOp::StatusUpdated, version)]).await?;
+        self.commit(writer, tx, vec![Change::new(key.clone(), ChangeOp::StatusUpdated, version)]).await?;
         Ok(version)
     }
 
     async fn set_statuses(&self, writes: Vec<StatusWrite>) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
         let mut outcomes = Vec::with_capacity(writes.len());
         for chunk in writes.chunks(STATUS_BATCH) {
-            let _guard = self.write_lock.lock().await;
+            let writer = self.writer().await;
             let mut tx = self.pool.begin().await?;
             let mut changes = Vec::new();
             for w in chunk {
@@ -492,7 +539,7 @@ impl ResourceStore for SqlStore {
                     }));
                 }
             }
-            self.commit(tx, changes).await?;
+            self.commit(writer, tx, changes).await?;
         }
         Ok(outcomes)
     }

@@ -152,3 +152,46 @@ async fn a_second_control_plane_on_one_sqlite_file_is_refused() {
     drop(first);
     SqlStore::open(&url).await.expect("free again once the first is gone");
 }
+
+#[tokio::test]
+async fn a_mesh_deleted_while_another_replica_writes_into_it_leaves_nothing_behind() {
+    let url = postgres_url().await;
+    let (a, b) = (Replica::open(&url).await, Replica::open(&url).await);
+    let mesh = |name: &str| {
+        let docs = parse_documents(&format!("type: Mesh\nname: {name}\n")).expect("yaml");
+        Write {
+            resource: resource_from_document(&docs[0].value).expect("valid").resource,
+            precondition: Precondition::None,
+        }
+    };
+    let into = |m: &str, i: usize| {
+        let mut w = backend(&format!("w-{i}"), 1);
+        w.resource.mesh = m.to_string();
+        w.resource.labels.insert("kuma.io/mesh".into(), m.to_string());
+        w
+    };
+    for round in 0..5 {
+        let m = format!("m{round}");
+        a.store.apply(vec![mesh(&m)]).await.expect("mesh");
+        let writer = b.store.clone();
+        let target = m.clone();
+        let writes = tokio::spawn(async move {
+            for i in 0..30 {
+                let _ = writer.apply(vec![into(&target, i)]).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(5 * round as u64)).await;
+        a.store.delete(&ResourceKey::new(Kind::Mesh, "", &m), Precondition::None).await.expect("delete");
+        writes.await.unwrap();
+        let mesh_exists = a.store.get(&ResourceKey::new(Kind::Mesh, "", &m)).await.unwrap().is_some();
+        let inside = a
+            .store
+            .list(
+                Kind::MeshOpenTelemetryBackend,
+                &tern_store::ListFilter { mesh: Some(m.clone()), ..Default::default() },
+            )
+            .await
+            .unwrap();
+        assert!(mesh_exists || inside.is_empty(), "round {round}: {} resources left in deleted mesh {m}", inside.len());
+    }
+}
