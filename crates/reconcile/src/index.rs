@@ -39,9 +39,11 @@ impl MeshIndex {
     pub async fn load<S: ResourceStore>(store: &S, mesh: &str) -> Result<MeshIndex, StoreError> {
         let in_mesh = ListFilter { mesh: Some(mesh.to_string()), ..Default::default() };
         let mut index = MeshIndex::default();
-        for kind in
-            [Kind::MeshOpenTelemetryBackend, Kind::Dataplane, Kind::DataplaneInsight].into_iter().chain(POLICY_KINDS)
-        {
+        // Insights before Dataplanes: a data plane registering meanwhile is
+        // then at worst a Dataplane without its insight yet (no plan until
+        // the insight's change arrives), never an insight that looks orphaned.
+        let kinds = [Kind::DataplaneInsight, Kind::Dataplane, Kind::MeshOpenTelemetryBackend];
+        for kind in kinds.into_iter().chain(POLICY_KINDS) {
             for r in store.list(kind, &in_mesh).await? {
                 index.put(r);
             }

@@ -482,7 +482,21 @@ impl<S: ResourceStore> Reconciler<S> {
             .filter(|(name, i)| !index.dataplanes.contains_key(*name) && self.owns(&i.resource))
             .map(|(_, i)| (i.resource.key(), i.resource.meta.version))
             .collect();
-        for (key, version) in orphans {
+        if orphans.is_empty() {
+            return;
+        }
+        // The index may not have seen a Dataplane yet (read whole while data
+        // planes registered): only one the store lacks is gone.
+        let dataplanes: Vec<ResourceKey> =
+            orphans.iter().map(|(k, _)| ResourceKey::new(Kind::Dataplane, &k.mesh, &k.name)).collect();
+        let alive: HashSet<String> = match self.store.get_many(&dataplanes).await {
+            Ok(found) => found.into_iter().map(|r| r.name).collect(),
+            Err(e) => {
+                debug!(mesh = %mesh, error = %e, "insight cleanup deferred");
+                return;
+            }
+        };
+        for (key, version) in orphans.into_iter().filter(|(k, _)| !alive.contains(&k.name)) {
             match self.store.delete(&key, Precondition::Version(version)).await {
                 Ok(()) => info!(mesh = %mesh, dataplane = %key.name, "dataplane deleted; its insight removed"),
                 Err(e) => debug!(mesh = %mesh, dataplane = %key.name, error = %e, "insight cleanup deferred"),

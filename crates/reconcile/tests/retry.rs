@@ -73,3 +73,66 @@ async fn store_errors_are_retried_until_the_plan_is_published() {
     assert!(published.is_ok(), "no plan after the store recovered");
     assert_eq!(store.failures.load(Ordering::SeqCst), 0, "every failure was met and retried");
 }
+
+/// A real store whose first listing of Dataplanes is from before they
+/// registered (a whole-mesh read racing registrations).
+struct StaleList {
+    inner: SqlStore,
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl ResourceStore for StaleList {
+    async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
+        if kind == Kind::Dataplane && self.stale.swap(false, Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        self.inner.list(kind, filter).await
+    }
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.inner.apply(writes).await
+    }
+    async fn delete(&self, key: &ResourceKey, precondition: Precondition) -> Result<(), StoreError> {
+        self.inner.delete(key, precondition).await
+    }
+    async fn set_status(
+        &self,
+        key: &ResourceKey,
+        status: Option<serde_json::Value>,
+        expected_version: i64,
+    ) -> Result<i64, StoreError> {
+        self.inner.set_status(key, status, expected_version).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn an_insight_whose_dataplane_the_index_has_not_seen_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = SqlStore::open(&format!("sqlite:{}", dir.path().join("t.db").display())).await.expect("store");
+    inner
+        .apply(vec![
+            resource("type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n"),
+            resource("type: DataplaneInsight\nname: web-1\nmesh: default\nsession: {version: x, features: [feature-otel-via-kuma-dp], workDir: /tmp/w}\n"),
+        ])
+        .await
+        .expect("seed");
+    let store = Arc::new(StaleList { inner, stale: std::sync::atomic::AtomicBool::new(true) });
+    let (passes_tx, mut passes) = tokio::sync::watch::channel(0usize);
+    let reconciler =
+        Reconciler::new(store.clone(), Arc::new(PlanHub::default()), Arc::new(tern_xds::XdsHub::default()))
+            .with_observer(Arc::new(move |step, _| {
+                if step == tern_reconcile::Step::Reconcile {
+                    passes_tx.send_modify(|n| *n += 1);
+                }
+            }));
+    let task = tokio::spawn(reconciler.run());
+    tokio::time::timeout(Duration::from_secs(30), passes.wait_for(|n| *n >= 1)).await.expect("a pass").unwrap();
+    task.abort();
+    let insight = store.get(&ResourceKey::new(Kind::DataplaneInsight, "default", "web-1")).await.expect("get");
+    assert!(insight.is_some(), "a registered data plane's insight was removed as an orphan");
+}
