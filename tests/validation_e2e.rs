@@ -289,6 +289,6 @@ fn tern_dp_checks_a_dataplane_file() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("networking.inbound[0].port: port must be a valid (1-65535)"), "{err}");
+    assert!(err.contains("networking.inbound[0].port: port must be in the range [1, 65535]"), "{err}");
     assert!(err.contains(r#"networking.inbound[0].tags["kuma.io/service"]: tag has to exist"#), "{err}");
 }

@@ -79,6 +79,7 @@ struct Totals {
     plan_responses: AtomicU64,
     poll_errors: AtomicU64,
     ads_streams: AtomicUsize,
+    ads_reconnects: AtomicU64,
     ads_with_listeners: AtomicUsize,
     ads_responses: AtomicU64,
 }
@@ -160,6 +161,7 @@ fn counts(t: &Totals) -> Value {
         "planResponses": t.plan_responses.load(Ordering::SeqCst),
         "pollErrors": t.poll_errors.load(Ordering::SeqCst),
         "adsStreams": t.ads_streams.load(Ordering::SeqCst),
+        "adsReconnects": t.ads_reconnects.load(Ordering::SeqCst),
         "adsWithListeners": t.ads_with_listeners.load(Ordering::SeqCst),
         "adsResponses": t.ads_responses.load(Ordering::SeqCst),
     })
@@ -325,37 +327,47 @@ fn tern_resolve_feature() -> &'static str {
     "feature-otel-via-kuma-dp"
 }
 
-/// Envoy's side of ADS: ask for Clusters and Listeners, ACK every response.
+/// Envoy's side of ADS: ask for Clusters and Listeners, ACK every
+/// response; reconnect after a second when the stream ends, as Envoy does.
 async fn ads_stream(cp: String, node: String, totals: Arc<Totals>, mut stop: watch::Receiver<bool>) {
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(cp).map(|e| e.connect_lazy()) else { return };
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let request = |type_url: &str, version: String, nonce: String, with_node: bool| DiscoveryRequest {
-        node: with_node.then(|| Node { id: node.clone(), ..Default::default() }),
-        type_url: type_url.to_string(),
-        version_info: version,
-        response_nonce: nonce,
-        ..Default::default()
-    };
-    let _ = tx.send(request(CLUSTER, String::new(), String::new(), true)).await;
-    let _ = tx.send(request(LISTENER, String::new(), String::new(), false)).await;
-    let Ok(response) = client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
-        return;
-    };
-    totals.ads_streams.fetch_add(1, Ordering::SeqCst);
-    let mut inbound = response.into_inner();
     let mut listeners = false;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            msg = inbound.message() => {
-                let Ok(Some(r)) = msg else { return };
-                totals.ads_responses.fetch_add(1, Ordering::Relaxed);
-                if r.type_url == LISTENER && !listeners {
-                    listeners = true;
-                    totals.ads_with_listeners.fetch_add(1, Ordering::SeqCst);
+    let mut first = true;
+    while !*stop.borrow() {
+        if !first {
+            totals.ads_reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        first = false;
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(cp.clone()) else { return };
+        let mut client = AggregatedDiscoveryServiceClient::new(endpoint.connect_lazy());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let request = |type_url: &str, version: String, nonce: String, with_node: bool| DiscoveryRequest {
+            node: with_node.then(|| Node { id: node.clone(), ..Default::default() }),
+            type_url: type_url.to_string(),
+            version_info: version,
+            response_nonce: nonce,
+            ..Default::default()
+        };
+        let _ = tx.send(request(CLUSTER, String::new(), String::new(), true)).await;
+        let _ = tx.send(request(LISTENER, String::new(), String::new(), false)).await;
+        let Ok(response) = client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        else {
+            continue;
+        };
+        totals.ads_streams.fetch_add(1, Ordering::SeqCst);
+        let mut inbound = response.into_inner();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                msg = inbound.message() => {
+                    let Ok(Some(r)) = msg else { break };
+                    totals.ads_responses.fetch_add(1, Ordering::Relaxed);
+                    if r.type_url == LISTENER && !listeners {
+                        listeners = true;
+                        totals.ads_with_listeners.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = tx.send(request(&r.type_url, r.version_info.clone(), r.nonce.clone(), false)).await;
                 }
-                let _ = tx.send(request(&r.type_url, r.version_info.clone(), r.nonce.clone(), false)).await;
             }
         }
     }

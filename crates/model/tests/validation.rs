@@ -305,19 +305,105 @@ fn dataplane_rules() {
     assert_eq!(
         violations(bad),
         pairs(&[
-            ("networking.admin.port", "must differ from inbound"),
             ("networking.address", "address can't be empty"),
-            ("networking.inbound[0].servicePort", "port must be a valid (1-65535)"),
+            ("networking.inbound[0].servicePort", "port must be in the range [1, 65535]"),
             (r#"networking.inbound[0].tags["kuma.io/service"]"#, "tag has to exist"),
             (
                 r#"networking.inbound[0].tags["kuma.io/protocol"]"#,
                 r#"tag "kuma.io/protocol" has an invalid value "smtp". Allowed values: grpc, http, http2, kafka, tcp"#,
             ),
-            ("networking.outbound[0].port", "port must be a valid (1-65535)"),
+            ("networking.outbound[0].port", "port must be in the range [1, 65535]"),
             ("networking.outbound[0].tags", r#"mandatory tag "kuma.io/service" is missing"#),
         ])
     );
     assert_eq!(violations("type: Dataplane\nname: d\nmesh: default\n"), pairs(&[("networking", "must be defined")]));
+}
+
+/// A policy whose spec is `body` as written (indented two spaces).
+fn spec_of(kind: &str, body: &str) -> String {
+    format!("type: {kind}\nname: p\nmesh: default\nspec:\n{body}")
+}
+
+/// The cases issue 18 names and Kuma 2.14's own test data for them.
+#[test]
+fn kuma_validator_parity() {
+    let dp = |admin: u16, inbound: &str, outbound: &str| {
+        format!(
+            "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 192.168.0.1\n  admin:\n    port: {admin}\n  inbound:\n    - {inbound}\n      tags:\n        kuma.io/service: web\n{outbound}"
+        )
+    };
+    // Kuma: "different network interfaces" is valid; the same interface is not.
+    assert_eq!(violations(&dp(8080, "port: 8080\n      servicePort: 7777\n      address: 192.168.0.1", "")), vec![]);
+    assert_eq!(
+        violations(&dp(8080, "port: 8080\n      servicePort: 7777\n      address: 127.0.0.1", "")),
+        pairs(&[("networking.admin.port", "must differ from inbound")])
+    );
+    assert_eq!(
+        violations(&dp(
+            3333,
+            "port: 8080",
+            "  outbound:\n    - port: 3333\n      address: 127.0.0.1\n      tags:\n        kuma.io/service: db\n"
+        )),
+        pairs(&[("networking.admin.port", "must differ from outbound")])
+    );
+    assert_eq!(
+        violations(&dp(9901, "port: 70000", "")),
+        pairs(&[("networking.inbound[0].port", "port must be in the range [1, 65535]")])
+    );
+    let subset = spec_of("MeshTrace", "  targetRef:\n    kind: MeshSubset\n    tags:\n      invalidTag*: x\n      tag1: invalidValue?\n  default:\n    backends: []\n");
+    assert_eq!(
+        violations(&subset),
+        pairs(&[
+            (
+                "spec.targetRef.tags[\"invalidTag*\"]",
+                "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"
+            ),
+            (
+                "spec.targetRef.tags[\"tag1\"]",
+                "tag value must consist of alphanumeric characters, dots, dashes and underscores"
+            ),
+        ])
+    );
+    let access_log = |default: &str| {
+        spec_of("MeshAccessLog", &format!("  targetRef: {{kind: Mesh}}\n  rules:\n    - default:\n{default}"))
+    };
+    assert_eq!(
+        violations(&access_log("        {}\n")),
+        pairs(&[("spec.rules[0].default.backends", "must be defined")])
+    );
+    assert_eq!(violations(&access_log("        backends: []\n")), vec![], "an empty list is Kuma's valid case");
+    let backend = |b: &str| access_log(&format!("        backends:\n          - {b}\n"));
+    assert_eq!(
+        violations(&backend("type: File\n            file:\n              path: \"\"")),
+        pairs(&[("spec.rules[0].default.backends[0].file.path", "file backend requires a valid path")])
+    );
+    assert_eq!(
+        violations(&backend("type: File\n            file:\n              path: \"#not_valid\"")),
+        pairs(&[("spec.rules[0].default.backends[0].file.path", "file backend requires a valid path")])
+    );
+    assert_eq!(violations(&backend("type: File\n            file:\n              path: /dev/stdout")), vec![]);
+    assert_eq!(
+        violations(&backend("type: Tcp\n            tcp:\n              address: not_valid_url")),
+        pairs(&[("spec.rules[0].default.backends[0].tcp.address", "tcp backend requires valid address")])
+    );
+    assert_eq!(violations(&backend("type: Tcp\n            tcp:\n              address: 127.0.0.1:5000")), vec![]);
+    assert_eq!(
+        violations(&backend("type: Tcp\n            tcp:\n              address: tcp://logs.internal:5000")),
+        vec![]
+    );
+    assert_eq!(
+        violations(&backend("type: File\n            file:\n              path: /tmp/a.log\n              format:\n                type: Json\n                json:\n                  - key: \"\"\n                    value: \"%START_TIME%\"\n                  - key: 'a\"'\n                    value: x")),
+        pairs(&[
+            ("spec.rules[0].default.backends[0].file.format.json[0].key", "key cannot be empty"),
+            ("spec.rules[0].default.backends[0].file.format.json[1]", "is not a valid JSON object"),
+        ])
+    );
+    assert_eq!(
+        violations(&backend("type: Tcp\n            tcp:\n              address: 127.0.0.1:5000\n              format:\n                type: Plain\n                plain: \"\"")),
+        pairs(&[("spec.rules[0].default.backends[0].tcp.format.plain", "must not be empty")])
+    );
+    let regex = spec_of("MeshMetric", "  targetRef: {kind: Mesh}\n  default:\n    sidecar:\n      profiles:\n        exclude:\n          - type: Regex\n            match: \"(\"\n");
+    assert_eq!(violations(&regex), pairs(&[("spec.default.sidecar.profiles.exclude[0].match", "invalid regex")]));
 }
 
 #[test]

@@ -101,11 +101,27 @@ impl DataplaneSpec {
         if let Some(admin) = &net.admin {
             let p_at = at.field("admin").field("port");
             if !(0..=65535).contains(&admin.port) {
-                v.add(&p_at, "port must be a valid (1-65535)");
-            } else if net.inbound.iter().any(|i| i.port == admin.port) {
-                v.add(&p_at, "must differ from inbound");
-            } else if net.outbound.iter().any(|o| o.port == admin.port) {
-                v.add(&p_at, "must differ from outbound");
+                // Not Kuma's (its port is unsigned): Envoy could not bind it.
+                v.add(&p_at, "port must be in the range [1, 65535]");
+            } else {
+                // Envoy's admin listens on 127.0.0.1: only a listener there
+                // (or on every address) on the same port collides.
+                let inbound = net.inbound.iter().any(|i| {
+                    let address = i.address.as_deref().filter(|a| !a.is_empty()).unwrap_or(&net.address);
+                    let workload = i.service_address.as_deref().filter(|a| !a.is_empty()).unwrap_or(address);
+                    let workload_port = i.service_port.filter(|p| *p != 0).unwrap_or(i.port);
+                    (admin.port == i.port && on_loopback(address))
+                        || (admin.port == workload_port && on_loopback(workload))
+                });
+                let outbound = net.outbound.iter().any(|o| {
+                    admin.port == o.port && o.address.as_deref().filter(|a| !a.is_empty()).is_none_or(on_loopback)
+                });
+                if inbound {
+                    v.add(&p_at, "must differ from inbound");
+                }
+                if outbound {
+                    v.add(&p_at, "must differ from outbound");
+                }
             }
         }
         if net.address.is_empty() {
@@ -142,7 +158,16 @@ impl DataplaneSpec {
 
 fn check_port(v: &mut Violations, at: &FieldPath, port: i64) {
     if !(1..=65535).contains(&port) {
-        v.add(at, "port must be a valid (1-65535)");
+        v.add(at, "port must be in the range [1, 65535]");
+    }
+}
+
+/// Whether a listener on `address` takes 127.0.0.1's ports (it is
+/// 127.0.0.1, or every address); names never do (Kuma's rule).
+fn on_loopback(address: &str) -> bool {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_unspecified() || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        Err(_) => false,
     }
 }
 

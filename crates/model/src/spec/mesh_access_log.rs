@@ -53,11 +53,49 @@ pub struct AccessLogBackend {
     #[serde(rename = "type", default)]
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<serde_json::Map<String, serde_json::Value>>,
+    pub tcp: Option<TcpBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<serde_json::Map<String, serde_json::Value>>,
+    pub file: Option<FileBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_telemetry: Option<AccessLogOtelBackend>,
+}
+
+/// Kuma's `file` backend: records appended to a file (`/dev/stdout` too).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileBackend {
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<AccessLogFormat>,
+}
+
+/// Kuma's `tcp` backend: records sent as lines to `address`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpBackend {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<AccessLogFormat>,
+}
+
+/// A record's format: `Plain` (one Envoy format string) or `Json` (keys
+/// and Envoy command operators).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogFormat {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Vec<KeyValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omit_empty_values: Option<bool>,
 }
 
 /// The OpenTelemetry block of a MeshAccessLog backend.
@@ -133,17 +171,39 @@ impl MeshAccessLogSpec {
             check.violations.add(&spec, "must have at least one defined: default, rules, to, from");
         }
         for (at, conf) in confs {
+            if conf.backends.is_none() {
+                check.violations.add(&at.field("backends"), "must be defined");
+            }
             for (j, backend) in conf.backends.iter().flatten().enumerate() {
                 let b_at = at.field("backends").index(j);
-                let is_otel =
-                    check_backend_type(&mut check.violations, &b_at, &backend.type_, ACCESS_LOG_BACKEND_TYPES, |t| {
-                        match t {
-                            "Tcp" => backend.tcp.is_some(),
-                            "File" => backend.file.is_some(),
-                            _ => backend.open_telemetry.is_some(),
-                        }
-                    });
-                let Some(otel) = backend.open_telemetry.as_ref().filter(|_| is_otel) else { continue };
+                check_backend_type(
+                    &mut check.violations,
+                    &b_at,
+                    &backend.type_,
+                    ACCESS_LOG_BACKEND_TYPES,
+                    |t| match t {
+                        "Tcp" => backend.tcp.is_some(),
+                        "File" => backend.file.is_some(),
+                        _ => backend.open_telemetry.is_some(),
+                    },
+                );
+                if let Some(file) = backend.file.as_ref().filter(|_| backend.type_ == "File") {
+                    let f_at = b_at.field("file");
+                    validate_format(&mut check.violations, &f_at.field("format"), file.format.as_ref());
+                    if !is_file_path(&file.path) {
+                        check.violations.add(&f_at.field("path"), "file backend requires a valid path");
+                    }
+                }
+                if let Some(tcp) = backend.tcp.as_ref().filter(|_| backend.type_ == "Tcp") {
+                    let t_at = b_at.field("tcp");
+                    validate_format(&mut check.violations, &t_at.field("format"), tcp.format.as_ref());
+                    if !is_tcp_address(&tcp.address) {
+                        check.violations.add(&t_at.field("address"), "tcp backend requires valid address");
+                    }
+                }
+                let Some(otel) = backend.open_telemetry.as_ref().filter(|_| backend.type_ == "OpenTelemetry") else {
+                    continue;
+                };
                 let o_at = b_at.field("openTelemetry");
                 validate_otel_block(&mut check, &o_at, otel, false);
                 for (k, kv) in otel.attributes.iter().flatten().enumerate() {
@@ -157,6 +217,73 @@ impl MeshAccessLogSpec {
         }
         check
     }
+}
+
+/// Kuma's format rules (`Plain` needs a non-empty string; `Json` non-empty
+/// entries whose key and value make a JSON object).
+fn validate_format(v: &mut crate::violation::Violations, at: &FieldPath, format: Option<&AccessLogFormat>) {
+    let Some(format) = format else { return };
+    match format.type_.as_str() {
+        "Plain" => match &format.plain {
+            None => v.add(&at.field("plain"), "must be defined"),
+            Some(p) if p.is_empty() => v.add(&at.field("plain"), "must not be empty"),
+            Some(_) => {}
+        },
+        "Json" => match &format.json {
+            None => v.add(&at.field("json"), "must be defined"),
+            Some(fields) if fields.is_empty() => v.add(&at.field("json"), "must not be empty"),
+            Some(fields) => {
+                for (i, field) in fields.iter().enumerate() {
+                    let f_at = at.field("json").index(i);
+                    if field.key.is_empty() {
+                        v.add(&f_at.field("key"), "key cannot be empty");
+                    }
+                    if field.value.is_empty() {
+                        v.add(&f_at.field("value"), "value cannot be empty");
+                    }
+                    // Kuma pastes both into `{"key": "value"}` unescaped and parses that.
+                    let pasted = format!("{{\"{}\": \"{}\"}}", field.key, field.value);
+                    if serde_json::from_str::<serde_json::Value>(&pasted).is_err() {
+                        v.add(&f_at, "is not a valid JSON object");
+                    }
+                }
+            }
+        },
+        other => v.add(&at.field("type"), format!("unrecognized type '{other}' - 'Plain', 'Json' are supported")),
+    }
+}
+
+/// Kuma's file path rule (govalidator's IsFilePath): an absolute Unix path
+/// without NUL, or a Windows drive path.
+fn is_file_path(path: &str) -> bool {
+    let unix = path.starts_with('/') && !path.contains('\0');
+    let bytes = path.as_bytes();
+    let windows = bytes.len() >= 3
+        && bytes[0].is_ascii_alphabetic()
+        && bytes[1] == b':'
+        && bytes[2] == b'\\'
+        && !path[3..].contains(['/', ':', '*', '?', '"', '<', '>', '|', '\r', '\n'])
+        && path.len() - 3 <= 32767;
+    unix || windows
+}
+
+/// Kuma's TCP address rule, for the forms a collector address takes:
+/// `host:port` or `tcp://host:port`, the host a name or an IP address.
+fn is_tcp_address(address: &str) -> bool {
+    let rest = address.split_once("://").map_or(Some(address), |(scheme, rest)| {
+        ["tcp", "udp", "http", "https", "ws", "wss", "ftp"].contains(&scheme).then_some(rest)
+    });
+    let Some(rest) = rest.filter(|r| !r.is_empty() && !r.starts_with('.') && address.len() > 3) else { return false };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host_ok =
+        host.parse::<std::net::IpAddr>().is_ok() || (host.contains('.') || port.is_some()) && super::is_dns_name(host);
+    port_ok && host_ok
 }
 
 /// Kuma's rules for OpenTelemetry attribute names on access log records.

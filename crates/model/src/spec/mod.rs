@@ -130,13 +130,25 @@ pub fn is_dns_name(name: &str) -> bool {
         })
 }
 
-/// Tag keys and values must be non-empty.
+/// Kuma's tag rules: names and values non-empty, names of
+/// `[a-zA-Z0-9.-_:/]`, values of `[a-zA-Z0-9.-_:]`.
 pub(crate) fn validate_tags(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<String, String>) {
+    let allowed = |c: char, extra: &str| c.is_ascii_alphanumeric() || ".-_:".contains(c) || extra.contains(c);
     for (key, value) in tags {
         if key.is_empty() {
             v.add(at, "tag name must be non-empty");
-        } else if value.is_empty() {
+        }
+        if !key.chars().all(|c| allowed(c, "/")) {
+            v.add(
+                &at.key(key),
+                "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
+            );
+        }
+        if value.is_empty() {
             v.add(&at.key(key), "tag value must be non-empty");
+        }
+        if !value.chars().all(|c| allowed(c, "")) {
+            v.add(&at.key(key), "tag value must consist of alphanumeric characters, dots, dashes and underscores");
         }
     }
 }
