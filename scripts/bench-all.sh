@@ -19,5 +19,6 @@ run overload scripts/bench-overload.sh
 run sidecar scripts/bench-sidecar.sh
 run sidecar-rate scripts/bench-sidecar-rate.sh
 run multizone scripts/bench-multizone.sh
+run replicas scripts/bench-replicas.sh
 run soak scripts/bench-soak.sh
 echo "results in $out" >&2
