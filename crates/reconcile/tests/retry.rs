@@ -1,5 +1,7 @@
-//! The reconciler retries store errors with backoff: a store that fails its
-//! first reads still ends with every registered dataplane's plan published.
+//! The reconciler against stores that misbehave: one that fails its first
+//! reads still ends with every registered dataplane's plan published (retries
+//! with backoff); one whose whole-mesh read is older than a registration
+//! does not make that data plane's insight look orphaned.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,23 +11,25 @@ use tern_reconcile::{PlanHub, Reconciler};
 use tern_store::{Change, ListFilter, Precondition, ResourceStore, SqlStore, StoreError, Write, WriteOutcome};
 use tokio::sync::broadcast;
 
-/// A real store whose first `failures` list calls fail.
-struct Flaky {
+/// A scripted answer to a listing, or `None` to leave it to the store.
+type ListScript = Box<dyn Fn(Kind) -> Option<Result<Vec<Resource>, StoreError>> + Send + Sync>;
+
+/// A real store whose listings a test can script: `list` answers first
+/// (fails, or returns something else), or leaves the call to the store.
+struct Scripted {
     inner: SqlStore,
-    failures: AtomicUsize,
+    list: ListScript,
 }
 
-impl ResourceStore for Flaky {
+impl ResourceStore for Scripted {
     async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
         self.inner.get(key).await
     }
     async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
-        let left = self.failures.load(Ordering::SeqCst);
-        if left > 0 {
-            self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(StoreError::Backend("connection reset".into()));
+        match (self.list)(kind) {
+            Some(scripted) => scripted,
+            None => self.inner.list(kind, filter).await,
         }
-        self.inner.list(kind, filter).await
     }
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
         self.inner.apply(writes).await
@@ -44,6 +48,19 @@ impl ResourceStore for Flaky {
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.subscribe()
     }
+}
+
+/// A store holding one registered data plane, web-1.
+async fn registered(dir: &std::path::Path) -> SqlStore {
+    let store = SqlStore::open(&format!("sqlite:{}", dir.join("t.db").display())).await.expect("store");
+    store
+        .apply(vec![
+            resource("type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n"),
+            resource("type: DataplaneInsight\nname: web-1\nmesh: default\nsession: {version: x, features: [feature-otel-via-kuma-dp], workDir: /tmp/w}\n"),
+        ])
+        .await
+        .expect("seed");
+    store
 }
 
 fn resource(yaml: &str) -> Write {
@@ -54,16 +71,17 @@ fn resource(yaml: &str) -> Write {
 #[tokio::test]
 async fn store_errors_are_retried_until_the_plan_is_published() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let inner = SqlStore::open(&format!("sqlite:{}", dir.path().join("t.db").display())).await.expect("store");
-    inner
-        .apply(vec![
-            resource("type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n"),
-            resource("type: DataplaneInsight\nname: web-1\nmesh: default\nsession: {version: x, features: [feature-otel-via-kuma-dp], workDir: /tmp/w}\n"),
-        ])
-        .await
-        .expect("seed");
     // The mesh listing fails twice, then the mesh's own reads fail once more.
-    let store = Arc::new(Flaky { inner, failures: AtomicUsize::new(3) });
+    let failures = Arc::new(AtomicUsize::new(3));
+    let left = failures.clone();
+    let list = Box::new(move |_| {
+        let n = left.load(Ordering::SeqCst);
+        (n > 0).then(|| {
+            left.store(n - 1, Ordering::SeqCst);
+            Err(StoreError::Backend("connection reset".into()))
+        })
+    });
+    let store = Arc::new(Scripted { inner: registered(dir.path()).await, list });
     let hub = Arc::new(PlanHub::default());
     let mut plan = hub.subscribe("default", "web-1");
     let reconciler = Reconciler::new(store.clone(), hub.clone(), Arc::new(tern_xds::XdsHub::default()));
@@ -71,57 +89,18 @@ async fn store_errors_are_retried_until_the_plan_is_published() {
     let published = tokio::time::timeout(Duration::from_secs(30), plan.wait_for(|s| s.version != 0)).await;
     task.abort();
     assert!(published.is_ok(), "no plan after the store recovered");
-    assert_eq!(store.failures.load(Ordering::SeqCst), 0, "every failure was met and retried");
-}
-
-/// A real store whose first listing of Dataplanes is from before they
-/// registered (a whole-mesh read racing registrations).
-struct StaleList {
-    inner: SqlStore,
-    stale: std::sync::atomic::AtomicBool,
-}
-
-impl ResourceStore for StaleList {
-    async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
-        if kind == Kind::Dataplane && self.stale.swap(false, Ordering::SeqCst) {
-            return Ok(Vec::new());
-        }
-        self.inner.list(kind, filter).await
-    }
-    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
-        self.inner.apply(writes).await
-    }
-    async fn delete(&self, key: &ResourceKey, precondition: Precondition) -> Result<(), StoreError> {
-        self.inner.delete(key, precondition).await
-    }
-    async fn set_status(
-        &self,
-        key: &ResourceKey,
-        status: Option<serde_json::Value>,
-        expected_version: i64,
-    ) -> Result<i64, StoreError> {
-        self.inner.set_status(key, status, expected_version).await
-    }
-    fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.inner.subscribe()
-    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "every failure was met and retried");
 }
 
 #[tokio::test]
 async fn an_insight_whose_dataplane_the_index_has_not_seen_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let inner = SqlStore::open(&format!("sqlite:{}", dir.path().join("t.db").display())).await.expect("store");
-    inner
-        .apply(vec![
-            resource("type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n"),
-            resource("type: DataplaneInsight\nname: web-1\nmesh: default\nsession: {version: x, features: [feature-otel-via-kuma-dp], workDir: /tmp/w}\n"),
-        ])
-        .await
-        .expect("seed");
-    let store = Arc::new(StaleList { inner, stale: std::sync::atomic::AtomicBool::new(true) });
+    // The first listing of Dataplanes is from before web-1 registered (a
+    // whole-mesh read racing registrations).
+    let stale = std::sync::atomic::AtomicBool::new(true);
+    let list =
+        Box::new(move |kind| (kind == Kind::Dataplane && stale.swap(false, Ordering::SeqCst)).then(|| Ok(Vec::new())));
+    let store = Arc::new(Scripted { inner: registered(dir.path()).await, list });
     let (passes_tx, mut passes) = tokio::sync::watch::channel(0usize);
     let reconciler =
         Reconciler::new(store.clone(), Arc::new(PlanHub::default()), Arc::new(tern_xds::XdsHub::default()))

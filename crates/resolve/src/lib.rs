@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tern_model::resource::DISPLAY_NAME_LABEL;
 use tern_model::spec::dataplane::DataplaneSpec;
-use tern_model::spec::mesh_access_log::{AccessLogConf, KeyValue};
+use tern_model::spec::mesh_access_log::{AccessLogConf, AccessLogFormat, KeyValue};
 use tern_model::spec::mesh_metric::MeshMetricConf;
 use tern_model::spec::mesh_trace::{MeshTraceConf, Sampling, TraceTag};
 use tern_model::spec::motb::{Condition, MeshOpenTelemetryBackendSpec};
@@ -94,6 +94,15 @@ struct MergedConf {
     prometheus: Vec<PrometheusEndpoint>,
     sidecar_metrics: SidecarMetrics,
     applications: Vec<AppMetrics>,
+    /// MeshAccessLog `file` backends, gathered like its OTel entries.
+    files: Vec<FileLog>,
+}
+
+/// A MeshAccessLog `file` backend: Envoy appends records to `path`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileLog {
+    pub path: String,
+    pub format: Option<AccessLogFormat>,
 }
 
 impl MergedConf {
@@ -106,6 +115,7 @@ impl MergedConf {
                 self.sidecar_metrics = other.sidecar_metrics;
                 self.applications = other.applications;
             }
+            Kind::MeshAccessLog => self.files = other.files,
             _ => {}
         }
     }
@@ -146,6 +156,8 @@ pub struct EnvoyTelemetry {
     /// MeshTrace `sampling` and `tags`, as merged.
     pub trace: TraceConf,
     pub access_logs: Vec<AccessLogSink>,
+    /// MeshAccessLog `file` backends.
+    pub files: Vec<FileLog>,
 }
 
 impl DataplaneOutcome {
@@ -174,7 +186,7 @@ impl DataplaneOutcome {
                 }
             }
         }
-        EnvoyTelemetry { traces, trace: self.conf.trace.clone(), access_logs }
+        EnvoyTelemetry { traces, trace: self.conf.trace.clone(), access_logs, files: self.conf.files.clone() }
     }
 }
 
@@ -334,6 +346,18 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
     }
 }
 
+/// The `file` backends of a folded MeshAccessLog conf.
+fn file_logs(conf: &Value) -> Vec<FileLog> {
+    let conf = (!conf.is_null()).then(|| conf.clone()).and_then(|c| serde_json::from_value::<AccessLogConf>(c).ok());
+    conf.and_then(|c| c.backends)
+        .into_iter()
+        .flatten()
+        .filter(|b| b.type_ == "File")
+        .filter_map(|b| b.file)
+        .map(|f| FileLog { path: f.path, format: f.format })
+        .collect()
+}
+
 /// Every OTel entry a policy carries, wherever it sits.
 fn all_entries(p: &ParsedPolicy<'_>) -> Vec<OtelEntry> {
     let mut out = otel_entries(p.kind, &p.default);
@@ -366,20 +390,24 @@ fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
 /// and for MeshTrace the merged `sampling` and `tags`.
 fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, MergedConf) {
     let merged_default = fold(matched.iter().map(|p| &p.default));
+    if kind == Kind::MeshAccessLog {
+        // Proxy-wide: the merged default, the merged rules, every to/from.
+        let rules = fold(matched.iter().flat_map(|p| p.rules_default.iter()));
+        let confs: Vec<&Value> =
+            [&merged_default, &rules].into_iter().chain(matched.iter().flat_map(|p| p.targeted.iter())).collect();
+        let entries = confs.iter().flat_map(|c| otel_entries(kind, c)).collect();
+        let mut files: Vec<FileLog> = Vec::new();
+        for file in confs.iter().flat_map(|c| file_logs(c)) {
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+        return (entries, MergedConf { files, ..Default::default() });
+    }
     let entries = match kind {
         // MeshTrace allows zero or one backend.
         Kind::MeshTrace => otel_entries(kind, &merged_default).into_iter().take(1).collect(),
-        Kind::MeshMetric => otel_entries(kind, &merged_default),
-        _ => {
-            let mut out = otel_entries(kind, &merged_default);
-            out.extend(otel_entries(kind, &fold(matched.iter().flat_map(|p| p.rules_default.iter()))));
-            for p in matched {
-                for conf in &p.targeted {
-                    out.extend(otel_entries(kind, conf));
-                }
-            }
-            out
-        }
+        _ => otel_entries(kind, &merged_default),
     };
     let conf = match kind {
         _ if merged_default.is_null() => MergedConf::default(),

@@ -6,6 +6,7 @@
 
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString;
 use envoy_types::pb::envoy::config::core::v3::{
     address, grpc_service, socket_address, AggregatedConfigSource, ApiVersion, ConfigSource, GrpcService,
     Http2ProtocolOptions, Pipe, SocketAddress,
@@ -19,6 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::config::trace::v3::{tracing, OpenTelemetryConfig};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
 use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -307,7 +309,50 @@ fn hcm(
             ..Default::default()
         });
     }
+    for file in &t.telemetry.files {
+        m.access_log.push(AccessLog {
+            name: "envoy.access_loggers.file".into(),
+            config_type: Some(access_log::ConfigType::TypedConfig(pack_any(file_access_log(file)))),
+            ..Default::default()
+        });
+    }
     m
+}
+
+/// Envoy's file access logger for a MeshAccessLog `file` backend: `Plain`
+/// as a text format (one line per record), `Json` as a JSON object per
+/// line; without a format, Tern's default line (`DEFAULT_LOG_BODY`).
+fn file_access_log(file: &tern_resolve::FileLog) -> FileAccessLog {
+    use envoy_types::pb::envoy::config::core::v3::{data_source, substitution_format_string, DataSource};
+    let text = |line: &str| {
+        let line = if line.ends_with('\n') { line.to_string() } else { format!("{line}\n") };
+        substitution_format_string::Format::TextFormatSource(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(line)),
+            ..Default::default()
+        })
+    };
+    let format = match file.format.as_ref() {
+        Some(f) if f.type_ == "Json" => {
+            let fields = f.json.iter().flatten().map(|kv| (kv.key.clone(), string_value(&kv.value))).collect();
+            substitution_format_string::Format::JsonFormat(envoy_types::pb::google::protobuf::Struct { fields })
+        }
+        Some(f) => text(f.plain.as_deref().unwrap_or(DEFAULT_LOG_BODY)),
+        None => text(DEFAULT_LOG_BODY),
+    };
+    let omit_empty_values = file.format.as_ref().and_then(|f| f.omit_empty_values).unwrap_or(false);
+    FileAccessLog {
+        path: file.path.clone(),
+        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(format),
+            omit_empty_values,
+            ..Default::default()
+        })),
+    }
+}
+
+fn string_value(s: &str) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    envoy_types::pb::google::protobuf::Value { kind: Some(Kind::StringValue(s.to_string())) }
 }
 
 /// How many bytes of access log records Envoy collects before sending them

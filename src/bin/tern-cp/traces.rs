@@ -19,7 +19,7 @@ use opentelemetry_sdk::Resource;
 use prost::Message;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, Precedence};
+use tern_model::spec::motb::MeshOpenTelemetryBackendSpec;
 use tern_otlp_config::env::{ProcessEnv, Signal};
 use tern_otlp_config::exporter::{build_exporter, ExporterConfig};
 use tern_otlp_config::inventory::Inventory;
@@ -84,17 +84,8 @@ pub fn init(export: bool, runtime: tokio::runtime::Handle) -> Result<Tracing> {
 fn exporter_config() -> Result<ExporterConfig> {
     let (_, parsed, inventory) = Inventory::discover(&ProcessEnv);
     check_env(&parsed)?;
-    let settings = BackendSettings {
-        address: None,
-        port: None,
-        path: None,
-        protocol: None,
-        env_policy: EffectiveEnvPolicy {
-            mode: EnvMode::Optional,
-            precedence: Precedence::EnvFirst,
-            allow_signal_overrides: true,
-        },
-    };
+    // A backend with no spec: every field from the environment or its default.
+    let settings = BackendSettings::from_spec(&MeshOpenTelemetryBackendSpec::default());
     let resolution = resolve_signal(&settings, Signal::Traces, &inventory, false);
     match build_exporter(&settings, &resolution, &parsed, Some("localhost")) {
         Some(config) => Ok(config),
