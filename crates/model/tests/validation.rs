@@ -402,6 +402,46 @@ fn kuma_validator_parity() {
         violations(&backend("type: Tcp\n            tcp:\n              address: 127.0.0.1:5000\n              format:\n                type: Plain\n                plain: \"\"")),
         pairs(&[("spec.rules[0].default.backends[0].tcp.format.plain", "must not be empty")])
     );
+    let trace = |backend: &str| {
+        spec_of("MeshTrace", &format!("  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - {backend}\n"))
+    };
+    let zipkin = |url: &str| trace(&format!("type: Zipkin\n        zipkin:\n          url: \"{url}\""));
+    assert_eq!(violations(&zipkin("http://zipkin.observability:9411/api/v2/spans")), vec![]);
+    assert_eq!(violations(&zipkin("")), pairs(&[("spec.default.backends[0].zipkin.url", "must not be empty")]));
+    assert_eq!(
+        violations(&zipkin("not_valid_url")),
+        pairs(&[("spec.default.backends[0].zipkin.url", "must be a valid url")])
+    );
+    assert_eq!(
+        violations(&trace("type: Zipkin\n        zipkin:\n          url: http://z:9411\n          apiVersion: thrift")),
+        pairs(&[(
+            "spec.default.backends[0].zipkin.apiVersion",
+            "\"apiVersion\" must be one of [\"httpJson\", \"httpProto\"]"
+        )])
+    );
+    let datadog = |url: &str| {
+        trace(&format!("type: Datadog\n        datadog:\n          url: \"{url}\"\n          splitService: true"))
+    };
+    assert_eq!(violations(&datadog("http://127.0.0.1:8126")), vec![]);
+    let at = "spec.default.backends[0].datadog.url";
+    assert_eq!(violations(&datadog("not_valid_url")), pairs(&[(at, "must be a valid url")]));
+    assert_eq!(violations(&datadog("https://agent:8126")), pairs(&[(at, "scheme must be http")]));
+    assert_eq!(violations(&datadog("http://agent")), pairs(&[(at, "port must be defined")]));
+    assert_eq!(violations(&datadog("http://agent:999999")), pairs(&[(at, "port must be a valid (1-65535)")]));
+    assert_eq!(violations(&datadog("http://agent:8126/v1")), pairs(&[(at, "path must not be defined")]));
+    let target = |t: &str| spec_of("MeshTrace", &format!("  targetRef:\n{t}\n  default:\n    backends: []\n"));
+    assert_eq!(
+        violations(&target("    kind: Mesh\n    name: x")),
+        pairs(&[("spec.targetRef.name", "using name with kind Mesh is not yet supported")])
+    );
+    assert_eq!(
+        violations(&target("    kind: Mesh\n    proxyTypes: []")),
+        pairs(&[("spec.targetRef.proxyTypes", "must be undefined or have at least one element")])
+    );
+    assert_eq!(
+        violations(&target("    kind: Dataplane\n    name: web\n    proxyTypes: [Sidecar]")),
+        pairs(&[("spec.targetRef.proxyTypes", "must not be set with kind Dataplane")])
+    );
     let regex = spec_of("MeshMetric", "  targetRef: {kind: Mesh}\n  default:\n    sidecar:\n      profiles:\n        exclude:\n          - type: Regex\n            match: \"(\"\n");
     assert_eq!(violations(&regex), pairs(&[("spec.default.sidecar.profiles.exclude[0].match", "invalid regex")]));
 }

@@ -197,7 +197,7 @@ impl MeshAccessLogSpec {
                 if let Some(tcp) = backend.tcp.as_ref().filter(|_| backend.type_ == "Tcp") {
                     let t_at = b_at.field("tcp");
                     validate_format(&mut check.violations, &t_at.field("format"), tcp.format.as_ref());
-                    if !is_tcp_address(&tcp.address) {
+                    if !super::is_url(&tcp.address) {
                         check.violations.add(&t_at.field("address"), "tcp backend requires valid address");
                     }
                 }
@@ -265,25 +265,6 @@ fn is_file_path(path: &str) -> bool {
         && !path[3..].contains(['/', ':', '*', '?', '"', '<', '>', '|', '\r', '\n'])
         && path.len() - 3 <= 32767;
     unix || windows
-}
-
-/// Kuma's TCP address rule, for the forms a collector address takes:
-/// `host:port` or `tcp://host:port`, the host a name or an IP address.
-fn is_tcp_address(address: &str) -> bool {
-    let rest = address.split_once("://").map_or(Some(address), |(scheme, rest)| {
-        ["tcp", "udp", "http", "https", "ws", "wss", "ftp"].contains(&scheme).then_some(rest)
-    });
-    let Some(rest) = rest.filter(|r| !r.is_empty() && !r.starts_with('.') && address.len() > 3) else { return false };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => (h, Some(p)),
-        _ => (authority, None),
-    };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host_ok =
-        host.parse::<std::net::IpAddr>().is_ok() || (host.contains('.') || port.is_some()) && super::is_dns_name(host);
-    port_ok && host_ok
 }
 
 /// Kuma's rules for OpenTelemetry attribute names on access log records.

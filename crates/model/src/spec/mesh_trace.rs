@@ -35,11 +35,90 @@ pub struct TraceBackend {
     #[serde(rename = "type", default)]
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zipkin: Option<serde_json::Map<String, serde_json::Value>>,
+    pub zipkin: Option<ZipkinBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datadog: Option<serde_json::Map<String, serde_json::Value>>,
+    pub datadog: Option<DatadogBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_telemetry: Option<TraceOtelBackend>,
+}
+
+/// Kuma's `zipkin` backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZipkinBackend {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id128bit: Option<bool>,
+    /// `httpJson` (default) or `httpProto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_span_context: Option<bool>,
+}
+
+/// Kuma's `datadog` backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatadogBackend {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_service: Option<bool>,
+}
+
+/// Kuma's Zipkin rules: a URL, and Kuma's schema's API versions.
+fn validate_zipkin(v: &mut crate::violation::Violations, at: &FieldPath, z: &ZipkinBackend) {
+    if z.url.is_empty() {
+        v.add(&at.field("url"), "must not be empty");
+    } else if !super::is_url(&z.url) {
+        v.add(&at.field("url"), "must be a valid url");
+    }
+    const VERSIONS: &[&str] = &["httpJson", "httpProto"];
+    if z.api_version.as_deref().is_some_and(|version| !VERSIONS.contains(&version)) {
+        v.add(&at.field("apiVersion"), crate::violation::must_be_one_of("apiVersion", VERSIONS));
+    }
+}
+
+/// Kuma's Datadog rules: `http://host:port`, nothing more.
+fn validate_datadog(v: &mut crate::violation::Violations, at: &FieldPath, d: &DatadogBackend) {
+    let url_at = at.field("url");
+    let Some((scheme, rest)) = d.url.split_once("://").filter(|(s, r)| !s.is_empty() && !r.is_empty()) else {
+        v.add(&url_at, "must be a valid url");
+        return;
+    };
+    if scheme != "http" {
+        v.add(&url_at, "scheme must be http");
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((user, hp)) => (Some(user), hp),
+        None => (None, authority),
+    };
+    match host_port.rsplit_once(':').filter(|(h, _)| !h.ends_with(':')) {
+        None => v.add(&url_at, "port must be defined"),
+        Some((_, port)) => {
+            if !port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)) {
+                v.add(&url_at, "port must be a valid (1-65535)");
+            }
+        }
+    }
+    if user.is_some() {
+        v.add(&url_at, "user must not be defined");
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    if !path.is_empty() {
+        v.add(&url_at, "path must not be defined");
+    }
+    if query.is_some_and(|q| !q.is_empty()) {
+        v.add(&url_at, "query must not be defined");
+    }
 }
 
 /// The OpenTelemetry block of a MeshTrace backend.
@@ -129,6 +208,12 @@ impl MeshTraceSpec {
                 );
                 if let (true, Some(otel)) = (is_otel, &backend.open_telemetry) {
                     validate_otel_block(&mut check, &b_at.field("openTelemetry"), otel, false);
+                }
+                if let Some(z) = backend.zipkin.as_ref().filter(|_| backend.type_ == "Zipkin") {
+                    validate_zipkin(&mut check.violations, &b_at.field("zipkin"), z);
+                }
+                if let Some(d) = backend.datadog.as_ref().filter(|_| backend.type_ == "Datadog") {
+                    validate_datadog(&mut check.violations, &b_at.field("datadog"), d);
                 }
             }
             Some(_) => check.violations.add(&backends_at, "must have zero or one backend defined"),

@@ -130,6 +130,26 @@ pub fn is_dns_name(name: &str) -> bool {
         })
 }
 
+/// Kuma's URL rule (govalidator's IsURL) for the forms collector addresses
+/// take: `host:port`, `tcp://host:port`, `http://host:port/path`, the host
+/// a name or an IP address.
+pub(crate) fn is_url(address: &str) -> bool {
+    let rest = address.split_once("://").map_or(Some(address), |(scheme, rest)| {
+        ["tcp", "udp", "http", "https", "ws", "wss", "ftp"].contains(&scheme).then_some(rest)
+    });
+    let Some(rest) = rest.filter(|r| !r.is_empty() && !r.starts_with('.') && address.len() > 3) else { return false };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host_ok =
+        host.parse::<std::net::IpAddr>().is_ok() || (host.contains('.') || port.is_some()) && is_dns_name(host);
+    port_ok && host_ok
+}
+
 /// Kuma's tag rules: names and values non-empty, names of
 /// `[a-zA-Z0-9.-_:/]`, values of `[a-zA-Z0-9.-_:]`.
 pub(crate) fn validate_tags(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<String, String>) {

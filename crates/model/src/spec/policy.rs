@@ -55,33 +55,38 @@ impl TargetRef {
         }
         let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
         let map_set = |m: &Option<BTreeMap<String, String>>| m.as_ref().is_some_and(|m| !m.is_empty());
-        let mut not_allowed = |field: &str, is_set: bool| {
-            if is_set {
-                v.add(&at.field(field), format!("must not be set with kind {}", self.kind));
-            }
-        };
+        let proxy_types_empty = self.proxy_types.as_ref().is_some_and(|p| p.is_empty());
         match self.kind.as_str() {
             "Mesh" => {
-                not_allowed("name", set(&self.name));
-                not_allowed("mesh", set(&self.mesh));
-                not_allowed("tags", map_set(&self.tags));
-                not_allowed("labels", map_set(&self.labels));
-                not_allowed("namespace", set(&self.namespace));
-                not_allowed("sectionName", set(&self.section_name));
+                if set(&self.name) {
+                    v.add(&at.field("name"), "using name with kind Mesh is not yet supported");
+                }
+                if proxy_types_empty {
+                    v.add(&at.field("proxyTypes"), "must be undefined or have at least one element");
+                }
+                not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
+                not_allowed(v, at, &self.kind, "tags", map_set(&self.tags));
+                not_allowed(v, at, &self.kind, "labels", map_set(&self.labels));
+                not_allowed(v, at, &self.kind, "namespace", set(&self.namespace));
+                not_allowed(v, at, &self.kind, "sectionName", set(&self.section_name));
             }
             "MeshSubset" => {
-                not_allowed("name", set(&self.name));
-                not_allowed("mesh", set(&self.mesh));
-                not_allowed("labels", map_set(&self.labels));
-                not_allowed("namespace", set(&self.namespace));
-                not_allowed("sectionName", set(&self.section_name));
+                if proxy_types_empty {
+                    v.add(&at.field("proxyTypes"), "must be undefined or have at least one element");
+                }
+                not_allowed(v, at, &self.kind, "name", set(&self.name));
+                not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
+                not_allowed(v, at, &self.kind, "labels", map_set(&self.labels));
+                not_allowed(v, at, &self.kind, "namespace", set(&self.namespace));
+                not_allowed(v, at, &self.kind, "sectionName", set(&self.section_name));
                 if let Some(tags) = &self.tags {
                     validate_tags(v, &at.field("tags"), tags);
                 }
             }
             _ => {
-                not_allowed("tags", map_set(&self.tags));
-                not_allowed("mesh", set(&self.mesh));
+                not_allowed(v, at, &self.kind, "tags", map_set(&self.tags));
+                not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
+                not_allowed(v, at, &self.kind, "proxyTypes", self.proxy_types.is_some());
                 if map_set(&self.labels) && (set(&self.name) || set(&self.namespace)) {
                     v.add(&at.field("labels"), "either labels or name and namespace must be specified");
                 }
@@ -90,6 +95,13 @@ impl TargetRef {
                 }
             }
         }
+    }
+}
+
+/// Kuma's `must not be set with kind X` for a field `kind` does not take.
+fn not_allowed(v: &mut Violations, at: &FieldPath, kind: &str, field: &str, is_set: bool) {
+    if is_set {
+        v.add(&at.field(field), format!("must not be set with kind {kind}"));
     }
 }
 
