@@ -279,7 +279,7 @@ impl Sim {
                 "inbound": [{"port": 8080, "servicePort": 8081, "tags": {"kuma.io/service": format!("svc-{}", i % SERVICES), "kuma.io/protocol": "http"}}]}
         });
         let body = json!({
-            "dataplane": dataplane, "version": "bench", "features": [tern_resolve_feature()],
+            "dataplane": dataplane, "version": "bench", "features": [tern_resolve::OTEL_PIPE_FEATURE],
             "workDir": format!("/var/run/tern/{}", self.name()), "otelEnv": {}
         });
         let r = self.http.post(format!("{}/bootstrap", self.cp)).json(&body).send().await.map_err(|e| e.to_string())?;
@@ -320,11 +320,6 @@ impl Sim {
             }
         }
     }
-}
-
-/// The feature a `tern-dp` with its OTLP pipe announces.
-fn tern_resolve_feature() -> &'static str {
-    "feature-otel-via-kuma-dp"
 }
 
 /// Envoy's side of ADS: ask for Clusters and Listeners, ACK every
@@ -438,13 +433,8 @@ async fn store_calls(http: &reqwest::Client, metrics: &[String]) -> f64 {
 
 /// PostgreSQL transactions committed or rolled back in the database so far.
 async fn transactions(url: Option<&str>) -> Option<i64> {
-    let url = url?;
-    sqlx_count(url).await
-}
-
-async fn sqlx_count(url: &str) -> Option<i64> {
     use sqlx::{Connection, Row};
-    let mut conn = sqlx::postgres::PgConnection::connect(url).await.ok()?;
+    let mut conn = sqlx::postgres::PgConnection::connect(url?).await.ok()?;
     let row = sqlx::query(
         "SELECT (xact_commit + xact_rollback)::BIGINT AS n FROM pg_stat_database WHERE datname = current_database()",
     )

@@ -387,6 +387,18 @@ fn kuma_validator_parity() {
         pairs(&[("spec.rules[0].default.backends[0].tcp.address", "tcp backend requires valid address")])
     );
     assert_eq!(violations(&backend("type: Tcp\n            tcp:\n              address: 127.0.0.1:5000")), vec![]);
+    for hostile in ["é:5000", "tcp://", ":", "[::1", "a:99999999", "C:\\\\x"] {
+        let found = violations(&backend(&format!("type: Tcp\n            tcp:\n              address: '{hostile}'")));
+        assert_eq!(
+            found,
+            pairs(&[("spec.rules[0].default.backends[0].tcp.address", "tcp backend requires valid address")]),
+            "{hostile}"
+        );
+    }
+    for hostile in ["é", "C:", "C:\\\\", "\\x"] {
+        let found = violations(&backend(&format!("type: File\n            file:\n              path: '{hostile}'")));
+        assert!(found.iter().all(|(f, _)| f.ends_with("file.path")), "{hostile}: {found:?}");
+    }
     assert_eq!(
         violations(&backend("type: Tcp\n            tcp:\n              address: tcp://logs.internal:5000")),
         vec![]
@@ -429,6 +441,22 @@ fn kuma_validator_parity() {
     assert_eq!(violations(&datadog("http://agent")), pairs(&[(at, "port must be defined")]));
     assert_eq!(violations(&datadog("http://agent:999999")), pairs(&[(at, "port must be a valid (1-65535)")]));
     assert_eq!(violations(&datadog("http://agent:8126/v1")), pairs(&[(at, "path must not be defined")]));
+    // Hostile URLs: non-ASCII, truncated, brackets, huge; a message, never a panic.
+    for url in [
+        "http://é:1/",
+        "http://",
+        "http://:",
+        "http://[::1]:8126",
+        "http://a:1?",
+        "://x",
+        &format!("http://{}:1", "a".repeat(100_000)),
+    ] {
+        let found = violations(&datadog(url));
+        assert!(found.iter().all(|(f, _)| f == at), "{url}: {found:?}");
+        let found = violations(&zipkin(url));
+        assert!(found.iter().all(|(f, _)| f == "spec.default.backends[0].zipkin.url"), "{url}: {found:?}");
+    }
+    assert_eq!(violations(&datadog("http://[::1]:8126")), vec![]);
     let target = |t: &str| spec_of("MeshTrace", &format!("  targetRef:\n{t}\n  default:\n    backends: []\n"));
     assert_eq!(
         violations(&target("    kind: Mesh\n    name: x")),

@@ -95,10 +95,8 @@ pub struct Reconciler<S> {
     states: Vec<Arc<dyn DataplaneState>>,
     /// What this loop knows of each mesh, kept current from the feed.
     index: BTreeMap<String, MeshIndex>,
-    /// The service endpoints per mesh as of the last recompute.
+    /// The service endpoints per mesh the published snapshots were built with.
     services: BTreeMap<String, ServiceMap>,
-    /// The service endpoints the published snapshots were built with.
-    services_published: BTreeMap<String, ServiceMap>,
     /// The last resolution per mesh, reused for what a change does not touch.
     previous: BTreeMap<String, MeshResolution>,
     /// Unresolved references already logged, per mesh: log once per change.
@@ -126,7 +124,6 @@ impl<S: ResourceStore> Reconciler<S> {
             states: Vec::new(),
             index: BTreeMap::new(),
             services: BTreeMap::new(),
-            services_published: BTreeMap::new(),
             previous: BTreeMap::new(),
             logged_unresolved: BTreeMap::new(),
             logged_no_feature: HashSet::new(),
@@ -353,11 +350,14 @@ impl<S: ResourceStore> Reconciler<S> {
         pending: &Pending,
     ) {
         let endpoints_may_move = pending.reload || !pending.dataplanes.is_empty();
-        let services = match self.services.remove(mesh) {
-            Some(known) if !endpoints_may_move => known,
-            _ => index.services(),
+        let (services, services_changed) = match self.services.remove(mesh) {
+            Some(known) if !endpoints_may_move => (known, false),
+            before => {
+                let now = index.services();
+                let changed = before.as_ref() != Some(&now);
+                (now, changed)
+            }
         };
-        let services_changed = self.services_published.get(mesh) != Some(&services);
         for (name, dp) in &index.dataplanes {
             let Some(outcome) = resolution.dataplanes.get(name) else { continue };
             let before = previous.dataplanes.get(name);
@@ -378,9 +378,6 @@ impl<S: ResourceStore> Reconciler<S> {
             if changed {
                 debug!(mesh = %mesh, dataplane = %name, version = %version, "xDS snapshot updated");
             }
-        }
-        if services_changed {
-            self.services_published.insert(mesh.to_string(), services.clone());
         }
         self.services.insert(mesh.to_string(), services);
     }

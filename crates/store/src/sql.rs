@@ -335,6 +335,32 @@ async fn write_one(
     Ok(WriteOutcome::Updated { version })
 }
 
+/// Writes `status` if the resource is still at `expected`: the new version,
+/// or a conflict (the outer error is the database's).
+async fn update_status(
+    tx: &mut Tx<'_>,
+    key: &ResourceKey,
+    status: Option<&serde_json::Value>,
+    expected: i64,
+) -> Result<Result<i64, StoreError>, StoreError> {
+    let done = sqlx::query(
+        "UPDATE tern_resources SET version = $1, status = $2 WHERE kind = $3 AND mesh = $4 AND name = $5 AND version = $6",
+    )
+    .bind(expected + 1)
+    .bind(status.map(to_text))
+    .bind(key.kind.name())
+    .bind(&key.mesh)
+    .bind(&key.name)
+    .bind(expected)
+    .execute(&mut **tx)
+    .await?;
+    Ok(if done.rows_affected() == 1 {
+        Ok(expected + 1)
+    } else {
+        Err(StoreError::Conflict { key: key.clone(), expected, actual: -1 })
+    })
+}
+
 /// An insert that lost a race with another replica's insert of the same
 /// resource reads as the conflict it is, not as a database failure.
 fn created_meanwhile(e: sqlx::Error, key: &ResourceKey) -> StoreError {
@@ -489,22 +515,8 @@ impl ResourceStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         let stored = fetch_one_resource(&mut tx, key).await?;
         check_precondition(key, Precondition::Version(expected_version), stored.map(|s| s.meta.version))?;
-        let version = expected_version + 1;
-        let done = sqlx::query(
-            "UPDATE tern_resources SET version = $1, status = $2 WHERE kind = $3 AND mesh = $4 AND name = $5 AND version = $6",
-        )
-        .bind(version)
-        .bind(status.as_ref().map(to_text))
-        .bind(key.kind.name())
-        .bind(&key.mesh)
-        .bind(&key.name)
-        .bind(expected_version)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            // Another replica wrote it between the read and the update.
-            return Err(StoreError::Conflict { key: key.clone(), expected: expected_version, actual: -1 });
-        }
+        // Another replica may have written it between the read and the update.
+        let version = update_status(&mut tx, key, status.as_ref(), expected_version).await??;
         self.commit(writer, tx, vec![Change::new(key.clone(), ChangeOp::StatusUpdated, version)]).await?;
         Ok(version)
     }
@@ -516,28 +528,11 @@ impl ResourceStore for SqlStore {
             let mut tx = self.pool.begin().await?;
             let mut changes = Vec::new();
             for w in chunk {
-                let version = w.expected_version + 1;
-                let done = sqlx::query(
-                    "UPDATE tern_resources SET version = $1, status = $2 WHERE kind = $3 AND mesh = $4 AND name = $5 AND version = $6",
-                )
-                .bind(version)
-                .bind(w.status.as_ref().map(to_text))
-                .bind(w.key.kind.name())
-                .bind(&w.key.mesh)
-                .bind(&w.key.name)
-                .bind(w.expected_version)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 1 {
+                let outcome = update_status(&mut tx, &w.key, w.status.as_ref(), w.expected_version).await?;
+                if let Ok(version) = outcome {
                     changes.push(Change::new(w.key.clone(), ChangeOp::StatusUpdated, version));
-                    outcomes.push(Ok(version));
-                } else {
-                    outcomes.push(Err(StoreError::Conflict {
-                        key: w.key.clone(),
-                        expected: w.expected_version,
-                        actual: -1,
-                    }));
                 }
+                outcomes.push(outcome);
             }
             self.commit(writer, tx, changes).await?;
         }

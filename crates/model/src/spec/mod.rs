@@ -138,13 +138,22 @@ pub(crate) fn is_url(address: &str) -> bool {
         ["tcp", "udp", "http", "https", "ws", "wss", "ftp"].contains(&scheme).then_some(rest)
     });
     let Some(rest) = rest.filter(|r| !r.is_empty() && !r.starts_with('.') && address.len() > 3) else { return false };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => (h, Some(p)),
-        _ => (authority, None),
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `[v6]` or `[v6]:port`; otherwise `host` or `host:port`, no other colon.
+    let (host, port) = match authority.strip_prefix('[').map(|a| a.split_once(']')) {
+        Some(Some((v6, ""))) => (v6, None),
+        Some(Some((v6, rest))) => match rest.strip_prefix(':') {
+            Some(port) => (v6, Some(port)),
+            None => return false,
+        },
+        Some(None) => return false,
+        None => match authority.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            Some(_) => return false,
+            None => (authority, None),
+        },
     };
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let host_ok =
         host.parse::<std::net::IpAddr>().is_ok() || (host.contains('.') || port.is_some()) && is_dns_name(host);
     port_ok && host_ok
