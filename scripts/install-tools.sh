@@ -10,7 +10,8 @@
 # (tools/kube) into kube-<Kubernetes release>/, and Prometheus 3
 # (tools/prometheus) into prometheus-<release>/, linked from .tools/. Prints
 # the export lines for TERN_TEST_ENVOY, TERN_TEST_ROTEL, TERN_TEST_OTELCOL,
-# TERN_TEST_KUBE_APISERVER, TERN_TEST_KUBECTL, TERN_TEST_ETCD and TERN_TEST_PROMETHEUS:
+# TERN_TEST_KUBE_APISERVER, TERN_TEST_KUBECTL, TERN_TEST_ETCD, TERN_TEST_PROMETHEUS and
+# TERN_TEST_JAEGER (Jaeger v2, tools/jaeger, into jaeger-<module version>/):
 #   eval "$(scripts/install-tools.sh)"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -152,3 +153,15 @@ prometheus=$prom_dir/prometheus
 "$prometheus" --version >/dev/null
 ln -sfn "$prometheus" .tools/prometheus
 echo "export TERN_TEST_PROMETHEUS=$prometheus"
+
+# Jaeger v2 (github.com/jaegertracing/jaeger/cmd/jaeger, the release
+# tools/jaeger pins; its Go module versions v1.x carry the v2 binaries): a
+# Zipkin receiver with a query API, for MeshTrace's zipkin backend.
+jaeger_src=tools/jaeger
+jaeger_module=$(awk '$1 == "github.com/jaegertracing/jaeger" { print $2 }' "$jaeger_src/go.mod")
+jaeger_dir=$cache/jaeger-${jaeger_module#v}
+build_go_tools "Jaeger (module $jaeger_module)" "$jaeger_src" "$jaeger_dir" "" jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+jaeger=$jaeger_dir/jaeger
+"$jaeger" version >/dev/null 2>&1
+ln -sfn "$jaeger" .tools/jaeger
+echo "export TERN_TEST_JAEGER=$jaeger"

@@ -20,7 +20,7 @@ trap cleanup EXIT
 eval "$(scripts/postgres.sh start "$pgdir")"
 export TERN_TEST_POSTGRES_URL
 eval "$(scripts/install-tools.sh)"
-export TERN_TEST_ENVOY TERN_TEST_ROTEL TERN_TEST_OTELCOL TERN_TEST_KUBE_APISERVER TERN_TEST_KUBECTL TERN_TEST_ETCD TERN_TEST_PROMETHEUS
+export TERN_TEST_ENVOY TERN_TEST_ROTEL TERN_TEST_OTELCOL TERN_TEST_KUBE_APISERVER TERN_TEST_KUBECTL TERN_TEST_ETCD TERN_TEST_PROMETHEUS TERN_TEST_JAEGER
 
 # The data plane builds without the control plane's database stack.
 if cargo tree -p tern-dp -e normal,build --locked | grep -q ' sqlx'; then

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tern_model::spec::dataplane::ZONE_TAG;
 use tern_model::spec::motb::Condition;
 use tern_model::{Kind, Resource, ResourceKey};
 use tern_resolve::{resolve_mesh_incremental, Changed, DataplaneInput, MeshInput, MeshResolution, UnresolvedRef};
@@ -370,7 +371,10 @@ impl<S: ResourceStore> Reconciler<S> {
                 continue;
             }
             let started = std::time::Instant::now();
-            let mut snapshot = tern_xds::build(&dp.spec, &outcome.envoy_telemetry(), &services);
+            let inbound_zone = || dp.spec.networking.as_ref()?.inbound.first()?.tags.get(ZONE_TAG);
+            let zone = dp.resource.labels.get(ZONE_TAG).or_else(inbound_zone).map(String::as_str);
+            let target = tern_xds::Dataplane { mesh, zone, spec: &dp.spec };
+            let mut snapshot = tern_xds::build(&target, &outcome.envoy_telemetry(), &services);
             snapshot.cause = tern_trace::current();
             let version = snapshot.version.clone();
             let changed = self.xds.publish(&tern_xds::node_id(mesh, name), snapshot);

@@ -6,13 +6,15 @@
 //!
 //! Start at [`resolve_mesh`].
 
+mod access_log;
 mod matching;
 mod merge_patch;
 mod session;
 
+pub use access_log::{FileLog, Listener, LocalLog, LogScope, TcpLog};
 pub use matching::{selects, DataplaneFacts, Specificity};
 pub use merge_patch::merge_patch;
-pub use session::{socket_path, Session, OTEL_PIPE_FEATURE};
+pub use session::{access_log_fifo, socket_path, Session, ACCESS_LOG_FIFO_FEATURE, OTEL_PIPE_FEATURE};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -20,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tern_model::resource::DISPLAY_NAME_LABEL;
 use tern_model::spec::dataplane::DataplaneSpec;
-use tern_model::spec::mesh_access_log::{AccessLogConf, AccessLogFormat, KeyValue};
+use tern_model::spec::mesh_access_log::{AccessLogConf, KeyValue};
 use tern_model::spec::mesh_metric::MeshMetricConf;
-use tern_model::spec::mesh_trace::{MeshTraceConf, Sampling, TraceTag};
+use tern_model::spec::mesh_trace::{DatadogBackend, MeshTraceConf, Sampling, TraceTag, ZipkinBackend};
 use tern_model::spec::motb::{Condition, MeshOpenTelemetryBackendSpec};
 use tern_model::spec::policy::{BackendRef, TargetRef};
 use tern_model::{Kind, Resource};
@@ -85,6 +87,9 @@ pub struct DataplaneOutcome {
     /// The merged MeshTrace `sampling` and `tags`, and MeshMetric's
     /// Prometheus endpoints.
     conf: MergedConf,
+    /// Where Envoy writes records for MeshAccessLog `tcp` backends, when the
+    /// data plane's `tern-dp` reads them.
+    tcp_log_fifo: Option<String>,
 }
 
 /// What the matched policies' merged confs say beyond their OTel entries.
@@ -94,15 +99,10 @@ struct MergedConf {
     prometheus: Vec<PrometheusEndpoint>,
     sidecar_metrics: SidecarMetrics,
     applications: Vec<AppMetrics>,
-    /// MeshAccessLog `file` backends, gathered like its OTel entries.
-    files: Vec<FileLog>,
-}
-
-/// A MeshAccessLog `file` backend: Envoy appends records to `path`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileLog {
-    pub path: String,
-    pub format: Option<AccessLogFormat>,
+    /// MeshAccessLog `file` and `tcp` backends, by the listeners they go on.
+    local_logs: Vec<(LogScope, LocalLog)>,
+    /// The services MeshAccessLog `to[]` items name.
+    named_services: BTreeSet<String>,
 }
 
 impl MergedConf {
@@ -115,18 +115,29 @@ impl MergedConf {
                 self.sidecar_metrics = other.sidecar_metrics;
                 self.applications = other.applications;
             }
-            Kind::MeshAccessLog => self.files = other.files,
+            Kind::MeshAccessLog => {
+                self.local_logs = other.local_logs;
+                self.named_services = other.named_services;
+            }
             _ => {}
         }
     }
 }
 
 /// MeshTrace's merged `sampling` and `tags`, what Envoy's tracing needs
-/// besides the sink.
+/// besides the sink, and a Zipkin or Datadog backend.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraceConf {
     pub sampling: Option<Sampling>,
     pub tags: Vec<TraceTag>,
+    pub tracer: Option<Tracer>,
+}
+
+/// A MeshTrace backend Envoy reaches itself, over HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tracer {
+    Zipkin(ZipkinBackend),
+    Datadog(DatadogBackend),
 }
 
 /// Where Envoy sends a signal.
@@ -149,15 +160,35 @@ pub struct AccessLogSink {
     pub body: Option<Value>,
 }
 
+/// One MeshAccessLog backend, as Envoy's configuration needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLog {
+    OpenTelemetry(AccessLogSink),
+    Local(LocalLog),
+}
+
 /// What Envoy's configuration needs to know about telemetry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvoyTelemetry {
     pub traces: Option<Sink>,
-    /// MeshTrace `sampling` and `tags`, as merged.
+    /// MeshTrace `sampling`, `tags` and a Zipkin or Datadog backend.
     pub trace: TraceConf,
-    pub access_logs: Vec<AccessLogSink>,
-    /// MeshAccessLog `file` backends.
-    pub files: Vec<FileLog>,
+    /// Every MeshAccessLog backend with the listeners it goes on.
+    pub access_logs: Vec<(LogScope, AccessLog)>,
+    /// The services MeshAccessLog `to[]` items name.
+    pub named_services: BTreeSet<String>,
+    /// Where Envoy writes records for `tcp` backends (`tern-dp`'s FIFO).
+    pub tcp_log_fifo: Option<String>,
+}
+
+impl EnvoyTelemetry {
+    /// The access log backends of one listener.
+    pub fn loggers<'a>(&'a self, listener: Listener<'a>) -> impl Iterator<Item = &'a AccessLog> + 'a {
+        self.access_logs
+            .iter()
+            .filter(move |(scope, _)| scope.applies_to(listener, &self.named_services))
+            .map(|(_, l)| l)
+    }
 }
 
 impl DataplaneOutcome {
@@ -177,16 +208,28 @@ impl DataplaneOutcome {
         };
         let entries = |signal: Signal| self.entries.iter().filter(move |(s, _)| *s == signal).flat_map(|(_, e)| e);
         let traces = entries(Signal::Traces).find_map(|e| socket_of(Signal::Traces, e));
-        let mut access_logs: Vec<AccessLogSink> = Vec::new();
-        for e in entries(Signal::Logs) {
-            if let Some(sink) = socket_of(Signal::Logs, e) {
-                let log = AccessLogSink { sink, attributes: e.attributes.clone(), body: e.body.clone() };
-                if !access_logs.contains(&log) {
-                    access_logs.push(log);
-                }
+        let otel = entries(Signal::Logs).filter_map(|e| {
+            let sink = socket_of(Signal::Logs, e)?;
+            let log = AccessLogSink { sink, attributes: e.attributes.clone(), body: e.body.clone() };
+            Some((e.scope.clone(), AccessLog::OpenTelemetry(log)))
+        });
+        let local = self.conf.local_logs.iter().filter(|(_, l)| match l {
+            LocalLog::Tcp(_) => self.tcp_log_fifo.is_some(),
+            LocalLog::File(_) => true,
+        });
+        let mut access_logs: Vec<(LogScope, AccessLog)> = Vec::new();
+        for log in otel.chain(local.map(|(scope, l)| (scope.clone(), AccessLog::Local(l.clone())))) {
+            if !access_logs.contains(&log) {
+                access_logs.push(log);
             }
         }
-        EnvoyTelemetry { traces, trace: self.conf.trace.clone(), access_logs, files: self.conf.files.clone() }
+        EnvoyTelemetry {
+            traces,
+            trace: self.conf.trace.clone(),
+            access_logs,
+            named_services: self.conf.named_services.clone(),
+            tcp_log_fifo: self.tcp_log_fifo.clone(),
+        }
     }
 }
 
@@ -266,6 +309,8 @@ struct OtelEntry {
     /// MeshAccessLog: record attributes and body (Envoy command operators).
     attributes: Vec<KeyValue>,
     body: Option<Value>,
+    /// MeshAccessLog: the listeners the record goes from.
+    scope: LogScope,
     /// The backend's display name once `backendRef` resolved (per dataplane).
     resolved: Option<String>,
 }
@@ -276,28 +321,37 @@ struct ParsedPolicy<'a> {
     target: Option<TargetRef>,
     specificity: Specificity,
     default: Value,
-    /// MeshAccessLog `rules[].default`: folded like `default`.
-    rules_default: Vec<Value>,
-    /// MeshAccessLog `to[].default` / `from[].default`: their backends add up.
-    targeted: Vec<Value>,
+    /// MeshAccessLog `rules[].default` and `from[].default`.
+    inbound: Vec<Value>,
+    /// MeshAccessLog `to[]`.
+    to: Vec<access_log::ToItem>,
 }
 
 fn parse_policy(r: &Resource) -> ParsedPolicy<'_> {
     let spec = &r.spec;
     let target: Option<TargetRef> = spec.get("targetRef").and_then(|t| serde_json::from_value(t.clone()).ok());
-    let list = |field: &str| -> Vec<Value> {
-        spec.get(field).and_then(Value::as_array).into_iter().flatten().map(|e| e["default"].clone()).collect()
-    };
-    let mut targeted = list("to");
-    targeted.extend(list("from"));
+    let items = |field: &str| spec.get(field).and_then(Value::as_array).into_iter().flatten();
+    let inbound = items("rules").chain(items("from")).map(|e| e["default"].clone()).collect();
+    // `to[]` targets `Mesh`, or one service by `MeshService` name.
+    let to = items("to")
+        .filter_map(|e| {
+            let target: TargetRef = serde_json::from_value(e.get("targetRef")?.clone()).ok()?;
+            let service = match target.kind.as_str() {
+                "Mesh" => None,
+                "MeshService" => Some(target.name?),
+                _ => return None,
+            };
+            Some((service, e["default"].clone()))
+        })
+        .collect();
     ParsedPolicy {
         kind: r.kind,
         name: &r.name,
         specificity: Specificity::of(target.as_ref(), &r.labels, &r.name),
         target,
         default: spec.get("default").cloned().unwrap_or(Value::Null),
-        rules_default: list("rules"),
-        targeted,
+        inbound,
+        to,
     }
 }
 
@@ -311,6 +365,7 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
         refresh_interval: None,
         attributes: Vec::new(),
         body: None,
+        scope: LogScope::Everywhere,
         resolved: None,
     };
     let decode = |conf: &Value| -> Option<Value> { (!conf.is_null()).then(|| conf.clone()) };
@@ -346,22 +401,10 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
     }
 }
 
-/// The `file` backends of a folded MeshAccessLog conf.
-fn file_logs(conf: &Value) -> Vec<FileLog> {
-    let conf = (!conf.is_null()).then(|| conf.clone()).and_then(|c| serde_json::from_value::<AccessLogConf>(c).ok());
-    conf.and_then(|c| c.backends)
-        .into_iter()
-        .flatten()
-        .filter(|b| b.type_ == "File")
-        .filter_map(|b| b.file)
-        .map(|f| FileLog { path: f.path, format: f.format })
-        .collect()
-}
-
 /// Every OTel entry a policy carries, wherever it sits.
 fn all_entries(p: &ParsedPolicy<'_>) -> Vec<OtelEntry> {
     let mut out = otel_entries(p.kind, &p.default);
-    for conf in p.rules_default.iter().chain(&p.targeted) {
+    for conf in p.inbound.iter().chain(p.to.iter().map(|(_, c)| c)) {
         out.extend(otel_entries(p.kind, conf));
     }
     out
@@ -369,7 +412,7 @@ fn all_entries(p: &ParsedPolicy<'_>) -> Vec<OtelEntry> {
 
 /// Folds confs of the matched policies in specificity order (RFC 7396;
 /// lists replaced whole, `appendProfiles` concatenated as Kuma does).
-fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
+pub(crate) fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
     let mut merged = Value::Null;
     let mut append_profiles = Vec::new();
     for conf in confs {
@@ -391,18 +434,16 @@ fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
 fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, MergedConf) {
     let merged_default = fold(matched.iter().map(|p| &p.default));
     if kind == Kind::MeshAccessLog {
-        // Proxy-wide: the merged default, the merged rules, every to/from.
-        let rules = fold(matched.iter().flat_map(|p| p.rules_default.iter()));
-        let confs: Vec<&Value> =
-            [&merged_default, &rules].into_iter().chain(matched.iter().flat_map(|p| p.targeted.iter())).collect();
-        let entries = confs.iter().flat_map(|c| otel_entries(kind, c)).collect();
-        let mut files: Vec<FileLog> = Vec::new();
-        for file in confs.iter().flat_map(|c| file_logs(c)) {
-            if !files.contains(&file) {
-                files.push(file);
-            }
+        let to: Vec<&access_log::ToItem> = matched.iter().flat_map(|p| p.to.iter()).collect();
+        let inbound = matched.iter().flat_map(|p| p.inbound.iter());
+        let (confs, named_services) = access_log::scoped_confs(merged_default, inbound, &to);
+        let mut entries = Vec::new();
+        let mut local_logs = Vec::new();
+        for (scope, conf) in &confs {
+            entries.extend(otel_entries(kind, conf).into_iter().map(|e| OtelEntry { scope: scope.clone(), ..e }));
+            local_logs.extend(access_log::local_logs(conf).into_iter().map(|l| (scope.clone(), l)));
         }
-        return (entries, MergedConf { files, ..Default::default() });
+        return (entries, MergedConf { local_logs, named_services, ..Default::default() });
     }
     let entries = match kind {
         // MeshTrace allows zero or one backend.
@@ -413,7 +454,11 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntr
         _ if merged_default.is_null() => MergedConf::default(),
         Kind::MeshTrace => serde_json::from_value::<MeshTraceConf>(merged_default)
             .map(|c| MergedConf {
-                trace: TraceConf { sampling: c.sampling, tags: c.tags.unwrap_or_default() },
+                trace: TraceConf {
+                    tracer: tracer(c.backends.as_deref().unwrap_or_default()),
+                    sampling: c.sampling,
+                    tags: c.tags.unwrap_or_default(),
+                },
                 ..Default::default()
             })
             .unwrap_or_default(),
@@ -428,6 +473,16 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntr
         _ => MergedConf::default(),
     };
     (entries, conf)
+}
+
+/// MeshTrace's one backend, when it is Zipkin or Datadog.
+fn tracer(backends: &[tern_model::spec::mesh_trace::TraceBackend]) -> Option<Tracer> {
+    let first = backends.first()?;
+    match first.type_.as_str() {
+        "Zipkin" => first.zipkin.clone().map(Tracer::Zipkin),
+        "Datadog" => first.datadog.clone().map(Tracer::Datadog),
+        _ => None,
+    }
 }
 
 /// A merged MeshMetric `sidecar`, as the data plane applies it (profiles
@@ -700,6 +755,13 @@ fn dataplane_outcome(
             }
         }
     }
+    let has_tcp = conf.local_logs.iter().any(|(_, l)| matches!(l, LocalLog::Tcp(_)));
+    let tcp_log_fifo = session.access_log_fifo();
+    if has_tcp && tcp_log_fifo.is_none() {
+        notes.push(format!(
+            "this data plane does not advertise {ACCESS_LOG_FIFO_FEATURE}: its MeshAccessLog tcp backends are skipped; upgrade tern-dp"
+        ));
+    }
     if skipped_for_feature {
         notes.push(format!(
             "this data plane does not advertise {OTEL_PIPE_FEATURE}: its backendRef backends are skipped and no OpenTelemetry status is written for them; upgrade tern-dp or enable the OTel pipe"
@@ -741,5 +803,5 @@ fn dataplane_outcome(
             logs: or_off(Signal::Logs),
         });
     }
-    DataplaneOutcome { plan, status, direct, notes, entries: per_signal, conf }
+    DataplaneOutcome { plan, status, direct, notes, entries: per_signal, conf, tcp_log_fifo }
 }

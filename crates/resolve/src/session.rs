@@ -7,6 +7,10 @@ use tern_otlp_config::Inventory;
 /// The feature a data plane advertises when it runs the OTLP pipe.
 pub const OTEL_PIPE_FEATURE: &str = "feature-otel-via-kuma-dp";
 
+/// The feature a data plane advertises when `tern-dp` reads Envoy's records
+/// for MeshAccessLog `tcp` backends from [`access_log_fifo`].
+pub const ACCESS_LOG_FIFO_FEATURE: &str = "feature-tcp-access-log-via-tern-dp";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Session {
@@ -34,6 +38,11 @@ impl Session {
         serde_json::from_value(spec.get("session")?.clone()).ok()
     }
 
+    /// The FIFO Envoy writes `tcp` access log records to, if `tern-dp` reads one.
+    pub fn access_log_fifo(&self) -> Option<String> {
+        self.features.iter().any(|f| f == ACCESS_LOG_FIFO_FEATURE).then(|| access_log_fifo(&self.work_dir))
+    }
+
     /// The socket the data plane opens for a backend (see [`socket_path`]).
     pub fn socket_path(&self, backend: &str) -> String {
         socket_path(&self.work_dir, backend)
@@ -53,4 +62,10 @@ pub fn socket_path(work_dir: &str, backend: &str) -> String {
     }
     let hash = clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("{}/otel-{hash:016x}.sock", work_dir.trim_end_matches('/'))
+}
+
+/// The FIFO `tern-dp` creates in its work directory for Envoy's `tcp` access
+/// log records: one JSON object per line, `{"address": ..., "message": ...}`.
+pub fn access_log_fifo(work_dir: &str) -> String {
+    format!("{}/access-logs.fifo", work_dir.trim_end_matches('/'))
 }

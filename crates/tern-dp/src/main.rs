@@ -8,6 +8,7 @@ mod metric_filter;
 mod otel;
 mod prometheus;
 mod run;
+mod tcp_logs;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

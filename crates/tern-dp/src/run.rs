@@ -13,7 +13,7 @@ use tern_model::Resource;
 use tern_otlp_config::{resolve_signal, Inventory, OtelPlan, ProcessEnv, Signal};
 use tern_pipe::{LocalEnv, PipeManager};
 use tern_protocol::{BackendDelivery, BootstrapRequest, DeliveryReport, PlanResponse, SignalDelivery};
-use tern_resolve::OTEL_PIPE_FEATURE;
+use tern_resolve::{ACCESS_LOG_FIFO_FEATURE, OTEL_PIPE_FEATURE};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -53,7 +53,10 @@ type Part = (&'static str, Result<(), String>);
 pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), String> {
     let cp = ControlPlane::connect(&args.cp)?;
     let (values, parsed, inventory) = Inventory::discover(&ProcessEnv);
-    let features: Vec<String> = if args.otel_pipe { vec![OTEL_PIPE_FEATURE.to_string()] } else { vec![] };
+    let mut features = vec![ACCESS_LOG_FIFO_FEATURE.to_string()];
+    if args.otel_pipe {
+        features.push(OTEL_PIPE_FEATURE.to_string());
+    }
     let mut request = BootstrapRequest {
         dataplane: None,
         mesh: None,
@@ -91,15 +94,21 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         None => None,
     };
 
+    // The FIFO exists before Envoy opens it.
+    let fifo = PathBuf::from(tern_resolve::access_log_fifo(&request.work_dir));
+    crate::tcp_logs::create_fifo(&fifo)?;
+    let tcp_logs = Arc::new(crate::tcp_logs::TcpLogCounts::default());
+
     let (halt_tx, halt) = watch::channel(false);
     let mut parts: JoinSet<Part> = JoinSet::new();
+    parts.spawn(until_halt("tcp access logs", halt.clone(), crate::tcp_logs::forward(fifo, tcp_logs.clone())));
     let envoy = crate::envoy::setup(&args, &dp, &spec, &work_dir)?;
     let admin = envoy.as_ref().map(|e| e.admin_port);
     if let Some(setup) = envoy {
         parts.spawn(named("Envoy", crate::envoy::supervise(setup, halt.clone())));
     }
     if let Some(listener) = metrics {
-        parts.spawn(until_halt("metrics server", halt.clone(), serve_metrics(listener, pipe.clone())));
+        parts.spawn(until_halt("metrics server", halt.clone(), serve_metrics(listener, pipe.clone(), tcp_logs)));
     }
     let (plan_tx, plan_rx) = watch::channel(OtelPlan::default());
     if let Some(admin) = admin {
@@ -233,12 +242,16 @@ fn prometheus_labels(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) -> V
     labels
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, pipe: Arc<Mutex<PipeManager>>) -> Result<(), String> {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    pipe: Arc<Mutex<PipeManager>>,
+    tcp_logs: Arc<crate::tcp_logs::TcpLogCounts>,
+) -> Result<(), String> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let pipe = pipe.clone();
-            async move { pipe.lock().await.prometheus() }
+            let (pipe, tcp_logs) = (pipe.clone(), tcp_logs.clone());
+            async move { pipe.lock().await.prometheus() + &tcp_logs.prometheus() }
         }),
     );
     info!(addr = ?listener.local_addr().ok(), "serving delivery counts at /metrics");

@@ -4,6 +4,7 @@
 
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 
 pub use server::{node_id, Nack, XdsHub};
-pub use snapshot::{build, ServiceEndpoint, ServiceMap, Snapshot};
+pub use snapshot::{build, Dataplane, ServiceEndpoint, ServiceMap, Snapshot};

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 /// Tag naming the service an inbound belongs to.
 pub const SERVICE_TAG: &str = "kuma.io/service";
+/// The zone a data plane runs in (a label, and a tag on its inbounds).
+pub const ZONE_TAG: &str = "kuma.io/zone";
 /// Tag naming an inbound's protocol.
 pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
 /// Kuma's default Envoy admin port.

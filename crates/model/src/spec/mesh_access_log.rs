@@ -1,6 +1,9 @@
 //! `MeshAccessLog`: where a dataplane's access log records go and what they carry.
 
-use super::policy::{check_backend_type, validate_otel_block, BackendRef, OtelBackendBlock, PolicyCheck, TargetRef};
+use super::policy::{
+    check_backend_type, validate_otel_block, BackendRef, OtelBackendBlock, PolicyCheck, TargetRef,
+    ACCESS_LOG_FROM_KINDS, ACCESS_LOG_TO_KINDS, SUPPORTED_TARGET_KINDS,
+};
 use crate::violation::FieldPath;
 use serde::{Deserialize, Serialize};
 
@@ -158,13 +161,21 @@ impl MeshAccessLogSpec {
     pub fn validate(&self) -> PolicyCheck {
         let mut check = PolicyCheck::default();
         let spec = FieldPath::root("spec");
+        let present = |list: &Option<Vec<AccessLogTargeted>>| list.as_ref().is_some_and(|l| !l.is_empty());
+        let has_rules = self.rules.as_ref().is_some_and(|r| !r.is_empty());
         if let Some(t) = &self.target_ref {
-            t.validate(&mut check.violations, &spec.field("targetRef"));
+            let inbound = has_rules || present(&self.from);
+            t.validate_as(&mut check.violations, &spec.field("targetRef"), SUPPORTED_TARGET_KINDS, inbound);
         }
-        for (field, list) in [("to", &self.to), ("from", &self.from)] {
+        for (field, list, kinds) in [("to", &self.to, ACCESS_LOG_TO_KINDS), ("from", &self.from, ACCESS_LOG_FROM_KINDS)]
+        {
             for (i, t) in list.iter().flatten().enumerate() {
-                t.target_ref.validate(&mut check.violations, &spec.field(field).index(i).field("targetRef"));
+                let at = spec.field(field).index(i).field("targetRef");
+                t.target_ref.validate_as(&mut check.violations, &at, kinds, false);
             }
+        }
+        if has_rules && (present(&self.to) || present(&self.from)) {
+            check.violations.add(&spec, "fields 'to' and 'from' must be empty when 'rules' is defined");
         }
         let confs = self.confs();
         if confs.is_empty() {

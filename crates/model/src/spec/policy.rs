@@ -42,14 +42,29 @@ pub struct TargetRef {
 /// The target kinds Tern matches dataplanes with.
 pub const SUPPORTED_TARGET_KINDS: &[&str] = &["Mesh", "MeshSubset", "Dataplane"];
 
+/// The kinds a MeshAccessLog `to[]` item targets in Tern: every outbound
+/// (`Mesh`) or the outbounds to one service (`MeshService` by name).
+pub const ACCESS_LOG_TO_KINDS: &[&str] = &["Mesh", "MeshService"];
+
+/// The kinds a MeshAccessLog `from[]` item targets (Kuma's: `Mesh` only).
+pub const ACCESS_LOG_FROM_KINDS: &[&str] = &["Mesh"];
+
 impl TargetRef {
-    /// Kuma's `ValidateTargetRef` for the kinds Tern supports.
+    /// Kuma's `ValidateTargetRef` for a top-level `targetRef` of a policy
+    /// that configures no inbound (a `Dataplane` `sectionName` is refused).
     pub fn validate(&self, v: &mut Violations, at: &FieldPath) {
+        self.validate_as(v, at, SUPPORTED_TARGET_KINDS, false);
+    }
+
+    /// Kuma's `ValidateTargetRef`: `kind` among `kinds`, and the fields that
+    /// kind takes. `inbound_policy` allows a `Dataplane` `sectionName` (a
+    /// MeshAccessLog with `rules` or `from`).
+    pub fn validate_as(&self, v: &mut Violations, at: &FieldPath, kinds: &[&str], inbound_policy: bool) {
         if self.kind.is_empty() {
             v.add(&at.field("kind"), "must be defined");
             return;
         }
-        if !SUPPORTED_TARGET_KINDS.contains(&self.kind.as_str()) {
+        if !kinds.contains(&self.kind.as_str()) {
             v.add(&at.field("kind"), format!("value '{}' is not supported", self.kind));
             return;
         }
@@ -83,6 +98,17 @@ impl TargetRef {
                     validate_tags(v, &at.field("tags"), tags);
                 }
             }
+            "MeshService" => {
+                not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
+                not_allowed(v, at, &self.kind, "tags", map_set(&self.tags));
+                not_allowed(v, at, &self.kind, "proxyTypes", self.proxy_types.is_some());
+                if !set(&self.name) && !map_set(&self.labels) {
+                    v.add(at, "name or labels must be set when kind is MeshService");
+                }
+                if map_set(&self.labels) && (set(&self.name) || set(&self.namespace)) {
+                    v.add(&at.field("labels"), "either labels or name and namespace must be specified");
+                }
+            }
             _ => {
                 not_allowed(v, at, &self.kind, "tags", map_set(&self.tags));
                 not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
@@ -90,7 +116,7 @@ impl TargetRef {
                 if map_set(&self.labels) && (set(&self.name) || set(&self.namespace)) {
                     v.add(&at.field("labels"), "either labels or name and namespace must be specified");
                 }
-                if set(&self.section_name) {
+                if set(&self.section_name) && !inbound_policy {
                     v.add(&at.field("sectionName"), "can only be used with inbound policies");
                 }
             }
