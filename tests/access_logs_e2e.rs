@@ -74,14 +74,16 @@ async fn from_logs_inbound_and_to_logs_per_service() {
     let api_yaml = support::sidecar_dataplane("default", "api", api_in, api_app, api_admin);
     let envoy_args = ["--envoy-binary", envoy.as_str()];
     let _api_dp = DataPlane::start(&cp, &dir.path().join("dps"), "api", &api_yaml, &[], &envoy_args);
-    let (web_in, web_app, web_admin, to_api, to_other) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (web_in, web_app, web_admin, to_api, to_other) =
+        (free_port(), free_port(), free_port(), free_port(), free_port());
     let _web = support::demo_app(web_app, "web ok", None);
     let web_yaml = format!(
         "{}  outbound:\n    - port: {to_api}\n      tags:\n        kuma.io/service: api\n    - port: {to_other}\n      tags:\n        kuma.io/service: other\n",
         support::sidecar_dataplane("default", "web", web_in, web_app, web_admin)
     );
     let _web_dp = DataPlane::start(&cp, &dir.path().join("dps"), "web", &web_yaml, &[], &envoy_args);
-    let (inbound, to_api_log, to_any) = (dir.path().join("in.log"), dir.path().join("api.log"), dir.path().join("any.log"));
+    let (inbound, to_api_log, to_any) =
+        (dir.path().join("in.log"), dir.path().join("api.log"), dir.path().join("any.log"));
     let policy = format!(
         r#"type: MeshAccessLog
 name: per-listener

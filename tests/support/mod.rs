@@ -420,6 +420,18 @@ pub fn envoy_binary() -> String {
     })
 }
 
+/// Jaeger v2 (`scripts/install-tools.sh` builds it into `.tools/jaeger`).
+pub fn jaeger_binary() -> String {
+    std::env::var("TERN_TEST_JAEGER").unwrap_or_else(|_| {
+        let local = repo_path(".tools/jaeger");
+        assert!(
+            local.exists(),
+            "Jaeger is not installed: run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\""
+        );
+        local.display().to_string()
+    })
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
