@@ -192,7 +192,7 @@ impl MeshMetricSpec {
                 if !PROFILE_NAMES.contains(&p.name.as_str()) {
                     v.add(
                         &p_at.field("appendProfiles").index(i).field("name"),
-                        crate::violation::must_be_one_of("name", PROFILE_NAMES),
+                        format!("unrecognized profile name '{}' - 'All', 'None', 'Basic' are supported", p.name),
                     );
                 }
             }
@@ -200,7 +200,10 @@ impl MeshMetricSpec {
                 for (i, s) in list.iter().flatten().enumerate() {
                     let s_at = p_at.field(field).index(i);
                     if !SELECTOR_TYPES.contains(&s.type_.as_str()) {
-                        v.add(&s_at.field("type"), crate::violation::must_be_one_of("type", SELECTOR_TYPES));
+                        // Kuma's message, which leaves out `Contains` though Kuma accepts it.
+                        let message =
+                            format!("unrecognized type '{}' - 'Regex', 'Prefix', 'Exact' are supported", s.type_);
+                        v.add(&s_at.field("type"), message);
                     }
                     if s.match_.is_empty() {
                         v.add(&s_at.field("match"), "must not be empty");

@@ -2,6 +2,7 @@
 //! validates a spec given as JSON.
 
 pub mod dataplane;
+mod decode;
 pub mod duration;
 pub mod mesh_access_log;
 pub mod mesh_metric;
@@ -10,7 +11,7 @@ pub mod motb;
 pub mod policy;
 
 use crate::kind::Kind;
-use crate::violation::{FieldPath, Violation, Violations};
+use crate::violation::{FieldPath, Violations};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -47,24 +48,22 @@ pub fn check_spec(kind: Kind, spec: &Value) -> Result<CheckedSpec, Violations> {
             let s: ZoneSpec = decode(spec, root)?;
             encode(&s)
         }
-        Kind::Dataplane => {
-            let s: DataplaneSpec = decode(spec, root)?;
-            s.validate().into_result()?;
-            encode(&s)
-        }
-        Kind::MeshOpenTelemetryBackend => {
-            let s: MeshOpenTelemetryBackendSpec = decode(spec, root)?;
-            s.validate().into_result()?;
-            encode(&s)
-        }
+        Kind::Dataplane => encode(&decode_checked(spec, root, DataplaneSpec::validate)?),
+        Kind::MeshOpenTelemetryBackend => encode(&decode_checked(spec, root, MeshOpenTelemetryBackendSpec::validate)?),
         Kind::MeshTrace | Kind::MeshMetric | Kind::MeshAccessLog => {
-            let (value, check) = match kind {
-                Kind::MeshTrace => decode::<MeshTraceSpec>(spec, root).map(|s| (encode(&s), s.validate()))?,
-                Kind::MeshMetric => decode::<MeshMetricSpec>(spec, root).map(|s| (encode(&s), s.validate()))?,
-                _ => decode::<MeshAccessLogSpec>(spec, root).map(|s| (encode(&s), s.validate()))?,
+            let mut inline = false;
+            let mut policy_check = |check: policy::PolicyCheck| {
+                inline = check.uses_inline_endpoint;
+                check.violations
             };
-            check.violations.into_result()?;
-            if check.uses_inline_endpoint {
+            let value = match kind {
+                Kind::MeshTrace => encode(&decode_checked(spec, root, |s: &MeshTraceSpec| policy_check(s.validate()))?),
+                Kind::MeshMetric => {
+                    encode(&decode_checked(spec, root, |s: &MeshMetricSpec| policy_check(s.validate()))?)
+                }
+                _ => encode(&decode_checked(spec, root, |s: &MeshAccessLogSpec| policy_check(s.validate()))?),
+            };
+            if inline {
                 warnings.push(policy::INLINE_ENDPOINT_DEPRECATED.to_string());
             }
             value
@@ -86,21 +85,26 @@ fn enabled() -> bool {
     true
 }
 
-/// Decodes a typed spec, turning a serde error into a violation at the path
-/// where decoding stopped (`spec.default.sampling: unknown field ...`).
+/// Decodes a typed spec; every structural error (wrong type, unknown field
+/// or value, missing field) is a violation at its field (`decode.rs`).
 pub fn decode<T: DeserializeOwned>(value: &Value, root: &str) -> Result<T, Violations> {
-    // A document with no spec at all is the same as an empty spec.
-    let empty = Value::Object(Default::default());
-    let value = if value.is_null() { &empty } else { value };
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let inner = err.path().to_string();
-        let field = match (root, inner.as_str()) {
-            (r, ".") => r.to_string(),
-            ("", p) => p.to_string(),
-            (r, p) => format!("{r}.{p}"),
-        };
-        Violations(vec![Violation { field, message: err.into_inner().to_string() }])
-    })
+    decode_checked(value, root, |_: &T| Violations::default())
+}
+
+/// Decodes a typed spec and runs `validate` on it, reporting structural and
+/// typed violations together. What the validator says inside a field that
+/// was already reported (and replaced by a placeholder) is left out.
+fn decode_checked<T: DeserializeOwned>(
+    value: &Value,
+    root: &str,
+    validate: impl FnOnce(&T) -> Violations,
+) -> Result<T, Violations> {
+    let (typed, mut found) = decode::decode_repairing::<T>(value, root);
+    let Some(typed) = typed else { return Err(found) };
+    let typed_violations = validate(&typed);
+    let structural = Violations(found.0.clone());
+    found.0.extend(typed_violations.0.into_iter().filter(|v| !decode::under_structural(&structural, &v.field)));
+    found.into_result().map(|()| typed)
 }
 
 fn encode<T: Serialize>(spec: &T) -> Value {
