@@ -304,11 +304,11 @@ fn dataplane_rules() {
         pairs(&[
             ("networking.address", "address can't be empty"),
             ("networking.inbound[0].servicePort", "port must be in the range [1, 65535]"),
-            (r#"networking.inbound[0].tags["kuma.io/service"]"#, "tag has to exist"),
             (
                 r#"networking.inbound[0].tags["kuma.io/protocol"]"#,
                 r#"tag "kuma.io/protocol" has an invalid value "smtp". Allowed values: grpc, http, http2, kafka, tcp"#,
             ),
+            (r#"networking.inbound[0].tags["kuma.io/service"]"#, "tag has to exist"),
             ("networking.outbound[0].port", "port must be in the range [1, 65535]"),
             ("networking.outbound[0].tags", r#"mandatory tag "kuma.io/service" is missing"#),
         ])
@@ -486,7 +486,12 @@ fn identity_rules() {
         violations("apiVersion: kuma.io/v1beta9\nkind: Mesh\nmetadata:\n  name: m\n"),
         pairs(&[("apiVersion", "must be kuma.io/v1alpha1")])
     );
-    assert_eq!(violations("type: Mesh\nname: other\nmtls:\n  enabledBackend: ca-1\n"), vec![]);
+    assert_eq!(
+        violations(
+            "type: Mesh\nname: other\nmtls:\n  enabledBackend: ca-1\n  backends: [{name: ca-1, type: builtin}]\n"
+        ),
+        vec![]
+    );
 }
 
 #[test]
@@ -534,6 +539,9 @@ fn long_names_survive_a_round_trip() {
     let refused = violations(&format!("type: Mesh\nname: x\nlabels:\n  team: {name}\n"));
     assert_eq!(refused.len(), 1, "{refused:?}");
 }
+
+/// (case name, whole document, expected violations as (field, message)).
+type DocCase = (&'static str, String, &'static [(&'static str, &'static str)]);
 
 /// (case name, kind, spec YAML, expected violations as (field, message)).
 type KindCase = (&'static str, &'static str, &'static str, &'static [(&'static str, &'static str)]);
@@ -656,4 +664,153 @@ fn schema_errors_never_hide_the_rest() {
     for (name, kind, body, expected) in cases {
         assert_eq!(violations(&spec_of(kind, &indent(body, 2))), pairs(expected), "case {name}");
     }
+}
+
+/// Kuma 2.14's Dataplane rules beyond the basics: what it accepts (no inbound
+/// tags, any case of a protocol, `tls`, `backendRef` outbounds) and what it
+/// refuses (backendRef, serviceAddress overlap, inbound `protocol`, service
+/// probes, virtual probes, gateways), with its messages and order.
+#[test]
+fn dataplane_parity() {
+    let dp =
+        |networking: &str| format!("type: Dataplane\nname: d\nmesh: default\nnetworking:\n{}", indent(networking, 2));
+    let cases: &[DocCase] = &[
+        ("inbound without tags", dp("address: 10.0.0.1\ninbound: [{port: 8080}]"), &[]),
+        (
+            "protocol in capitals, tls and mysql",
+            dp("address: 10.0.0.1\ninbound:\n  - {port: 8080, tags: {kuma.io/service: a, kuma.io/protocol: HTTP}}\n  - {port: 8081, tags: {kuma.io/service: b, kuma.io/protocol: tls}}\n  - {port: 8082, tags: {kuma.io/service: c, kuma.io/protocol: mysql}}"),
+            &[],
+        ),
+        (
+            "backendRef outbound",
+            dp("address: 10.0.0.1\noutbound: [{port: 3333, backendRef: {kind: MeshService, name: redis, port: 6379}}]"),
+            &[],
+        ),
+        (
+            "empty backendRef",
+            dp("address: 10.0.0.1\noutbound: [{port: 3333, backendRef: {}}]"),
+            &[
+                ("networking.outbound[0].backendRef.kind", "invalid value. Available values are: MeshExternalService,MeshMultiZoneService,MeshService"),
+                ("networking.outbound[0].backendRef", "either 'name' or 'labels' should be specified"),
+                ("networking.outbound[0].backendRef.port", "port must be in the range [1, 65535]"),
+            ],
+        ),
+        (
+            "backendRef beside tags",
+            dp("address: 10.0.0.1\noutbound: [{port: 3333, tags: {kuma.io/service: x}, backendRef: {kind: MeshService, name: x, port: 80}}]"),
+            &[("networking.outbound[0].backendRef", "both backendRef and tags/service cannot be defined")],
+        ),
+        (
+            "outbound tags without a service: tag rules first",
+            dp("address: 10.0.0.1\noutbound: [{port: 3333, tags: {version: 'v 1'}}]"),
+            &[
+                (r#"networking.outbound[0].tags["version"]"#, "tag value must consist of alphanumeric characters, dots, dashes and underscores"),
+                ("networking.outbound[0].tags", r#"mandatory tag "kuma.io/service" is missing"#),
+            ],
+        ),
+        (
+            "serviceAddress on the data plane's own address and port",
+            dp("address: 192.168.0.1\ninbound: [{port: 10001, serviceAddress: 192.168.0.1, tags: {kuma.io/service: b}}]"),
+            &[("networking.inbound[0].serviceAddress", "serviceAddress and servicePort has to differ from address and port")],
+        ),
+        (
+            "inbound protocol field and service probe",
+            dp("address: 10.0.0.1\ninbound: [{port: 8080, protocol: smtp, serviceProbe: {interval: 0s, timeout: soon, unhealthyThreshold: 0}, tags: {kuma.io/service: b}}]"),
+            &[
+                ("networking.inbound[0].protocol", r#"has an invalid value "smtp". Allowed values: grpc, http, http2, kafka, tcp"#),
+                ("networking.inbound[0].serviceProbe.interval", "must have a positive value"),
+                ("networking.inbound[0].serviceProbe.timeout", "must have a valid value"),
+                ("networking.inbound[0].serviceProbe.unhealthyThreshold", "must have a positive value"),
+            ],
+        ),
+        (
+            "delegated gateway with an inbound and an http protocol tag",
+            dp("address: 10.0.0.1\ngateway: {tags: {kuma.io/service: kong, kuma.io/protocol: http}}\ninbound: [{port: 8080, tags: {kuma.io/service: b}}]"),
+            &[
+                ("networking.inbound", "inbound cannot be defined for delegated gateways"),
+                (r#"networking.gateway.tags["kuma.io/protocol"]"#, r#"other values than tcp are not allowed, provided value "http""#),
+            ],
+        ),
+        (
+            "builtin gateway with an outbound",
+            dp("address: 10.0.0.1\ngateway: {type: BUILTIN, tags: {kuma.io/service: gw}}\noutbound: [{port: 3333, tags: {kuma.io/service: r}}]"),
+            &[("networking.outbound", "outbound cannot be defined for builtin gateways")],
+        ),
+        (
+            "virtual probes",
+            dp("address: 10.0.0.1\ninbound: [{port: 8080, tags: {kuma.io/service: b}}]")
+                + "probes: {port: 0, endpoints: [{inboundPort: 8080, inboundPath: /healthz, path: healthz}]}\n",
+            &[
+                ("probes.port", "port must be in the range [1, 65535]"),
+                ("probes.endpoints[0].path", "should be a valid URL Path"),
+            ],
+        ),
+    ];
+    for (name, doc, expected) in cases {
+        assert_eq!(violations(doc), pairs(expected), "case {name}");
+    }
+}
+
+/// Kuma 2.14's `Mesh` rules (its `Validate()`), all at once and in its order;
+/// a Mesh Kuma accepts stays exactly as written.
+#[test]
+fn mesh_parity() {
+    let mesh = |body: &str| format!("type: Mesh\nname: m\n{body}");
+    let cases: &[DocCase] = &[
+        ("empty", mesh(""), &[]),
+        (
+            "mtls: two backends, a duplicate name, a bad expiration, an unknown enabled backend",
+            mesh("mtls:\n  enabledBackend: ca-3\n  backends:\n    - {name: ca-1, type: builtin, dpCert: {rotation: {expiration: 1day}}}\n    - {name: ca-1, type: builtin}\n"),
+            &[
+                ("mtls.backends", "cannot have more than 1 backends"),
+                ("mtls.dpcert.rotation.expiration", "has to be a valid format"),
+                ("mtls.backends[1].name", r#""ca-1" name is already used for another backend"#),
+                ("mtls.enabledBackend", "has to be set to one of the backends in the mesh"),
+            ],
+        ),
+        (
+            "old-style logging, tracing and metrics backends",
+            mesh("logging:\n  defaultBackend: nope\n  backends:\n    - {name: '', type: tcp, conf: {address: logstash}}\n    - {name: f, type: file, conf: {}}\n    - {name: s, type: syslog}\ntracing:\n  backends:\n    - {name: z, type: zipkin, sampling: 120, conf: {url: 'http://zipkin/api/v2/spans', apiVersion: v3}}\n    - {name: d, type: datadog, conf: {port: 0}}\nmetrics:\n  enabledBackend: prom\n  backends:\n    - {name: p, type: graphite}\n"),
+            &[
+                ("logging.backends[0].name", "cannot be empty"),
+                ("logging.backends[0].config.address", "has to be in format of HOST:PORT"),
+                ("logging.backends[1].config.path", "cannot be empty"),
+                ("logging.backends[2].type", r#"unknown backend type. Available backends: "tcp", "file""#),
+                ("logging.defaultBackend", "has to be set to one of the logging backend in mesh"),
+                ("tracing.backends[0].sampling", "has to be in [0.0 - 100.0] range"),
+                ("tracing.backends[0].config.apiVersion", "has invalid value. Allowed values: httpJsonV1, httpJson, httpProto"),
+                ("tracing.backends[0].config.url", "port has to be explicitly specified"),
+                ("tracing.backends[1].config.address", "cannot be empty"),
+                ("tracing.backends[1].config.port", "port must be in the range [1, 65535]"),
+                ("metrics.backends[0].type", r#"unknown backend type. Available backends: "prometheus""#),
+                ("metrics.enabledBackend", "has to be set to one of the backends in the mesh"),
+            ],
+        ),
+        (
+            "constraints and zone egress",
+            mesh("constraints:\n  dataplaneProxy:\n    requirements:\n      - tags: {}\n      - tags: {kuma.io/zone: '*', team: 'a b'}\nrouting:\n  zoneEgress: true\n"),
+            &[
+                ("constraints.dataplaneProxy.requirements[0].tags", "must have at least one tag"),
+                (
+                    r#"constraints.dataplaneProxy.requirements[1].tags["team"]"#,
+                    r#"tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#,
+                ),
+                ("mtls", "has to be set when zoneEgress enabled"),
+            ],
+        ),
+        (
+            "wrong types are named, the rest still checked",
+            mesh("mtls: {enabledBackend: 5, backends: [{name: a, type: builtin}]}\nrouting: {zoneEgress: maybe}\n"),
+            &[("mtls.enabledBackend", "must be a string"), ("routing.zoneEgress", "must be a boolean")],
+        ),
+    ];
+    for (name, doc, expected) in cases {
+        assert_eq!(violations(doc), pairs(expected), "case {name}");
+    }
+    // Accepted Meshes keep every field as written, unknown ones included.
+    let doc = mesh("mtls:\n  enabledBackend: ca-1\n  backends: [{name: ca-1, type: builtin}]\nmeshServices: {mode: Exclusive}\nsomethingNew: 1\n");
+    let docs = tern_model::parse_documents(&doc).expect("parses");
+    let resource = tern_model::resource_from_document(&docs[0].value).expect("valid");
+    assert_eq!(resource.resource.spec["meshServices"]["mode"], "Exclusive");
+    assert_eq!(resource.resource.spec["somethingNew"], 1);
 }

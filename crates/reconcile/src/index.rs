@@ -142,7 +142,8 @@ fn endpoints(spec: &DataplaneSpec) -> Vec<(String, ServiceEndpoint)> {
         .filter_map(|inbound| {
             let service = inbound.tags.get(SERVICE_TAG)?;
             let port = u16::try_from(inbound.port).ok()?;
-            let protocol = inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into());
+            let protocol =
+                inbound.tags.get(PROTOCOL_TAG).map(|p| p.to_ascii_lowercase()).unwrap_or_else(|| "tcp".into());
             Some((service.clone(), ServiceEndpoint { address: net.address.clone(), port, protocol }))
         })
         .collect()

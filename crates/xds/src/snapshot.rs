@@ -27,7 +27,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
 use prost::Message;
 use std::collections::BTreeMap;
-use tern_model::spec::dataplane::{DataplaneSpec, PROTOCOL_TAG, SERVICE_TAG};
+use tern_model::spec::dataplane::{is_http, DataplaneSpec, PROTOCOL_TAG, SERVICE_TAG};
 use tern_resolve::{EnvoyTelemetry, Listener as LogListener};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -222,7 +222,7 @@ pub fn build(dp: &Dataplane<'_>, telemetry: &EnvoyTelemetry, services: &ServiceM
         let service_address = inbound.service_address.clone().unwrap_or_else(|| "127.0.0.1".into());
         clusters.push(static_cluster(&local, vec![socket(&service_address, service_port)], false));
         let name = format!("inbound:{}:{port}", net.address);
-        let http = inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| p.starts_with("http") || p == "grpc");
+        let http = inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| is_http(p));
         let side = ListenerSide { listener: LogListener::Inbound, destination: service(&inbound.tags), http };
         let filter = if http {
             hcm(&name, &local, &proxy, &side, &mut clusters)
@@ -236,7 +236,7 @@ pub fn build(dp: &Dataplane<'_>, telemetry: &EnvoyTelemetry, services: &ServiceM
         let port = u16::try_from(outbound.port).unwrap_or(0);
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".into());
         let eps = services.get(called).cloned().unwrap_or_default();
-        let http = eps.first().is_some_and(|e| e.protocol.starts_with("http") || e.protocol == "grpc");
+        let http = eps.first().is_some_and(|e| is_http(&e.protocol));
         let mut c = Cluster {
             name: called.clone(),
             connect_timeout: Some(duration_ms(5000)),

@@ -15,6 +15,9 @@ pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
 pub const DEFAULT_ADMIN_PORT: u16 = 9901;
 
 const PROTOCOLS: &[&str] = &["grpc", "http", "http2", "kafka", "tcp"];
+/// What Kuma's protocol parser also accepts, beyond the list its message gives.
+const UNLISTED_PROTOCOLS: &[&str] = &["tls", "mysql"];
+const BACKEND_REF_KINDS: &str = "MeshExternalService,MeshMultiZoneService,MeshService";
 
 /// Kuma keeps further Dataplane fields (probes, metrics, gateway) Tern does not
 /// act on; they are kept as given so Kuma documents round-trip.
@@ -23,6 +26,9 @@ const PROTOCOLS: &[&str] = &["grpc", "http", "http2", "kafka", "tcp"];
 pub struct DataplaneSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networking: Option<Networking>,
+    /// Kuma's virtual probes: checked, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -40,6 +46,73 @@ pub struct Networking {
     pub inbound: Vec<Inbound>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbound: Vec<Outbound>,
+    /// A gateway data plane: checked, not served by Tern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Gateway>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gateway {
+    /// `DELEGATED` (the default) or `BUILTIN`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    #[serde(default)]
+    pub port: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ProbeEndpoint>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeEndpoint {
+    #[serde(default)]
+    pub inbound_port: i64,
+    #[serde(default)]
+    pub inbound_path: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+/// Kuma's health check of an inbound's service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceProbe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<i64>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An outbound to a real resource (`MeshService` and the like) rather than a tag.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundBackendRef {
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -64,6 +137,10 @@ pub struct Inbound {
     pub address: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_probe: Option<ServiceProbe>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -77,8 +154,21 @@ pub struct Outbound {
     pub address: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<OutboundBackendRef>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Kuma's protocol parser: case-insensitive, `tls` and `mysql` included.
+pub fn known_protocol(protocol: &str) -> bool {
+    let lower = protocol.to_ascii_lowercase();
+    PROTOCOLS.contains(&lower.as_str()) || UNLISTED_PROTOCOLS.contains(&lower.as_str())
+}
+
+/// Whether an inbound's `kuma.io/protocol` makes it an HTTP listener.
+pub fn is_http(protocol: &str) -> bool {
+    matches!(protocol.to_ascii_lowercase().as_str(), "http" | "http2" | "grpc")
 }
 
 impl DataplaneSpec {
@@ -137,24 +227,117 @@ impl DataplaneSpec {
                 v.add(&at.field("address"), "address has to be valid IP address or domain name");
             }
         }
-        for (i, inbound) in net.inbound.iter().enumerate() {
-            validate_inbound(&mut v, &at.field("inbound").index(i), inbound);
+        if let Some(gateway) = &net.gateway {
+            validate_gateway(&mut v, &at, net, gateway, self.probes.is_some());
+        } else {
+            for (i, inbound) in net.inbound.iter().enumerate() {
+                validate_inbound(&mut v, &at.field("inbound").index(i), inbound, &net.address);
+            }
         }
         for (i, outbound) in net.outbound.iter().enumerate() {
-            let o_at = at.field("outbound").index(i);
-            check_port(&mut v, &o_at.field("port"), outbound.port);
-            if let Some(addr) = outbound.address.as_deref().filter(|a| !a.is_empty()) {
-                if addr.parse::<std::net::IpAddr>().is_err() {
-                    v.add(&o_at.field("address"), "address has to be valid IP address");
-                }
-            }
-            if !outbound.tags.contains_key(SERVICE_TAG) {
-                v.add(&o_at.field("tags"), format!("mandatory tag {SERVICE_TAG:?} is missing"));
-            } else {
-                validate_tags(&mut v, &o_at.field("tags"), &outbound.tags);
-            }
+            validate_outbound(&mut v, &at.field("outbound").index(i), outbound);
+        }
+        if let Some(probes) = &self.probes {
+            validate_probes(&mut v, probes);
         }
         v
+    }
+}
+
+/// Kuma's gateway rules: a delegated gateway has no inbounds or listeners,
+/// a builtin one no inbounds, outbounds, listeners or probes; its tags name
+/// a service and speak only TCP.
+fn validate_gateway(v: &mut Violations, at: &FieldPath, net: &Networking, gateway: &Gateway, probes: bool) {
+    let builtin = gateway.type_.as_deref() == Some("BUILTIN");
+    let which = if builtin { "builtin" } else { "delegated" };
+    if !net.inbound.is_empty() {
+        v.add(&at.field("inbound"), format!("inbound cannot be defined for {which} gateways"));
+    }
+    if builtin && !net.outbound.is_empty() {
+        v.add(&at.field("outbound"), "outbound cannot be defined for builtin gateways");
+    }
+    if net.other.get("listeners").and_then(|l| l.as_array()).is_some_and(|l| !l.is_empty()) {
+        v.add(&at.field("listeners"), format!("listeners cannot be defined for {which} gateways"));
+    }
+    if builtin && probes {
+        // Kuma's path, though `probes` sits beside `networking`.
+        v.add(&at.field("probes"), "probes cannot be defined for builtin gateways");
+    }
+    let tags_at = at.field("gateway").field("tags");
+    if !gateway.tags.is_empty() && !gateway.tags.contains_key(SERVICE_TAG) {
+        v.add(&tags_at, format!("mandatory tag {SERVICE_TAG:?} is missing"));
+    }
+    if let Some(protocol) = gateway.tags.get(PROTOCOL_TAG).filter(|p| p.as_str() != "tcp") {
+        v.add(
+            &tags_at.key(PROTOCOL_TAG),
+            format!("other values than tcp are not allowed, provided value {protocol:?}"),
+        );
+    }
+    validate_tags(v, &tags_at, &gateway.tags);
+}
+
+fn validate_outbound(v: &mut Violations, o_at: &FieldPath, outbound: &Outbound) {
+    check_port(v, &o_at.field("port"), outbound.port);
+    if let Some(addr) = outbound.address.as_deref().filter(|a| !a.is_empty()) {
+        if addr.parse::<std::net::IpAddr>().is_err() {
+            v.add(&o_at.field("address"), "address has to be valid IP address");
+        }
+    }
+    let Some(r) = &outbound.backend_ref else {
+        validate_tags(v, &o_at.field("tags"), &outbound.tags);
+        if !outbound.tags.contains_key(SERVICE_TAG) {
+            v.add(&o_at.field("tags"), format!("mandatory tag {SERVICE_TAG:?} is missing"));
+        }
+        return;
+    };
+    let r_at = o_at.field("backendRef");
+    if !outbound.tags.is_empty() {
+        v.add(&r_at, "both backendRef and tags/service cannot be defined");
+    }
+    if !BACKEND_REF_KINDS.split(',').any(|k| k == r.kind) {
+        v.add(&r_at.field("kind"), format!("invalid value. Available values are: {BACKEND_REF_KINDS}"));
+    }
+    let named = r.name.as_deref().is_some_and(|n| !n.is_empty());
+    if !named && r.labels.as_ref().is_none_or(|l| l.is_empty()) {
+        v.add(&r_at, "either 'name' or 'labels' should be specified");
+    }
+    if r.kind != "MeshExternalService" {
+        check_port(v, &r_at.field("port"), r.port.unwrap_or(0));
+    }
+}
+
+/// Kuma's virtual probe rules.
+fn validate_probes(v: &mut Violations, probes: &Probes) {
+    let at = FieldPath::root("probes");
+    check_port(v, &at.field("port"), probes.port);
+    for (i, e) in probes.endpoints.iter().enumerate() {
+        let e_at = at.field("endpoints").index(i);
+        check_port(v, &e_at.field("inboundPort"), e.inbound_port);
+        for (field, path) in [("inboundPath", &e.inbound_path), ("path", &e.path)] {
+            // Go's ParseRequestURI: an absolute path (or a full URL).
+            if !path.starts_with('/') && !path.contains("://") {
+                v.add(&e_at.field(field), "should be a valid URL Path");
+            }
+        }
+    }
+}
+
+/// Kuma's service probe rules: durations and thresholds must be positive.
+fn validate_service_probe(v: &mut Violations, at: &FieldPath, probe: &ServiceProbe) {
+    for (field, value) in [("interval", &probe.interval), ("timeout", &probe.timeout)] {
+        let Some(value) = value else { continue };
+        match super::duration::parse_go_duration(value) {
+            Ok(d) if d.is_zero() => v.add(&at.field(field), "must have a positive value"),
+            Ok(_) => {}
+            Err(_) => v.add(&at.field(field), "must have a valid value"),
+        }
+    }
+    for (field, value) in
+        [("unhealthyThreshold", probe.unhealthy_threshold), ("healthyThreshold", probe.healthy_threshold)]
+    {
+        if value.is_some_and(|t| t <= 0) {
+            v.add(&at.field(field), "must have a positive value");
+        }
     }
 }
 
@@ -173,32 +356,46 @@ fn on_loopback(address: &str) -> bool {
     }
 }
 
-fn validate_inbound(v: &mut Violations, at: &FieldPath, inbound: &Inbound) {
+/// Kuma's inbound rules, in Kuma's order.
+fn validate_inbound(v: &mut Violations, at: &FieldPath, inbound: &Inbound, dp_address: &str) {
     check_port(v, &at.field("port"), inbound.port);
     if let Some(sp) = inbound.service_port.filter(|p| *p != 0) {
         check_port(v, &at.field("servicePort"), sp);
     }
-    for (field, value) in [("serviceAddress", &inbound.service_address), ("address", &inbound.address)] {
-        if let Some(addr) = value.as_deref().filter(|a| !a.is_empty()) {
-            if addr.parse::<std::net::IpAddr>().is_err() {
-                v.add(&at.field(field), format!("{field} has to be valid IP address"));
-            }
+    let given = |a: &Option<String>| a.as_deref().filter(|a| !a.is_empty()).map(str::to_string);
+    let (service_address, address) = (given(&inbound.service_address), given(&inbound.address));
+    let same_port = inbound.service_port.is_none_or(|p| p == 0 || p == inbound.port);
+    let overlap = "serviceAddress and servicePort has to differ from address and port";
+    if let Some(addr) = &service_address {
+        if addr.parse::<std::net::IpAddr>().is_err() {
+            v.add(&at.field("serviceAddress"), "serviceAddress has to be valid IP address");
+        }
+        if addr == dp_address && same_port {
+            v.add(&at.field("serviceAddress"), overlap);
+        }
+    }
+    if let Some(addr) = &address {
+        if addr.parse::<std::net::IpAddr>().is_err() {
+            v.add(&at.field("address"), "address has to be valid IP address");
+        }
+        if service_address.as_ref() == Some(addr) && same_port {
+            v.add(&at.field("serviceAddress"), overlap);
         }
     }
     let tags_at = at.field("tags");
-    if !inbound.tags.contains_key(SERVICE_TAG) {
-        v.add(&tags_at.key(SERVICE_TAG), "tag has to exist");
+    let allowed = format!("Allowed values: {}", PROTOCOLS.join(", "));
+    if let Some(protocol) = inbound.tags.get(PROTOCOL_TAG).filter(|p| !known_protocol(p)) {
+        v.add(&tags_at.key(PROTOCOL_TAG), format!("tag {PROTOCOL_TAG:?} has an invalid value {protocol:?}. {allowed}"));
     }
     validate_tags(v, &tags_at, &inbound.tags);
-    if let Some(protocol) = inbound.tags.get(PROTOCOL_TAG) {
-        if !PROTOCOLS.contains(&protocol.as_str()) {
-            v.add(
-                &tags_at.key(PROTOCOL_TAG),
-                format!(
-                    "tag {PROTOCOL_TAG:?} has an invalid value {protocol:?}. Allowed values: {}",
-                    PROTOCOLS.join(", ")
-                ),
-            );
-        }
+    if let Some(protocol) = inbound.protocol.as_deref().filter(|p| !p.is_empty() && !known_protocol(p)) {
+        v.add(&at.field("protocol"), format!("has an invalid value {protocol:?}. {allowed}"));
+    }
+    if let Some(probe) = &inbound.service_probe {
+        validate_service_probe(v, &at.field("serviceProbe"), probe);
+    }
+    // Without tags at all, Kuma accepts the inbound (inbound tags disabled).
+    if !inbound.tags.is_empty() && !inbound.tags.contains_key(SERVICE_TAG) {
+        v.add(&tags_at.key(SERVICE_TAG), "tag has to exist");
     }
 }

@@ -4,6 +4,7 @@
 pub mod dataplane;
 mod decode;
 pub mod duration;
+pub mod mesh;
 pub mod mesh_access_log;
 pub mod mesh_metric;
 pub mod mesh_trace;
@@ -40,7 +41,13 @@ pub fn check_spec(kind: Kind, spec: &Value) -> Result<CheckedSpec, Violations> {
     let canonical = match kind {
         // GlobalSecret never comes from a document (`read_kind` refuses it);
         // the control plane writes it directly.
-        Kind::Mesh | Kind::DataplaneInsight | Kind::ZoneInsight | Kind::GlobalSecret => {
+        // Kept as given (Kuma keeps unknown fields of a Mesh), once its rules pass.
+        Kind::Mesh => {
+            let map: serde_json::Map<String, Value> = decode(spec, root)?;
+            decode_checked(spec, root, mesh::MeshSpec::validate)?;
+            Value::Object(map)
+        }
+        Kind::DataplaneInsight | Kind::ZoneInsight | Kind::GlobalSecret => {
             let map: serde_json::Map<String, Value> = decode(spec, root)?;
             Value::Object(map)
         }
