@@ -353,3 +353,34 @@ async fn a_slow_collector_gets_several_exports_at_once() {
     });
     assert_eq!(s["dropped"], 0, "{s}");
 }
+
+/// A backend's `timeout` and `retry` drive the pipe: a collector that holds
+/// every export makes each try end at the backend's 500 ms timeout (with the
+/// default 10 s, no retry would happen before the give-up), tries follow the
+/// backoff, and after `maxElapsedTime` the batch is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backends_timeout_and_retry_policy_take_effect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start().await;
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let (host, port) = collector.address().split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).expect("addr");
+    let yaml = setup("patience", &collector.address()).replace(
+        &format!("  endpoint: {{address: {host}, port: {port}}}\n"),
+        &format!("  endpoint: {{address: {host}, port: {port}}}\n  timeout: 500ms\n  retry: {{initialBackoff: 100ms, maxBackoff: 200ms, maxElapsedTime: 3s}}\n"),
+    );
+    assert!(yaml.contains("maxElapsedTime"), "{yaml}");
+    cp.ternctl_stdin(&["apply", "-f", "-"], &yaml).ok();
+    let dp = DataPlane::start(&cp, &dir.path().join("dps"), "web-6", &dataplane("patience", "web-6"), &[], &[]);
+    let channel = client::connect(socket_of(&dp)).await;
+
+    collector.hold_traces(true);
+    client::spans(&channel, &["never answered"]).await.expect("queued");
+    let s = eventually(WAIT, "the batch given up after maxElapsedTime", || {
+        let s = stats(&dp, "traces");
+        (s["dropped"] == 1).then(|| s.clone()).ok_or(s.to_string())
+    });
+    assert!(s["retries"].as_u64().unwrap_or(0) >= 2, "tries ended at the 500 ms timeout and were retried: {s}");
+    assert_eq!(s["exported"], 0, "{s}");
+    assert!(collector.with(|r| r.traces_most_in_progress) >= 2, "each retry reached the collector");
+    collector.hold_traces(false);
+}

@@ -814,3 +814,24 @@ fn mesh_parity() {
     assert_eq!(resource.resource.spec["meshServices"]["mode"], "Exclusive");
     assert_eq!(resource.resource.spec["somethingNew"], 1);
 }
+
+/// Tern's extensions of MeshOpenTelemetryBackend: `timeout`, `retry` and
+/// `queue`, each rule with its message, all at once.
+#[test]
+fn backend_delivery_extensions() {
+    assert_eq!(
+        violations(&motb("timeout: 2s\nretry: {initialBackoff: 100ms, maxBackoff: 5s, maxElapsedTime: '0'}\nqueue: {maxRequests: 64, maxBytes: 1048576}")),
+        vec![]
+    );
+    assert_eq!(
+        violations(&motb("timeout: 0s\nretry: {initialBackoff: 10s, maxBackoff: 1s, maxElapsedTime: soon}\nqueue: {maxRequests: 0, maxBytes: 10}")),
+        pairs(&[
+            ("spec.timeout", "must be greater than 0"),
+            ("spec.retry.maxElapsedTime", "must be a valid duration such as 30s, 1m or 1h30m"),
+            ("spec.retry.initialBackoff", "must not be greater than maxBackoff"),
+            ("spec.queue.maxRequests", "must be between 1 and 1000000"),
+            ("spec.queue.maxBytes", "must be between 1024 and 4294967296"),
+        ])
+    );
+    assert_eq!(violations(&motb("timeout: -1s")), pairs(&[("spec.timeout", "must not be negative when defined")]));
+}

@@ -189,9 +189,12 @@ pub fn build_exporter(
         Some((l, s)) => sourced(l.compression?, s),
         None => sourced(Compression::None, Source::Default),
     };
-    let timeout = match layer(Field::Timeout) {
-        Some((l, s)) => sourced(l.timeout?, s),
-        None => sourced(DEFAULT_TIMEOUT, Source::Default),
+    let timeout = match (source_of(Field::Timeout), backend.timeout_ms) {
+        (Some(Source::Explicit), Some(ms)) => sourced(Duration::from_millis(ms), Source::Explicit),
+        _ => match layer(Field::Timeout) {
+            Some((l, s)) => sourced(l.timeout?, s),
+            None => sourced(DEFAULT_TIMEOUT, Source::Default),
+        },
     };
     Some(ExporterConfig { signal, protocol, endpoint, tls, headers, certificate, client_pair, compression, timeout })
 }

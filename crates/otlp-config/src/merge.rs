@@ -22,18 +22,63 @@ pub struct BackendSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
     pub env_policy: EffectiveEnvPolicy,
+    /// `timeout` in milliseconds: the explicit source of the timeout field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// How the data plane delivers to this backend (`retry`, `queue`).
+    #[serde(default, skip_serializing_if = "Delivery::is_default")]
+    pub delivery: Delivery,
+}
+
+/// A backend's `retry` and `queue`, what the data plane's pipe does with a
+/// batch that fails and how much it holds; unset parts keep the data
+/// plane's own defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_backoff_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// `0`: retry until delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_elapsed_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_requests: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<usize>,
+}
+
+impl Delivery {
+    pub fn is_default(&self) -> bool {
+        *self == Delivery::default()
+    }
 }
 
 impl BackendSettings {
     /// Reads a validated backend spec.
     pub fn from_spec(spec: &MeshOpenTelemetryBackendSpec) -> BackendSettings {
         let endpoint = spec.endpoint.clone().unwrap_or_default();
+        let ms = |text: &Option<String>| {
+            let d = tern_model::spec::duration::parse_go_duration(text.as_deref()?).ok()?;
+            Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let retry = spec.retry.clone().unwrap_or_default();
+        let queue = spec.queue.clone().unwrap_or_default();
         BackendSettings {
             address: endpoint.address,
             port: endpoint.port.and_then(|p| u16::try_from(p).ok()),
             path: endpoint.path.filter(|p| !p.is_empty()),
             protocol: spec.protocol.as_ref().map(|_| spec.protocol()),
             env_policy: spec.env_policy(),
+            timeout_ms: ms(&spec.timeout),
+            delivery: Delivery {
+                initial_backoff_ms: ms(&retry.initial_backoff),
+                max_backoff_ms: ms(&retry.max_backoff),
+                max_elapsed_ms: ms(&retry.max_elapsed_time),
+                queue_requests: queue.max_requests.and_then(|n| usize::try_from(n).ok()),
+                queue_bytes: queue.max_bytes.and_then(|n| usize::try_from(n).ok()),
+            },
         }
     }
 }
@@ -209,6 +254,7 @@ fn pick_source(
         Source::Explicit => match field {
             Field::Endpoint => backend.address.is_some(),
             Field::Protocol => backend.protocol.is_some(),
+            Field::Timeout => backend.timeout_ms.is_some(),
             _ => false,
         },
         Source::Default => match field {

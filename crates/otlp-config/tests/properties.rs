@@ -100,13 +100,16 @@ fn backend_settings() -> impl Strategy<Value = BackendSettings> {
         prop::sample::select(vec![EnvMode::Disabled, EnvMode::Optional, EnvMode::Required]),
         prop::sample::select(vec![Precedence::EnvFirst, Precedence::ExplicitFirst]),
         any::<bool>(),
+        prop::option::of(1u64..60_000),
     )
-        .prop_map(|(address, port, path, protocol, mode, precedence, allow)| BackendSettings {
+        .prop_map(|(address, port, path, protocol, mode, precedence, allow, timeout_ms)| BackendSettings {
             address: address.map(str::to_string),
             port,
             path: if protocol == Some(Protocol::Http) { path } else { None },
             protocol,
             env_policy: EffectiveEnvPolicy { mode, precedence, allow_signal_overrides: allow },
+            timeout_ms,
+            delivery: Default::default(),
         })
 }
 
@@ -174,6 +177,13 @@ proptest! {
                     }
                     if status.blocked_reasons.contains(&BlockedReason::SignalOverridesDisallowed) || !settings.env_policy.allow_signal_overrides {
                         prop_assert!(!used.contains(&Source::SignalEnv), "{:?} used the signal layer", used);
+                    }
+                    // The backend's own timeout is the explicit source, first under ExplicitFirst.
+                    if c.timeout.source == Source::Explicit {
+                        prop_assert_eq!(Some(c.timeout.value.as_millis() as u64), settings.timeout_ms);
+                    }
+                    if settings.timeout_ms.is_some() && settings.env_policy.precedence == Precedence::ExplicitFirst {
+                        prop_assert_eq!(c.timeout.source, Source::Explicit);
                     }
                     let expected_scheme = if c.tls.value { "https://" } else { "http://" };
                     prop_assert!(c.endpoint.value.starts_with(expected_scheme), "{} vs tls {}", c.endpoint.value, c.tls.value);
@@ -331,6 +341,8 @@ proptest! {
                 precedence: Precedence::EnvFirst,
                 allow_signal_overrides: true,
             },
+            timeout_ms: None,
+            delivery: Default::default(),
         };
         for signal in Signal::ALL {
             let resolution = resolve_signal(&backend, signal, &inventory, false);

@@ -34,7 +34,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tern_otlp_config::exporter::ClientKey;
-use tern_otlp_config::{build_exporter, resolve_signal, ExporterConfig, Inventory, OtelPlan, ParsedEnv, Signal};
+use tern_otlp_config::{
+    build_exporter, resolve_signal, Delivery, ExporterConfig, Inventory, OtelPlan, ParsedEnv, Signal,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -71,6 +73,38 @@ impl Default for QueueLimits {
 }
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How a failed batch is retried: exponential backoff from `initial` to
+/// `max` (with jitter), given up after `max_elapsed` if set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub max_elapsed: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// A backend's `retry`, the pipe's defaults for what it leaves out.
+    pub fn of(delivery: &Delivery) -> RetryPolicy {
+        let ms = Duration::from_millis;
+        RetryPolicy {
+            initial: delivery.initial_backoff_ms.map_or(Duration::from_millis(100), ms),
+            max: delivery.max_backoff_ms.map_or(MAX_BACKOFF, ms),
+            max_elapsed: delivery.max_elapsed_ms.filter(|m| *m > 0).map(ms),
+        }
+    }
+}
+
+impl QueueLimits {
+    /// These limits with a backend's `queue` applied.
+    fn with(self, delivery: &Delivery) -> QueueLimits {
+        QueueLimits {
+            requests: delivery.queue_requests.unwrap_or(self.requests),
+            bytes: delivery.queue_bytes.unwrap_or(self.bytes),
+            wait: self.wait,
+        }
+    }
+}
+
 /// What one signal of a running backend does.
 #[derive(Clone, PartialEq)]
 enum SignalSetup {
@@ -84,6 +118,7 @@ struct RunningBackend {
     /// Tells the export loops to give up what they still hold.
     abandon: tokio::sync::watch::Sender<bool>,
     setup: BTreeMap<Signal, SignalSetup>,
+    delivery: Delivery,
     stats: BTreeMap<Signal, Arc<SignalStats>>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -170,7 +205,7 @@ impl PipeManager {
     /// Brings the running pipes in line with `plan`: backends that are gone
     /// stop, changed ones restart, unchanged ones are left alone.
     pub async fn apply(&mut self, plan: &OtelPlan) {
-        let mut wanted: BTreeMap<PathBuf, (String, BTreeMap<Signal, SignalSetup>)> = BTreeMap::new();
+        let mut wanted: BTreeMap<PathBuf, (String, BTreeMap<Signal, SignalSetup>, Delivery)> = BTreeMap::new();
         for b in &plan.backends {
             let mut setup = BTreeMap::new();
             for signal in Signal::ALL {
@@ -191,12 +226,12 @@ impl PipeManager {
                 };
                 setup.insert(signal, s);
             }
-            wanted.insert(PathBuf::from(&b.socket_path), (b.name.clone(), setup));
+            wanted.insert(PathBuf::from(&b.socket_path), (b.name.clone(), setup, b.settings.delivery.clone()));
         }
         let stale: Vec<PathBuf> = self
             .running
             .iter()
-            .filter(|(path, r)| wanted.get(*path).is_none_or(|(_, setup)| *setup != r.setup))
+            .filter(|(path, r)| wanted.get(*path).is_none_or(|(_, setup, d)| *setup != r.setup || *d != r.delivery))
             .map(|(p, _)| p.clone())
             .collect();
         // Counters carry over when a backend's pipe is replaced, so its
@@ -210,12 +245,12 @@ impl PipeManager {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        for (path, (name, setup)) in wanted {
+        for (path, (name, setup, delivery)) in wanted {
             if self.running.contains_key(&path) {
                 continue;
             }
             let stats = carried.remove(&name).unwrap_or_default();
-            match self.start(&path, &name, setup, stats).await {
+            match self.start(&path, &name, setup, delivery, stats).await {
                 Ok(r) => {
                     self.running.insert(path, r);
                 }
@@ -229,8 +264,10 @@ impl PipeManager {
         path: &std::path::Path,
         name: &str,
         setup: BTreeMap<Signal, SignalSetup>,
+        delivery: Delivery,
         carried: BTreeMap<Signal, Arc<SignalStats>>,
     ) -> Result<RunningBackend, String> {
+        let (limits, retry) = (self.queue.with(&delivery), RetryPolicy::of(&delivery));
         let mut stats = BTreeMap::new();
         let (abandon, abandoned) = tokio::sync::watch::channel(false);
         // One client per distinct connection-level config: signals that
@@ -242,10 +279,11 @@ impl PipeManager {
             match setup.get(&signal) {
                 Some(SignalSetup::Export(config)) => match shared_exporter(&mut clients, config) {
                     Ok(exporter) => {
-                        let (tx, rx) = mpsc::channel(self.queue.requests);
+                        let (tx, rx) = mpsc::channel(limits.requests);
                         let abandoned = abandoned.clone();
-                        tokio::spawn(export_loop(name.to_string(), exporter, signal, rx, s.clone(), abandoned));
-                        let queue = receiver::Queue::new(tx, self.queue);
+                        let exports = Exports { backend: name.to_string(), exporter, signal, retry };
+                        tokio::spawn(export_loop(exports, rx, s.clone(), abandoned));
+                        let queue = receiver::Queue::new(tx, limits);
                         Route::Queue { queue, stats: s }
                     }
                     Err(e) => {
@@ -268,7 +306,7 @@ impl PipeManager {
         let exporting: Vec<&str> =
             setup.iter().filter(|(_, s)| matches!(s, SignalSetup::Export(_))).map(|(sig, _)| sig.as_str()).collect();
         info!(backend = %name, socket = %path.display(), exporting = ?exporting, "OTLP pipe started");
-        Ok(RunningBackend { name: name.to_string(), routes, abandon, setup, stats, stop: Some(stop) })
+        Ok(RunningBackend { name: name.to_string(), routes, abandon, setup, delivery, stats, stop: Some(stop) })
     }
 
     /// The counts in the Prometheus text format, for `tern-dp --metrics-addr`.
@@ -426,13 +464,12 @@ pub const MAX_IN_FLIGHT: usize = 4;
 /// [`MAX_IN_FLIGHT`]) and retried with backoff while the collector is
 /// unreachable; the bounded queue keeps memory bounded meanwhile.
 async fn export_loop(
-    backend: String,
-    exporter: Exporter,
-    signal: Signal,
+    exports: Exports,
     mut rx: mpsc::Receiver<Queued>,
     stats: Arc<SignalStats>,
     abandoned: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Exports { backend, exporter, signal, retry } = exports;
     let exporter = Arc::new(exporter);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     // A request taken from the queue that did not fit the previous batch.
@@ -475,7 +512,8 @@ async fn export_loop(
             return;
         }
         let batch = Batch { parts: batch.iter().map(|q| q.payload.bytes.clone()).collect(), items, _queued: batch };
-        let deliver = deliver(backend.clone(), exporter.clone(), signal, batch, stats.clone(), abandoned.clone());
+        let to = Destination { backend: backend.clone(), exporter: exporter.clone(), signal, retry };
+        let deliver = deliver(to, batch, stats.clone(), abandoned.clone());
         tokio::spawn(async move {
             deliver.await;
             drop(slot);
@@ -491,18 +529,34 @@ struct Batch {
     _queued: Vec<Queued>,
 }
 
-/// Sends one batch, retrying with backoff while that can help, until it is
-/// delivered, refused for good, or the pipe is abandoned.
-async fn deliver(
+/// One signal's exports of a backend.
+struct Exports {
+    backend: String,
+    exporter: Exporter,
+    signal: Signal,
+    retry: RetryPolicy,
+}
+
+/// Where one batch goes, and how it is retried.
+struct Destination {
     backend: String,
     exporter: Arc<Exporter>,
     signal: Signal,
+    retry: RetryPolicy,
+}
+
+/// Sends one batch, retrying with backoff while that can help, until it is
+/// delivered, refused for good, out of retry time, or the pipe is abandoned.
+async fn deliver(
+    to: Destination,
     batch: Batch,
     stats: Arc<SignalStats>,
     mut abandoned: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Destination { backend, exporter, signal, retry } = to;
     let items = batch.items;
-    let mut backoff = Duration::from_millis(100);
+    let started = tokio::time::Instant::now();
+    let mut backoff = retry.initial;
     loop {
         if *abandoned.borrow() {
             warn!(backend = %backend, items, "pipe stopped with an export still retrying; dropped");
@@ -525,11 +579,16 @@ async fn deliver(
                 // do not retry in lockstep; a collector's Retry-After wins
                 // when it asks for longer.
                 let wait = with_jitter(backoff).max(e.retry_after.unwrap_or_default());
+                if retry.max_elapsed.is_some_and(|limit| started.elapsed() + wait > limit) {
+                    warn!(backend = %backend, signal = %signal, items, "export still failing when the backend's retry.maxElapsedTime ran out; dropped");
+                    stats.dropped(items);
+                    return;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = abandoned.wait_for(|a| *a) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(retry.max);
             }
             Err(e) => {
                 warn!(backend = %backend, signal = %signal, error = %e.message, items, "export failed; dropped");

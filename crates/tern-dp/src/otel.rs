@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use tern_otlp_config::{
-    build_exporter, group_clients, resolve_signal, Inventory, OtelPlan, ProcessEnv, Signal, SignalStatus,
+    build_exporter, group_clients, resolve_signal, Delivery, Inventory, OtelPlan, ProcessEnv, Signal, SignalStatus,
 };
 
 /// The inventory for the current environment, as sent at bootstrap.
@@ -21,6 +21,26 @@ fn read_plan(path: &Path) -> Result<OtelPlan, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let at = e.path().to_string();
         format!("{} is not a valid plan: {at}: {}", path.display(), e.into_inner())
+    })
+}
+
+/// The backend's `retry` and `queue` as the pipe applies them, each value
+/// with its source (`explicit` from the backend, else the pipe's `default`;
+/// `tern-dp run --otel-queue-*` may change the queue's defaults).
+fn delivery(d: &Delivery) -> Value {
+    let defaults = tern_pipe::RetryPolicy::of(&Delivery::default());
+    let field = |explicit: Option<u64>, default: u64| match explicit {
+        Some(v) => json!({"value": v, "source": "explicit"}),
+        None => json!({"value": default, "source": "default"}),
+    };
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let count = |n: Option<usize>| n.map(|n| n as u64);
+    json!({
+        "initialBackoffMs": field(d.initial_backoff_ms, ms(defaults.initial)),
+        "maxBackoffMs": field(d.max_backoff_ms, ms(defaults.max)),
+        "maxElapsedMs": field(d.max_elapsed_ms, 0),
+        "queueRequests": field(count(d.queue_requests), tern_pipe::DEFAULT_QUEUE_REQUESTS as u64),
+        "queueBytes": field(count(d.queue_bytes), tern_pipe::DEFAULT_QUEUE_BYTES as u64),
     })
 }
 
@@ -59,6 +79,7 @@ pub fn resolve(plan_path: &Path) -> Result<String, String> {
             "socketPath": backend.socket_path,
             "signals": signals,
             "clients": group_clients(&configs),
+            "delivery": delivery(&backend.settings.delivery),
         }));
     }
     serde_json::to_string_pretty(&json!({"backends": backends})).map_err(|e| e.to_string())

@@ -172,3 +172,41 @@ fn run_names_its_dataplane_by_file_or_by_name_and_mesh() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// A backend's `timeout` merges with `OTEL_EXPORTER_OTLP_TIMEOUT` under its
+/// precedence, and its `retry` and `queue` show with their sources.
+#[test]
+fn resolve_shows_the_backends_timeout_retry_and_queue_with_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("OTEL_EXPORTER_OTLP_TIMEOUT", "500")];
+    for (precedence, value, source) in [("EnvFirst", 500, "shared-env"), ("ExplicitFirst", 2000, "explicit")] {
+        let spec: tern_model::spec::MeshOpenTelemetryBackendSpec = serde_json::from_value(json!({
+            "endpoint": {"address": "collector", "port": 4317},
+            "env": {"precedence": precedence},
+            "timeout": "2s",
+            "retry": {"initialBackoff": "250ms", "maxElapsedTime": "1m"},
+            "queue": {"maxRequests": 64}
+        }))
+        .expect("spec");
+        assert!(spec.validate().is_empty(), "{:?}", spec.validate());
+        let settings = tern_otlp_config::BackendSettings::from_spec(&spec);
+        let ready = json!({"enabled": true, "state": "ready", "envAllowed": true, "envInputPresent": true, "overrideKinds": [], "missingFields": [], "blockedReasons": []});
+        let plan = json!({"backends": [{
+            "name": "main",
+            "socketPath": "/tmp/tern-otel-main.sock",
+            "settings": serde_json::to_value(&settings).expect("json"),
+            "traces": {"status": ready}
+        }]});
+        let path = dir.path().join(format!("{precedence}.json"));
+        std::fs::write(&path, plan.to_string()).expect("write plan");
+        let (code, out, err) = tern_dp(&["otel", "resolve", "--plan", path.to_str().expect("utf8")], &env);
+        assert_eq!(code, 0, "{err}");
+        let r: Value = serde_json::from_str(&out).expect("json");
+        let b = &r["backends"][0];
+        assert_eq!(b["signals"]["traces"]["exporter"]["timeoutMs"], json!({"value": value, "source": source}), "{out}");
+        assert_eq!(b["delivery"]["initialBackoffMs"], json!({"value": 250, "source": "explicit"}));
+        assert_eq!(b["delivery"]["maxBackoffMs"], json!({"value": 5000, "source": "default"}));
+        assert_eq!(b["delivery"]["maxElapsedMs"], json!({"value": 60000, "source": "explicit"}));
+        assert_eq!(b["delivery"]["queueRequests"], json!({"value": 64, "source": "explicit"}));
+    }
+}

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog as Env
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, grpc_service, substitution_format_string, transport_socket, DataSource, GrpcService,
-    SubstitutionFormatString, TransportSocket,
+    SubstitutionFormatString, TransportSocket, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::trace::v3::{
     tracing, zipkin_config, DatadogConfig, OpenTelemetryConfig, ZipkinConfig,
@@ -26,7 +26,7 @@ use envoy_types::pb::opentelemetry::proto::common::v1::{
 use envoy_types::util::pack_any;
 use serde_json::Value;
 use tern_model::spec::mesh_access_log::AccessLogFormat;
-use tern_model::spec::mesh_trace::TraceTag;
+use tern_model::spec::mesh_trace::{Sampling, TraceTag};
 use tern_model::spec::policy::Percentage;
 use tern_resolve::{AccessLog, AccessLogSink, EnvoyTelemetry, Listener, LocalLog, Sink, Tracer};
 
@@ -282,13 +282,20 @@ impl Proxy<'_> {
                 let config = OpenTelemetryConfig {
                     grpc_service: Some(grpc_to(&cluster_name)),
                     service_name: self.service.to_string(),
+                    sampler: Some(parent_based(root_percent(t.trace.sampling.as_ref()))),
                     ..Default::default()
                 };
                 ("envoy.tracers.opentelemetry", pack_any(config))
             }
             (None, None) => return None,
         };
-        let s = t.trace.sampling.clone().unwrap_or_default();
+        // The OpenTelemetry tracer samples parent-based itself (its
+        // sampler); Envoy's own sampling would decide before it looks at
+        // the parent, so it stays at 100% there.
+        let s = match name {
+            "envoy.tracers.opentelemetry" => Sampling::default(),
+            _ => t.trace.sampling.clone().unwrap_or_default(),
+        };
         Some(http_connection_manager::Tracing {
             provider: Some(envoy_types::pb::envoy::config::trace::v3::tracing::Http {
                 name: name.into(),
@@ -402,6 +409,37 @@ fn sink_cluster(signal: &str, sink: &Sink) -> (String, Cluster) {
             }
             (name, c)
         }
+    }
+}
+
+/// The share of requests without a parent that are traced: `overall` of
+/// `random` (Envoy's order), both 100 when unset.
+fn root_percent(sampling: Option<&Sampling>) -> f64 {
+    let value = |p: Option<&Percentage>| p.and_then(Percentage::value).unwrap_or(100.0);
+    let s = sampling.cloned().unwrap_or_default();
+    value(s.overall.as_ref()) * value(s.random.as_ref()) / 100.0
+}
+
+/// OpenTelemetry's parent-based sampler: a caller's decision in its
+/// `traceparent` is kept; without one, `percent` of traces by trace ID.
+fn parent_based(percent: f64) -> TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::{
+        ParentBasedSamplerConfig, TraceIdRatioBasedSamplerConfig,
+    };
+    use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+    let ratio = TraceIdRatioBasedSamplerConfig {
+        sampling_percentage: Some(FractionalPercent {
+            numerator: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            denominator: DenominatorType::Million as i32,
+        }),
+    };
+    let wrapped = TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based".into(),
+        typed_config: Some(pack_any(ratio)),
+    };
+    TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.samplers.parent_based".into(),
+        typed_config: Some(pack_any(ParentBasedSamplerConfig { wrapped_sampler: Some(wrapped) })),
     }
 }
 

@@ -19,7 +19,46 @@ pub struct MeshOpenTelemetryBackendSpec {
     pub protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<EnvPolicy>,
+    /// Tern extension: how long one export may take (a Go duration),
+    /// merged with `OTEL_EXPORTER_OTLP_TIMEOUT` under `env.precedence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Tern extension: how the data plane retries a failed export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Tern extension: the data plane's queue per signal for this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePolicy>,
 }
+
+/// Exponential backoff between tries (with jitter); a batch still failing
+/// after `maxElapsedTime` is dropped and counted (`0` or unset: never).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_elapsed_time: Option<String>,
+}
+
+/// Bounds of the data plane's queue for each signal of the backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueuePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<i64>,
+}
+
+/// The largest queue a backend may ask for, per signal.
+pub const MAX_QUEUE_REQUESTS: i64 = 1_000_000;
+pub const MAX_QUEUE_BYTES: i64 = 4 << 30;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -162,6 +201,7 @@ impl MeshOpenTelemetryBackendSpec {
                 v.add(&spec.field("protocol"), must_be_one_of("protocol", PROTOCOLS));
             }
         }
+        self.validate_delivery(&mut v, &spec);
         if let Some(env) = &self.env {
             let at = spec.field("env");
             if let Some(mode) = env.mode.as_deref().filter(|m| !m.is_empty()) {
@@ -176,6 +216,52 @@ impl MeshOpenTelemetryBackendSpec {
             }
         }
         v
+    }
+}
+
+impl MeshOpenTelemetryBackendSpec {
+    /// Tern's rules for `timeout`, `retry` and `queue`.
+    fn validate_delivery(&self, v: &mut Violations, spec: &FieldPath) {
+        let positive =
+            |v: &mut Violations, at: &FieldPath, text: &str, zero_ok: bool| match super::duration::parse_go_duration(
+                text,
+            ) {
+                Ok(d) if d.is_zero() && !zero_ok => {
+                    v.add(at, "must be greater than 0");
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(message) => {
+                    v.add(at, message);
+                    None
+                }
+            };
+        if let Some(timeout) = &self.timeout {
+            positive(v, &spec.field("timeout"), timeout, false);
+        }
+        if let Some(retry) = &self.retry {
+            let at = spec.field("retry");
+            let initial =
+                retry.initial_backoff.as_deref().and_then(|t| positive(v, &at.field("initialBackoff"), t, false));
+            let max = retry.max_backoff.as_deref().and_then(|t| positive(v, &at.field("maxBackoff"), t, false));
+            if let Some(t) = &retry.max_elapsed_time {
+                positive(v, &at.field("maxElapsedTime"), t, true);
+            }
+            if let (Some(initial), Some(max)) = (initial, max) {
+                if initial > max {
+                    v.add(&at.field("initialBackoff"), "must not be greater than maxBackoff");
+                }
+            }
+        }
+        if let Some(queue) = &self.queue {
+            let at = spec.field("queue");
+            if queue.max_requests.is_some_and(|n| !(1..=MAX_QUEUE_REQUESTS).contains(&n)) {
+                v.add(&at.field("maxRequests"), format!("must be between 1 and {MAX_QUEUE_REQUESTS}"));
+            }
+            if queue.max_bytes.is_some_and(|n| !(1024..=MAX_QUEUE_BYTES).contains(&n)) {
+                v.add(&at.field("maxBytes"), format!("must be between 1024 and {MAX_QUEUE_BYTES}"));
+            }
+        }
     }
 }
 
