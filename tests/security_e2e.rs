@@ -127,7 +127,11 @@ async fn another_process_cannot_act_as_an_existing_data_plane() {
     let insight: Value = serde_json::from_str(&insight).expect("json");
     let session = if insight["spec"].is_object() { &insight["spec"]["session"] } else { &insight["session"] };
     assert_eq!(session["workDir"], json!(real.work_dir.display().to_string()), "{insight}");
-    assert_eq!(session["features"], json!(["feature-otel-via-kuma-dp"]), "{insight}");
+    assert_eq!(
+        session["features"],
+        json!(["feature-tcp-access-log-via-tern-dp", "feature-otel-via-kuma-dp"]),
+        "{insight}"
+    );
     let view: Value = http.get(&runtime_url).send().await.expect("runtime").json().await.expect("json");
     assert!(!view.to_string().contains("x\\u001b"), "a forged delivery report never lands: {view}");
     assert!(real.log_text().contains("registered with the control plane"));

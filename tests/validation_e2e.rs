@@ -279,7 +279,8 @@ fn tern_dp_checks_a_dataplane_file() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 0\n",
+        // Tags without kuma.io/service (an inbound without tags is valid, as in Kuma).
+        "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 0\n      tags: {version: v1}\n",
     )
     .expect("write");
     let out = std::process::Command::new(support::tern_dp())

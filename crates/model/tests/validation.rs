@@ -835,3 +835,57 @@ fn backend_delivery_extensions() {
     );
     assert_eq!(violations(&motb("timeout: -1s")), pairs(&[("spec.timeout", "must not be negative when defined")]));
 }
+
+/// The rest of Kuma 2.14's Dataplane rules: reachable backends of a
+/// transparent proxy, zone ingress/egress listeners, the old-style metrics.
+#[test]
+fn dataplane_parity_rest() {
+    let dp = |body: &str| format!("type: Dataplane\nname: d\nmesh: default\n{body}");
+    let cases: &[DocCase] = &[
+        (
+            "reachable backends",
+            dp("networking:\n  address: 10.0.0.1\n  transparentProxying:\n    reachableBackends:\n      refs:\n        - {kind: MeshGateway, name: Bad_Name}\n        - {kind: MeshService, namespace: ns}\n        - {kind: MeshService, name: a, labels: {app: a}}\n"),
+            &[
+                ("networking.transparentProxing.reachableBackends.refs[0].kind", "invalid value. Available values are: MeshExternalService,MeshMultiZoneService,MeshService"),
+                ("networking.transparentProxing.reachableBackends.refs[0].name", "invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+                ("networking.transparentProxing.reachableBackends.refs[1].name", "name or labels are required"),
+                ("networking.transparentProxing.reachableBackends.refs[1].name", "name is required, when namespace is defined"),
+                ("networking.transparentProxing.reachableBackends.refs[2].labels", "labels cannot be defined when name is specified"),
+            ],
+        ),
+        (
+            "listeners",
+            dp("networking:\n  address: 10.0.0.1\n  inbound: [{port: 8080, name: main, tags: {kuma.io/service: a}}]\n  listeners:\n    - {type: Sidecar, address: 0.0.0.0, port: 0, name: main}\n    - {type: ZoneEgress, address: 10.0.0.1, port: 10002}\n"),
+            &[
+                ("networking.listeners[0].type", "type must be ZoneIngress or ZoneEgress"),
+                ("networking.listeners[0].address", "must not be 0.0.0.0 or ::"),
+                ("networking.listeners[0].port", "port must be in the range [1, 65535]"),
+                ("networking.listeners[0].name", r#"name "main" must be unique across inbounds and listeners"#),
+            ],
+        ),
+        (
+            "old-style metrics",
+            dp("networking: {address: 10.0.0.1}\nmetrics:\n  type: prometheus\n  conf:\n    aggregate:\n      - {name: app, port: 1234}\n      - {name: app, port: 1235}\n"),
+            &[("metrics.conf.aggregate[1].name", "duplicate entry: app, values have to be unique")],
+        ),
+        (
+            "metrics of another type, and skipMTLS against tls",
+            dp("networking: {address: 10.0.0.1}\nmetrics: {type: statsd}\n"),
+            &[("metrics.type", r#"unknown backend type. Available backends: "prometheus""#)],
+        ),
+        (
+            "skipMTLS with a TLS mode that contradicts it",
+            dp("networking: {address: 10.0.0.1}\nmetrics: {type: prometheus, conf: {skipMTLS: true, tls: {mode: providedTLS}}}\n"),
+            &[("metrics.conf", "skipMTLS and tls configuration cannot be defined together")],
+        ),
+    ];
+    for (name, doc, expected) in cases {
+        assert_eq!(violations(doc), pairs(expected), "case {name}");
+    }
+    let bad_regex = violations(&dp(
+        "networking: {address: 10.0.0.1}\nmetrics: {type: prometheus, conf: {envoy: {filterRegex: '('}}}\n",
+    ));
+    assert_eq!(bad_regex.len(), 1);
+    assert_eq!(bad_regex[0].0, "metrics.conf.envoy.filterRegex");
+    assert!(bad_regex[0].1.starts_with("provided regexp isn't correct: "), "{bad_regex:?}");
+}

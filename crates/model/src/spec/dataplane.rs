@@ -237,6 +237,24 @@ impl DataplaneSpec {
         for (i, outbound) in net.outbound.iter().enumerate() {
             validate_outbound(&mut v, &at.field("outbound").index(i), outbound);
         }
+        if let Some(refs) = net
+            .other
+            .get("transparentProxying")
+            .and_then(|t| t.pointer("/reachableBackends/refs"))
+            .and_then(|r| r.as_array())
+        {
+            // Kuma's path spells it `transparentProxing`.
+            let refs_at = at.field("transparentProxing").field("reachableBackends").field("refs");
+            for (i, r) in refs.iter().enumerate() {
+                validate_reachable_backend(&mut v, &refs_at.index(i), r);
+            }
+        }
+        if net.gateway.is_none() {
+            validate_listeners(&mut v, &at, net);
+            if let Some(metrics) = self.other.get("metrics") {
+                validate_metrics(&mut v, metrics);
+            }
+        }
         if let Some(probes) = &self.probes {
             validate_probes(&mut v, probes);
         }
@@ -303,6 +321,98 @@ fn validate_outbound(v: &mut Violations, o_at: &FieldPath, outbound: &Outbound) 
     }
     if r.kind != "MeshExternalService" {
         check_port(v, &r_at.field("port"), r.port.unwrap_or(0));
+    }
+}
+
+/// One `transparentProxying.reachableBackends.refs[]` entry.
+fn validate_reachable_backend(v: &mut Violations, at: &FieldPath, r: &serde_json::Value) {
+    let text = |key: &str| r.get(key).and_then(|x| x.as_str()).unwrap_or_default();
+    let (kind, name, namespace) = (text("kind"), text("name"), text("namespace"));
+    let labels = r.get("labels").and_then(|l| l.as_object()).is_some_and(|l| !l.is_empty());
+    if !BACKEND_REF_KINDS.split(',').any(|k| k == kind) {
+        v.add(&at.field("kind"), format!("invalid value. Available values are: {BACKEND_REF_KINDS}"));
+    }
+    if !name.is_empty() {
+        if let Some(problem) = crate::document::identifier_problem(name, false) {
+            v.add(&at.field("name"), problem);
+        }
+    }
+    if name.is_empty() && !labels {
+        v.add(&at.field("name"), "name or labels are required");
+    }
+    if name.is_empty() && !namespace.is_empty() {
+        v.add(&at.field("name"), "name is required, when namespace is defined");
+    }
+    if labels && (!name.is_empty() || !namespace.is_empty()) {
+        v.add(&at.field("labels"), "labels cannot be defined when name is specified");
+    }
+}
+
+/// Zone ingress and egress `listeners`: their type, address, port, and names
+/// unique across inbounds and listeners.
+fn validate_listeners(v: &mut Violations, at: &FieldPath, net: &Networking) {
+    let Some(listeners) = net.other.get("listeners").and_then(|l| l.as_array()) else { return };
+    let mut names: Vec<String> =
+        net.inbound.iter().filter_map(|i| i.other.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect();
+    for (i, l) in listeners.iter().enumerate() {
+        let l_at = at.field("listeners").index(i);
+        let text = |key: &str| l.get(key).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        if !["ZoneIngress", "ZoneEgress"].contains(&text("type").as_str()) {
+            v.add(&l_at.field("type"), "type must be ZoneIngress or ZoneEgress");
+        }
+        let address = text("address");
+        if address.is_empty() {
+            v.add(&l_at.field("address"), "address can't be empty");
+        } else if address == "0.0.0.0" || address == "::" {
+            v.add(&l_at.field("address"), "must not be 0.0.0.0 or ::");
+        } else if address.parse::<std::net::IpAddr>().is_err() && !super::is_dns_name(&address) {
+            v.add(&l_at.field("address"), "address has to be valid IP address or domain name");
+        }
+        check_port(v, &l_at.field("port"), l.get("port").and_then(|p| p.as_i64()).unwrap_or(0));
+        let name = text("name");
+        if !name.is_empty() {
+            if names.contains(&name) {
+                v.add(&l_at.field("name"), format!("name {name:?} must be unique across inbounds and listeners"));
+            }
+            names.push(name);
+        }
+    }
+}
+
+/// A Dataplane's own `metrics` backend (Kuma's old style, Prometheus only).
+fn validate_metrics(v: &mut Violations, metrics: &serde_json::Value) {
+    let at = FieldPath::root("metrics");
+    if metrics.get("type").and_then(|t| t.as_str()) != Some("prometheus") {
+        v.add(&at.field("type"), "unknown backend type. Available backends: \"prometheus\"");
+        return;
+    }
+    let Some(conf) = metrics.get("conf") else { return };
+    let conf_at = at.field("conf");
+    let skip_mtls = conf.get("skipMTLS").and_then(|s| s.as_bool());
+    let tls_mode = conf.pointer("/tls/mode").and_then(|m| m.as_str()).unwrap_or("activeMTLSBackend");
+    if let (Some(skip), Some(_)) = (skip_mtls, conf.get("tls")) {
+        let consistent = (!skip && tls_mode == "activeMTLSBackend") || (skip && tls_mode == "disabled");
+        if !consistent {
+            v.add(&conf_at, "skipMTLS and tls configuration cannot be defined together");
+            return;
+        }
+    }
+    if let Some(regex) = conf.pointer("/envoy/filterRegex").and_then(|r| r.as_str()) {
+        if let Err(e) = regex::Regex::new(regex) {
+            let reason = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+            v.add(&conf_at.field("envoy").field("filterRegex"), format!("provided regexp isn't correct: {reason}"));
+            return;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in conf.get("aggregate").and_then(|a| a.as_array()).into_iter().flatten().enumerate() {
+        let name = a.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        if !seen.insert(name) {
+            v.add(
+                &conf_at.field("aggregate").index(i).field("name"),
+                format!("duplicate entry: {name}, values have to be unique"),
+            );
+        }
     }
 }
 
