@@ -166,3 +166,64 @@ async fn mtls_from_env_reaches_the_collector_and_a_wrong_ca_fails_visibly() {
     drop(bad);
     drop(good);
 }
+
+/// A backend that says TLS and headers itself (Tern's extensions): its CA,
+/// client certificate and key are files on the data-plane host, one header
+/// is literal, one read from a variable and one from a file there. The
+/// collector sees TLS, the client certificate and all three headers; none
+/// of the values reach the control plane. A header file that is missing
+/// shows in `ternctl inspect`, without its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backends_own_tls_and_headers_from_the_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    certificates(&certs);
+    let read = |f: &str| std::fs::read(certs.join(f)).expect("pem");
+    let collector = Collector::start_tls(Some((read("server.pem"), read("server.key"), Some(read("ca.pem"))))).await;
+    let path = |f: &str| certs.join(f).display().to_string();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-s3cret\n").expect("token file");
+    let backend = |mesh: &str, file: &str| {
+        format!(
+            "type: Mesh\nname: {mesh}\n---\ntype: MeshOpenTelemetryBackend\nname: explicit\nmesh: {mesh}\nspec:\n  endpoint: {{address: localhost, port: {port}}}\n  tls:\n    mode: Provided\n    caFile: {ca}\n    certFile: {cert}\n    keyFile: {key}\n  headers:\n    - {{name: x-literal, value: plain}}\n    - {{name: x-from-env, valueFrom: {{env: TERN_TEST_TOKEN}}}}\n    - {{name: x-from-file, valueFrom: {{file: {file}}}}}\n---\ntype: MeshTrace\nname: {mesh}-traces\nmesh: {mesh}\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: explicit}}\n",
+            port = collector.port,
+            ca = path("ca.pem"),
+            cert = path("client.pem"),
+            key = path("client.key"),
+        )
+    };
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let missing = dir.path().join("no-such-token");
+    let docs = backend("explicit", &token_file.display().to_string())
+        + "---\n"
+        + &backend("missing", &missing.display().to_string());
+    cp.ternctl_stdin(&["apply", "-f", "-"], &docs).ok();
+
+    let env = [("TERN_TEST_TOKEN", "env-s3cret")];
+    let root = dir.path().join("dps");
+    let good = DataPlane::start(&cp, &root, "exp-1", &dataplane("explicit", "exp-1"), &env, &[]);
+    let channel = client::connect(socket_of(&good)).await;
+    client::spans(&channel, &["own TLS"]).await.expect("spans");
+    eventually(WAIT, "the span over the backend's own mTLS", || {
+        let spans = collector.with(|r| r.spans.clone());
+        spans.contains(&"own TLS".to_string()).then_some(()).ok_or(format!("{spans:?}; {}", good.log_text()))
+    });
+    let seen = collector.with(|r| r.headers.clone());
+    for header in ["x-literal=plain", "x-from-env=env-s3cret", "x-from-file=file-s3cret"] {
+        assert!(seen.contains(&header.to_string()), "{header} in {seen:?}");
+    }
+    let insight = cp.ternctl(&["get", "dataplane-insight", "exp-1", "-m", "explicit", "-o", "json"]).ok().stdout;
+    for secret in ["env-s3cret", "file-s3cret"] {
+        assert!(!insight.contains(secret), "{secret} leaked into the insight: {insight}");
+    }
+
+    let bad = DataPlane::start(&cp, &root, "mis-1", &dataplane("missing", "mis-1"), &env, &[]);
+    let text = eventually(WAIT, "the missing header file in inspect", || {
+        let t = cp.ternctl(&["inspect", "dataplane", "mis-1", "-m", "missing"]).stdout;
+        t.contains("x-from-file: its file cannot be read").then(|| t.clone()).ok_or(t)
+    });
+    assert!(!text.contains("no-such-token"), "the file's path stays on the host: {text}");
+    drop(bad);
+    drop(good);
+}

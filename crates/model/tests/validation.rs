@@ -889,3 +889,38 @@ fn dataplane_parity_rest() {
     assert_eq!(bad_regex[0].0, "metrics.conf.envoy.filterRegex");
     assert!(bad_regex[0].1.starts_with("provided regexp isn't correct: "), "{bad_regex:?}");
 }
+
+/// Tern's extensions of MeshOpenTelemetryBackend: `tls` and `headers`.
+#[test]
+fn backend_tls_and_headers_extensions() {
+    assert_eq!(
+        violations(&motb("tls: {mode: Provided, caFile: /etc/ca.pem, certFile: /etc/c.pem, keyFile: /etc/c.key}\nheaders:\n  - {name: x-team, value: payments}\n  - {name: authorization, valueFrom: {env: OTLP_TOKEN}}\n  - {name: x-key, valueFrom: {file: /run/secrets/key}}")),
+        vec![]
+    );
+    assert_eq!(
+        violations(&motb("tls: {mode: Sometimes, caFile: ca.pem, certFile: /c.pem}\nheaders:\n  - {name: 'bad header', value: a}\n  - {name: x-a}\n  - {name: x-b, value: a, valueFrom: {env: B}}\n  - {name: x-c, valueFrom: {env: '1BAD'}}\n  - {name: x-d, valueFrom: {env: D, file: /d}}\n  - {name: X-Team, value: a}\n  - {name: x-team, value: b}")),
+        pairs(&[
+            ("spec.tls.mode", r#""mode" must be one of ["Disabled", "System", "Provided"]"#),
+            ("spec.tls.caFile", "must not be set when mode is Sometimes"),
+            ("spec.tls.certFile", "must not be set when mode is Sometimes"),
+            ("spec.tls.keyFile", "must be set with certFile"),
+            ("spec.headers[0].name", "must be a valid HTTP header name"),
+            ("spec.headers[1]", "must have exactly one defined: value, valueFrom"),
+            ("spec.headers[2]", "must have exactly one defined: value, valueFrom"),
+            ("spec.headers[3].valueFrom.env", "must be a valid environment variable name"),
+            ("spec.headers[4].valueFrom", "must have exactly one defined: env, file"),
+            ("spec.headers[6].name", r#""x-team" is already defined"#),
+        ])
+    );
+    assert_eq!(
+        violations(&motb("tls: {mode: Disabled, caFile: /ca.pem}")),
+        pairs(&[("spec.tls.caFile", "must not be set when mode is Disabled")])
+    );
+    assert_eq!(
+        violations(&motb("tls: {mode: Provided}\nheaders: [{name: x, valueFrom: {file: rel/path}}]")),
+        pairs(&[
+            ("spec.tls", "mode Provided needs caFile, or certFile and keyFile"),
+            ("spec.headers[0].valueFrom.file", "must be an absolute path"),
+        ])
+    );
+}

@@ -2,7 +2,7 @@
 //! filled with the local values, per signal, each field with its source.
 
 use crate::env::{Field, Layer, Signal};
-use crate::merge::{BackendSettings, SignalResolution, Source};
+use crate::merge::{BackendSettings, HeaderSource, SignalResolution, Source, TlsSettings};
 use crate::parse::{Compression, LayerSettings, OtlpProtocol, ParsedEnv};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -84,6 +84,35 @@ impl ExporterConfig {
         }
     }
 
+    /// Reads the values of the backend's `valueFrom` headers on this host
+    /// (a variable, or a file whose trailing newline is dropped). The error
+    /// names the header and the variable, never a value or a file path, as
+    /// it travels to the control plane in the delivery report.
+    pub fn fill_headers(
+        &mut self,
+        backend: &BackendSettings,
+        env: &dyn crate::EnvSource,
+        read_file: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
+    ) -> Result<(), String> {
+        let Some(headers) = self.headers.as_mut().filter(|h| h.source == Source::Explicit) else { return Ok(()) };
+        for h in &backend.headers {
+            let value = match &h.from {
+                HeaderSource::Value(v) => v.clone(),
+                HeaderSource::Env(name) => env
+                    .var(name)
+                    .ok_or_else(|| format!("header {}: variable {name} is not set on this host", h.name))?,
+                HeaderSource::File(path) => read_file(path)
+                    .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|e| format!("header {}: its file cannot be read ({:?})", h.name, e.kind()))?,
+            };
+            if value.contains(['\r', '\n']) {
+                return Err(format!("header {}: its value has a line break", h.name));
+            }
+            headers.value.insert(h.name.clone(), value);
+        }
+        Ok(())
+    }
+
     /// JSON for operators: header values and file paths replaced by
     /// `<redacted>`, every field with its source.
     pub fn redacted(&self) -> Value {
@@ -146,7 +175,10 @@ pub fn build_exporter(
     };
     let http = protocol.value == OtlpProtocol::HttpProtobuf;
 
-    let insecure = layer(Field::Insecure).and_then(|(l, s)| l.insecure.map(|v| (v, s)));
+    let insecure = match source_of(Field::Insecure) {
+        Some(Source::Explicit) => backend.tls.as_ref().map(|t| (!t.enabled, Source::Explicit)),
+        _ => layer(Field::Insecure).and_then(|(l, s)| l.insecure.map(|v| (v, s))),
+    };
     let (endpoint, tls) = match source_of(Field::Endpoint)? {
         s @ (Source::SignalEnv | Source::SharedEnv) => {
             let url = layer(Field::Endpoint)?.0.endpoint.clone()?;
@@ -182,9 +214,29 @@ pub fn build_exporter(
             (sourced(format!("{scheme}://{host}:{port}{path}"), s), tls)
         }
     };
-    let headers = layer(Field::Headers).and_then(|(l, s)| l.headers.clone().map(|h| sourced(h, s)));
-    let certificate = layer(Field::Certificate).and_then(|(l, s)| l.certificate.clone().map(|c| sourced(c, s)));
-    let client_pair = layer(Field::ClientKey).and_then(|(l, s)| l.client_pair.clone().map(|c| sourced(c, s)));
+    let explicit = |f: Field| source_of(f) == Some(Source::Explicit);
+    let headers = if explicit(Field::Headers) {
+        // Literal values now; `valueFrom` ones are read on the host by
+        // [`ExporterConfig::fill_headers`].
+        let names = backend.headers.iter().map(|h| match &h.from {
+            HeaderSource::Value(v) => (h.name.clone(), v.clone()),
+            _ => (h.name.clone(), String::new()),
+        });
+        Some(sourced(names.collect(), Source::Explicit))
+    } else {
+        layer(Field::Headers).and_then(|(l, s)| l.headers.clone().map(|h| sourced(h, s)))
+    };
+    let tls_files = backend.tls.as_ref();
+    let certificate = if explicit(Field::Certificate) {
+        tls_files.and_then(|t| t.ca_file.clone()).map(|c| sourced(c, Source::Explicit))
+    } else {
+        layer(Field::Certificate).and_then(|(l, s)| l.certificate.clone().map(|c| sourced(c, s)))
+    };
+    let client_pair = if explicit(Field::ClientKey) {
+        tls_files.and_then(TlsSettings::client_pair).map(|c| sourced(c, Source::Explicit))
+    } else {
+        layer(Field::ClientKey).and_then(|(l, s)| l.client_pair.clone().map(|c| sourced(c, s)))
+    };
     let compression = match layer(Field::Compression) {
         Some((l, s)) => sourced(l.compression?, s),
         None => sourced(Compression::None, Source::Default),

@@ -23,8 +23,8 @@ pub use env::{EnvSource, EnvValues, Field, Layer, ProcessEnv, Signal};
 pub use exporter::{build_exporter, group_clients, ExporterConfig};
 pub use inventory::Inventory;
 pub use merge::{
-    resolve_backends, resolve_signal, BackendSettings, BackendUse, BlockedReason, Delivery, SignalResolution, Source,
-    State,
+    resolve_backends, resolve_signal, BackendSettings, BackendUse, BlockedReason, Delivery, HeaderSetting,
+    HeaderSource, SignalResolution, Source, State, TlsSettings,
 };
 pub use parse::ParsedEnv;
 pub use plan::{AppMetrics, MetricSelector, OtelPlan, PlanBackend, PlanSignal, PrometheusEndpoint, SidecarMetrics};

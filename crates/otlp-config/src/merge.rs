@@ -7,6 +7,7 @@ use crate::env::{Field, Layer, Signal};
 use crate::inventory::Inventory;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, MeshOpenTelemetryBackendSpec, Precedence, Protocol};
 
 /// What a MeshOpenTelemetryBackend says explicitly, and its env policy.
@@ -28,6 +29,51 @@ pub struct BackendSettings {
     /// How the data plane delivers to this backend (`retry`, `queue`).
     #[serde(default, skip_serializing_if = "Delivery::is_default")]
     pub delivery: Delivery,
+    /// The backend's `tls`: the explicit source of TLS, CA and client pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+    /// The backend's `headers`: the explicit source of the headers field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderSetting>,
+}
+
+/// A backend's `tls`, paths on the data-plane host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// `mode` is not `Disabled`.
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn client_pair(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.cert_file.clone()?, self.key_file.clone()?))
+    }
+}
+
+/// One of a backend's `headers`: where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderSetting {
+    pub name: String,
+    pub from: HeaderSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeaderSource {
+    /// A literal, non-secret value.
+    Value(String),
+    /// A variable of the data plane's environment (its name).
+    Env(String),
+    /// A file on the data-plane host.
+    File(PathBuf),
 }
 
 /// A backend's `retry` and `queue`, what the data plane's pipe does with a
@@ -72,6 +118,13 @@ impl BackendSettings {
             protocol: spec.protocol.as_ref().map(|_| spec.protocol()),
             env_policy: spec.env_policy(),
             timeout_ms: ms(&spec.timeout),
+            tls: spec.tls.as_ref().map(|t| TlsSettings {
+                enabled: t.mode.as_deref() != Some("Disabled"),
+                ca_file: t.ca_file.as_ref().map(PathBuf::from),
+                cert_file: t.cert_file.as_ref().map(PathBuf::from),
+                key_file: t.key_file.as_ref().map(PathBuf::from),
+            }),
+            headers: spec.headers.iter().flatten().filter_map(header_setting).collect(),
             delivery: Delivery {
                 initial_backoff_ms: ms(&retry.initial_backoff),
                 max_backoff_ms: ms(&retry.max_backoff),
@@ -81,6 +134,19 @@ impl BackendSettings {
             },
         }
     }
+}
+
+fn header_setting(h: &tern_model::spec::motb::BackendHeader) -> Option<HeaderSetting> {
+    let from = match (&h.value, &h.value_from) {
+        (Some(v), _) => HeaderSource::Value(v.clone()),
+        (None, Some(f)) => match (&f.env, &f.file) {
+            (Some(env), _) => HeaderSource::Env(env.clone()),
+            (None, Some(file)) => HeaderSource::File(PathBuf::from(file)),
+            (None, None) => return None,
+        },
+        (None, None) => return None,
+    };
+    Some(HeaderSetting { name: h.name.to_ascii_lowercase(), from })
 }
 
 /// Where a field's value comes from.
@@ -255,6 +321,12 @@ fn pick_source(
             Field::Endpoint => backend.address.is_some(),
             Field::Protocol => backend.protocol.is_some(),
             Field::Timeout => backend.timeout_ms.is_some(),
+            Field::Insecure => backend.tls.is_some(),
+            Field::Certificate => backend.tls.as_ref().is_some_and(|t| t.ca_file.is_some()),
+            Field::ClientCertificate | Field::ClientKey => {
+                backend.tls.as_ref().is_some_and(|t| t.client_pair().is_some())
+            }
+            Field::Headers => !backend.headers.is_empty(),
             _ => false,
         },
         Source::Default => match field {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, Precedence, Protocol};
 use tern_otlp_config::merge::BackendUse;
 use tern_otlp_config::{
-    build_exporter, resolve_backends, resolve_signal, BackendSettings, BlockedReason, Field, Inventory, Layer, Signal,
-    Source, State,
+    build_exporter, resolve_backends, resolve_signal, BackendSettings, BlockedReason, Field, HeaderSetting,
+    HeaderSource, Inventory, Layer, Signal, Source, State, TlsSettings,
 };
 
 /// A secret-looking token: long and random enough that finding it anywhere
@@ -110,6 +110,8 @@ fn backend_settings() -> impl Strategy<Value = BackendSettings> {
             env_policy: EffectiveEnvPolicy { mode, precedence, allow_signal_overrides: allow },
             timeout_ms,
             delivery: Default::default(),
+            tls: None,
+            headers: Vec::new(),
         })
 }
 
@@ -343,6 +345,8 @@ proptest! {
             },
             timeout_ms: None,
             delivery: Default::default(),
+            tls: None,
+            headers: Vec::new(),
         };
         for signal in Signal::ALL {
             let resolution = resolve_signal(&backend, signal, &inventory, false);
@@ -352,6 +356,41 @@ proptest! {
                     for token in &hidden_by_exporters {
                         prop_assert!(!leaks(out, token), "{token} leaked into {out}");
                     }
+                }
+            }
+        }
+
+        // A backend's own headers read on the host (a variable and a file)
+        // and its TLS files: filled into the exporter, shown by neither its
+        // debug form, its redacted view, the status, nor a failure message.
+        let file_secret = format!("{}-from-file", headers.0);
+        let explicit = BackendSettings {
+            address: Some("collector".into()),
+            tls: Some(TlsSettings { enabled: true, ca_file: Some(headers.0.clone().into()), cert_file: None, key_file: None }),
+            headers: vec![
+                HeaderSetting { name: "x-env".into(), from: HeaderSource::Env("TERN_SECRET".into()) },
+                HeaderSetting { name: "x-file".into(), from: HeaderSource::File("/run/secret".into()) },
+            ],
+            env_policy: EffectiveEnvPolicy { precedence: Precedence::ExplicitFirst, ..backend.env_policy },
+            ..backend.clone()
+        };
+        let host: BTreeMap<String, String> = [("TERN_SECRET".to_string(), headers.0.clone())].into();
+        for signal in Signal::ALL {
+            let resolution = resolve_signal(&explicit, signal, &inventory, false);
+            let status = serde_json::to_string(&tern_otlp_config::SignalStatus::from(&resolution)).expect("json");
+            let Some(mut config) = build_exporter(&explicit, &resolution, &parsed, values.host_ip.as_deref()) else { continue };
+            let filled = config.fill_headers(&explicit, &host, &|_| Ok(file_secret.clone()));
+            let missing = config.clone().fill_headers(&explicit, &BTreeMap::<String, String>::new(), &|_| Ok(String::new()));
+            prop_assert_eq!(config.headers.as_ref().map(|h| h.source), Some(Source::Explicit), "ExplicitFirst");
+            {
+                prop_assert!(filled.is_ok());
+                prop_assert_eq!(config.headers.as_ref().map(|h| h.value["x-env"].clone()), Some(headers.0.clone()));
+                prop_assert!(missing.is_err());
+            }
+            let shown = [format!("{config:?}"), config.redacted().to_string(), status, format!("{missing:?}")];
+            for out in &shown {
+                for token in [&headers.0, &file_secret] {
+                    prop_assert!(!leaks(out, token), "{token} leaked into {out}");
                 }
             }
         }

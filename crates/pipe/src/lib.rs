@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tern_otlp_config::exporter::ClientKey;
 use tern_otlp_config::{
-    build_exporter, resolve_signal, Delivery, ExporterConfig, Inventory, OtelPlan, ParsedEnv, Signal,
+    build_exporter, resolve_signal, Delivery, ExporterConfig, Inventory, OtelPlan, ParsedEnv, ProcessEnv, Signal,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -215,7 +215,10 @@ impl PipeManager {
                 };
                 let r = resolve_signal(&b.settings, signal, &self.env.inventory, p.ambiguous());
                 let s = match build_exporter(&b.settings, &r, &self.env.parsed, self.env.host_ip.as_deref()) {
-                    Some(c) => SignalSetup::Export(c),
+                    Some(mut c) => match c.fill_headers(&b.settings, &ProcessEnv, &|p| std::fs::read_to_string(p)) {
+                        Ok(()) => SignalSetup::Export(c),
+                        Err(reason) => SignalSetup::Unavailable(reason),
+                    },
                     None => {
                         let reasons: Vec<String> = r.blocked_reasons.iter().map(|x| format!("{x:?}")).collect();
                         SignalSetup::Unavailable(match r.state {

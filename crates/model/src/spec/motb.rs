@@ -29,7 +29,57 @@ pub struct MeshOpenTelemetryBackendSpec {
     /// Tern extension: the data plane's queue per signal for this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueuePolicy>,
+    /// Tern extension: TLS to the collector, with files on the data-plane host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+    /// Tern extension: headers sent with every export; values literal, or
+    /// read on the data-plane host from a variable or a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<BackendHeader>>,
 }
+
+/// `Disabled` (plain text), `System` (the host's trust roots) or `Provided`
+/// (`caFile`, and `certFile` with `keyFile` for mTLS). Paths name files on
+/// the data-plane host; only `tern-dp` reads them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendHeader {
+    #[serde(default)]
+    pub name: String,
+    /// A literal value: for headers that are not secret (it is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueFrom>,
+}
+
+/// Where `tern-dp` reads a header's value on the data-plane host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValueFrom {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+const TLS_MODES: &[&str] = &["Disabled", "System", "Provided"];
 
 /// Exponential backoff between tries (with jitter); a batch still failing
 /// after `maxElapsedTime` is dropped and counted (`0` or unset: never).
@@ -202,6 +252,7 @@ impl MeshOpenTelemetryBackendSpec {
             }
         }
         self.validate_delivery(&mut v, &spec);
+        self.validate_secrets(&mut v, &spec);
         if let Some(env) = &self.env {
             let at = spec.field("env");
             if let Some(mode) = env.mode.as_deref().filter(|m| !m.is_empty()) {
@@ -220,6 +271,74 @@ impl MeshOpenTelemetryBackendSpec {
 }
 
 impl MeshOpenTelemetryBackendSpec {
+    /// Tern's rules for `tls` and `headers`.
+    fn validate_secrets(&self, v: &mut Violations, spec: &FieldPath) {
+        let absolute = |v: &mut Violations, at: &FieldPath, path: &str| {
+            if !path.starts_with('/') || path.contains('\0') {
+                v.add(at, "must be an absolute path");
+            }
+        };
+        if let Some(tls) = &self.tls {
+            let at = spec.field("tls");
+            let mode = tls.mode.as_deref().unwrap_or(if tls.ca_file.is_some() || tls.cert_file.is_some() {
+                "Provided"
+            } else {
+                "System"
+            });
+            if !TLS_MODES.contains(&mode) {
+                v.add(&at.field("mode"), must_be_one_of("mode", TLS_MODES));
+            }
+            for (field, path) in [("caFile", &tls.ca_file), ("certFile", &tls.cert_file), ("keyFile", &tls.key_file)] {
+                let Some(path) = path else { continue };
+                if mode != "Provided" {
+                    v.add(&at.field(field), format!("must not be set when mode is {mode}"));
+                } else {
+                    absolute(v, &at.field(field), path);
+                }
+            }
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => v.add(&at.field("keyFile"), "must be set with certFile"),
+                (None, Some(_)) => v.add(&at.field("certFile"), "must be set with keyFile"),
+                _ => {}
+            }
+            if mode == "Provided" && tls.ca_file.is_none() && tls.cert_file.is_none() && tls.key_file.is_none() {
+                v.add(&at, "mode Provided needs caFile, or certFile and keyFile");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in self.headers.iter().flatten().enumerate() {
+            let at = spec.field("headers").index(i);
+            if h.name.is_empty() {
+                v.add(&at.field("name"), "must be defined");
+            } else if !h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                v.add(&at.field("name"), "must be a valid HTTP header name");
+            } else if !seen.insert(h.name.to_ascii_lowercase()) {
+                v.add(&at.field("name"), format!("{:?} is already defined", h.name));
+            }
+            match (&h.value, &h.value_from) {
+                (Some(_), Some(_)) | (None, None) => v.add(&at, "must have exactly one defined: value, valueFrom"),
+                (Some(value), None) if value.contains(['\r', '\n']) => {
+                    v.add(&at.field("value"), "must not contain line breaks")
+                }
+                (_, Some(from)) => {
+                    let f_at = at.field("valueFrom");
+                    match (&from.env, &from.file) {
+                        (Some(name), None) => {
+                            let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                            if !ok {
+                                v.add(&f_at.field("env"), "must be a valid environment variable name");
+                            }
+                        }
+                        (None, Some(path)) => absolute(v, &f_at.field("file"), path),
+                        _ => v.add(&f_at, "must have exactly one defined: env, file"),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Tern's rules for `timeout`, `retry` and `queue`.
     fn validate_delivery(&self, v: &mut Violations, spec: &FieldPath) {
         let positive =
