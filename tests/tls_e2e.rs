@@ -87,6 +87,17 @@ fn certificates(dir: &Path) {
     }
 }
 
+/// Test certificates in `<dir>/certs`, and a collector serving TLS that
+/// requires a client certificate from the test CA.
+async fn mtls_collector(dir: &Path) -> (PathBuf, Collector) {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    certificates(&certs);
+    let read = |f: &str| std::fs::read(certs.join(f)).expect("pem");
+    let collector = Collector::start_tls(Some((read("server.pem"), read("server.key"), Some(read("ca.pem"))))).await;
+    (certs, collector)
+}
+
 fn setup(mesh: &str) -> String {
     let policy = |kind: &str| {
         format!("type: {kind}\nname: {mesh}-{}\nmesh: {mesh}\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: from-env}}\n---\n", kind.to_lowercase())
@@ -112,11 +123,7 @@ fn socket_of(dp: &DataPlane) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mtls_from_env_reaches_the_collector_and_a_wrong_ca_fails_visibly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("certs dir");
-    certificates(&certs);
-    let read = |f: &str| std::fs::read(certs.join(f)).expect("pem");
-    let collector = Collector::start_tls(Some((read("server.pem"), read("server.key"), Some(read("ca.pem"))))).await;
+    let (certs, collector) = mtls_collector(dir.path()).await;
     let cp = ControlPlane::start(&dir.path().join("cp"));
     cp.ternctl_stdin(&["apply", "-f", "-"], &(setup("secure") + "---\n" + &setup("wrong"))).ok();
 
@@ -176,11 +183,7 @@ async fn mtls_from_env_reaches_the_collector_and_a_wrong_ca_fails_visibly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backends_own_tls_and_headers_from_the_host() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("certs dir");
-    certificates(&certs);
-    let read = |f: &str| std::fs::read(certs.join(f)).expect("pem");
-    let collector = Collector::start_tls(Some((read("server.pem"), read("server.key"), Some(read("ca.pem"))))).await;
+    let (certs, collector) = mtls_collector(dir.path()).await;
     let path = |f: &str| certs.join(f).display().to_string();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "file-s3cret\n").expect("token file");
