@@ -47,6 +47,24 @@ pub struct Received {
     /// Trace exports being answered now, and the most there ever were.
     pub traces_in_progress: usize,
     pub traces_most_in_progress: usize,
+    /// String resource attributes seen, as (signal, key, value).
+    pub resources: std::collections::BTreeSet<(String, String, String)>,
+}
+
+/// The string attributes of a resource, for [`Received::resources`].
+fn resource_strings(
+    signal: &str,
+    resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+) -> Vec<(String, String, String)> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    resource
+        .into_iter()
+        .flat_map(|r| &r.attributes)
+        .filter_map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => Some((signal.to_string(), kv.key.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Clone, Default)]
@@ -78,6 +96,7 @@ impl Recorder {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
         let mut rec = self.0.lock().expect("lock");
         for rs in request.resource_spans {
+            rec.resources.extend(resource_strings("traces", rs.resource.as_ref()));
             let service = rs
                 .resource
                 .iter()
@@ -181,13 +200,16 @@ impl LogsService for Recorder {
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         self.headers(&r);
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
-        let bodies =
-            r.into_inner().resource_logs.into_iter().flat_map(|rl| rl.scope_logs).flat_map(|sl| sl.log_records).map(
-                |l| match l.body.and_then(|b| b.value) {
-                    Some(Value::StringValue(s)) => s,
-                    other => format!("{other:?}"),
-                },
-            );
+        let request = r.into_inner();
+        let resources: Vec<_> =
+            request.resource_logs.iter().flat_map(|rl| resource_strings("logs", rl.resource.as_ref())).collect();
+        self.0.lock().expect("lock").resources.extend(resources);
+        let bodies = request.resource_logs.into_iter().flat_map(|rl| rl.scope_logs).flat_map(|sl| sl.log_records).map(
+            |l| match l.body.and_then(|b| b.value) {
+                Some(Value::StringValue(s)) => s,
+                other => format!("{other:?}"),
+            },
+        );
         self.0.lock().expect("lock").log_bodies.extend(bodies);
         Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
     }
@@ -202,7 +224,11 @@ impl MetricsService for Recorder {
         self.headers(&r);
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
         let mut rec = self.0.lock().expect("lock");
-        for m in r.into_inner().resource_metrics.into_iter().flat_map(|rm| rm.scope_metrics).flat_map(|sm| sm.metrics) {
+        let request = r.into_inner();
+        for rm in &request.resource_metrics {
+            rec.resources.extend(resource_strings("metrics", rm.resource.as_ref()));
+        }
+        for m in request.resource_metrics.into_iter().flat_map(|rm| rm.scope_metrics).flat_map(|sm| sm.metrics) {
             let points = match &m.data {
                 Some(Data::Gauge(g)) => g.data_points.len(),
                 Some(Data::Sum(s)) => s.data_points.len(),

@@ -106,6 +106,10 @@ pub struct PlanSignal {
     /// Metrics only: how often to push (Go duration, default `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<String>,
+    /// Metrics only: `resourceAttributes` templates, interpolated by the
+    /// data plane (`tern_model::spec::resource`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl PlanBackend {

@@ -373,7 +373,13 @@ impl<S: ResourceStore> Reconciler<S> {
             let started = std::time::Instant::now();
             let inbound_zone = || dp.spec.networking.as_ref()?.inbound.first()?.tags.get(ZONE_TAG);
             let zone = dp.resource.labels.get(ZONE_TAG).or_else(inbound_zone).map(String::as_str);
-            let target = tern_xds::Dataplane { mesh, zone, spec: &dp.spec };
+            let target = tern_xds::Dataplane {
+                mesh,
+                name: &dp.resource.name,
+                labels: &dp.resource.labels,
+                zone,
+                spec: &dp.spec,
+            };
             let mut snapshot = tern_xds::build(&target, &outcome.envoy_telemetry(), &services);
             snapshot.cause = tern_trace::current();
             let version = snapshot.version.clone();

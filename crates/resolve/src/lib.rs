@@ -158,6 +158,8 @@ pub struct AccessLogSink {
     /// The record body: any JSON value (an OpenTelemetry AnyValue), strings
     /// may hold Envoy command operators.
     pub body: Option<Value>,
+    /// `resourceAttributes` templates.
+    pub resource: BTreeMap<String, String>,
 }
 
 /// One MeshAccessLog backend, as Envoy's configuration needs it.
@@ -171,6 +173,8 @@ pub enum AccessLog {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvoyTelemetry {
     pub traces: Option<Sink>,
+    /// The trace backend's `resourceAttributes` templates.
+    pub trace_resource: BTreeMap<String, String>,
     /// MeshTrace `sampling`, `tags` and a Zipkin or Datadog backend.
     pub trace: TraceConf,
     /// Every MeshAccessLog backend with the listeners it goes on.
@@ -207,10 +211,16 @@ impl DataplaneOutcome {
                 .map(|b| Sink::Pipe { backend: b.name.clone(), socket: b.socket_path.clone() })
         };
         let entries = |signal: Signal| self.entries.iter().filter(move |(s, _)| *s == signal).flat_map(|(_, e)| e);
-        let traces = entries(Signal::Traces).find_map(|e| socket_of(Signal::Traces, e));
+        let trace = entries(Signal::Traces).find_map(|e| Some((socket_of(Signal::Traces, e)?, e.resource.clone())));
+        let (traces, trace_resource) = trace.map_or((None, BTreeMap::new()), |(s, r)| (Some(s), r));
         let otel = entries(Signal::Logs).filter_map(|e| {
             let sink = socket_of(Signal::Logs, e)?;
-            let log = AccessLogSink { sink, attributes: e.attributes.clone(), body: e.body.clone() };
+            let log = AccessLogSink {
+                sink,
+                attributes: e.attributes.clone(),
+                body: e.body.clone(),
+                resource: e.resource.clone(),
+            };
             Some((e.scope.clone(), AccessLog::OpenTelemetry(log)))
         });
         let local = self.conf.local_logs.iter().filter(|(_, l)| match l {
@@ -225,6 +235,7 @@ impl DataplaneOutcome {
         }
         EnvoyTelemetry {
             traces,
+            trace_resource,
             trace: self.conf.trace.clone(),
             access_logs,
             named_services: self.conf.named_services.clone(),
@@ -311,6 +322,9 @@ struct OtelEntry {
     body: Option<Value>,
     /// MeshAccessLog: the listeners the record goes from.
     scope: LogScope,
+    /// `resourceAttributes`: key to value template (`{{key}}` interpolated
+    /// per data plane, see `tern_model::spec::resource`).
+    resource: BTreeMap<String, String>,
     /// The backend's display name once `backendRef` resolved (per dataplane).
     resolved: Option<String>,
 }
@@ -366,7 +380,11 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
         attributes: Vec::new(),
         body: None,
         scope: LogScope::Everywhere,
+        resource: BTreeMap::new(),
         resolved: None,
+    };
+    let resource = |attrs: &Option<Vec<KeyValue>>| -> BTreeMap<String, String> {
+        attrs.iter().flatten().map(|kv| (kv.key.clone(), kv.value.clone())).collect()
     };
     let decode = |conf: &Value| -> Option<Value> { (!conf.is_null()).then(|| conf.clone()) };
     match kind {
@@ -376,7 +394,7 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
             .into_iter()
             .flatten()
             .filter_map(|b| b.open_telemetry)
-            .map(|o| entry(&o.backend_ref, &o.endpoint))
+            .map(|o| OtelEntry { resource: resource(&o.resource_attributes), ..entry(&o.backend_ref, &o.endpoint) })
             .collect(),
         Kind::MeshMetric => decode(conf)
             .and_then(|c| serde_json::from_value::<MeshMetricConf>(c).ok())
@@ -384,7 +402,11 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
             .into_iter()
             .flatten()
             .filter_map(|b| b.open_telemetry)
-            .map(|o| OtelEntry { refresh_interval: o.refresh_interval.clone(), ..entry(&o.backend_ref, &o.endpoint) })
+            .map(|o| OtelEntry {
+                refresh_interval: o.refresh_interval.clone(),
+                resource: resource(&o.resource_attributes),
+                ..entry(&o.backend_ref, &o.endpoint)
+            })
             .collect(),
         _ => decode(conf)
             .and_then(|c| serde_json::from_value::<AccessLogConf>(c).ok())
@@ -395,6 +417,7 @@ fn otel_entries(kind: Kind, conf: &Value) -> Vec<OtelEntry> {
             .map(|o| OtelEntry {
                 attributes: o.attributes.clone().unwrap_or_default(),
                 body: o.body.clone(),
+                resource: resource(&o.resource_attributes),
                 ..entry(&o.backend_ref, &o.endpoint)
             })
             .collect(),
@@ -719,8 +742,10 @@ fn conditions(
     }
 }
 
-/// Backends a dataplane uses: resource, signals, metrics refresh interval.
-type UsedBackends<'a> = BTreeMap<String, (&'a Resource, Vec<Signal>, Option<String>)>;
+/// Backends a dataplane uses: resource, signals, and for metrics the first
+/// entry's refresh interval and resource attribute templates.
+type UsedBackends<'a> =
+    BTreeMap<String, (&'a Resource, Vec<Signal>, Option<(Option<String>, BTreeMap<String, String>)>)>;
 
 fn dataplane_outcome(
     session: &Session,
@@ -751,7 +776,7 @@ fn dataplane_outcome(
                 slot.1.push(*signal);
             }
             if *signal == Signal::Metrics && slot.2.is_none() {
-                slot.2.clone_from(&e.refresh_interval);
+                slot.2 = Some((e.refresh_interval.clone(), e.resource.clone()));
             }
         }
     }
@@ -779,12 +804,14 @@ fn dataplane_outcome(
         ..OtelPlan::default()
     };
     let mut status = OpenTelemetryStatus::default();
-    for ((name, (backend, _, refresh)), resolved) in used.iter().zip(resolutions) {
+    for ((name, (backend, _, metrics)), resolved) in used.iter().zip(resolutions) {
         let signal_status = |s: Signal| resolved.iter().find(|r| r.signal == s).map(SignalStatus::from);
         let plan_signal = |s: Signal| {
+            let (refresh, resource) = metrics.clone().filter(|_| s == Signal::Metrics).unwrap_or_default();
             signal_status(s).map(|status| PlanSignal {
                 status,
-                refresh_interval: if s == Signal::Metrics { refresh.clone() } else { None },
+                refresh_interval: refresh,
+                resource_attributes: resource,
             })
         };
         plan.backends.push(PlanBackend {

@@ -112,7 +112,7 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
     }
     let (plan_tx, plan_rx) = watch::channel(OtelPlan::default());
     if let Some(admin) = admin {
-        let resource = resource_attributes(&dp, &spec);
+        let identity = (dp.clone(), spec.clone());
         let address = spec.networking.as_ref().and_then(|n| n.address.parse::<std::net::IpAddr>().ok());
         match address {
             Some(address) => {
@@ -129,7 +129,7 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
                 warn!("the Dataplane's address is not an IP address: MeshMetric Prometheus backends are not served")
             }
         }
-        let metrics = envoy_metrics(pipe.clone(), plan_rx, admin, address, resource);
+        let metrics = envoy_metrics(pipe.clone(), plan_rx, admin, address, identity);
         parts.spawn(until_halt("Envoy metrics", halt.clone(), metrics));
     }
     let stats_path = work_dir.join(STATS_FILE);
@@ -219,16 +219,21 @@ pub fn service_of(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) -> Stri
         .unwrap_or_else(|| dp.name.clone())
 }
 
-fn resource_attributes(dp: &Resource, spec: &tern_model::spec::DataplaneSpec) -> Vec<(String, String)> {
-    let zone =
-        spec.networking.as_ref().and_then(|n| n.inbound.first()).and_then(|i| i.tags.get("kuma.io/zone").cloned());
-    let mut resource = vec![
-        ("service.name".to_string(), service_of(dp, spec)),
-        ("kuma.mesh".to_string(), dp.mesh.clone()),
-        ("kuma.dataplane".to_string(), dp.name.clone()),
-    ];
-    resource.extend(zone.map(|z| ("kuma.zone".to_string(), z)));
-    resource
+/// The resource attributes of one backend's metrics: the semantic
+/// conventions this data plane provides, then the backend's templates
+/// (`tern_model::spec::resource`), and `host.name` (this host's).
+fn resource_attributes(
+    dp: &Resource,
+    spec: &tern_model::spec::DataplaneSpec,
+    templates: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let view = tern_model::spec::resource::DataplaneView { mesh: &dp.mesh, name: &dp.name, labels: &dp.labels, spec };
+    let templates: Vec<(String, String)> = templates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut attrs = view.resource_attributes(&templates);
+    if !attrs.iter().any(|(k, _)| k == "host.name") {
+        attrs.push(("host.name".into(), rustix::system::uname().nodename().to_string_lossy().into_owned()));
+    }
+    attrs
 }
 
 /// The labels Kuma's agent adds to what its Prometheus endpoint serves.
@@ -407,9 +412,8 @@ async fn envoy_metrics(
     plan: watch::Receiver<OtelPlan>,
     admin: u16,
     address: Option<std::net::IpAddr>,
-    resource: Vec<(String, String)>,
+    (dp, spec): (Resource, tern_model::spec::DataplaneSpec),
 ) -> Result<(), String> {
-    let resource: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let warned_cap = std::sync::atomic::AtomicBool::new(false);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
     let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
@@ -425,40 +429,57 @@ async fn envoy_metrics(
             _ => continue, // Envoy not up yet
         };
         // The OTLP conversion below applies the same cap.
-        let text = crate::metric_filter::MetricFilter::new(&sidecar).apply(&text).text;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let converted = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now);
-        let mut dropped = converted.dropped_series;
-        // Encoded once, shared by every backend that is due; then each
-        // application's own metrics (MeshMetric `applications[]`).
-        let mut payloads = vec![tern_pipe::OtlpRequest::Metrics(converted.request).to_payload()];
+        let mut texts = vec![crate::metric_filter::MetricFilter::new(&sidecar).apply(&text).text];
+        // Each application's own metrics (MeshMetric `applications[]`).
         if let Some(dp_address) = address {
             let apps = plan.borrow().applications.clone();
             for app in &apps {
                 match crate::prometheus::application_metrics(&client, dp_address, app).await {
-                    Ok(text) => {
-                        let converted = tern_pipe::envoy_metrics::to_otlp(&text, &resource, now);
-                        dropped += converted.dropped_series;
-                        payloads.push(tern_pipe::OtlpRequest::Metrics(converted.request).to_payload());
-                    }
+                    Ok(text) => texts.push(text),
                     Err(e) => tracing::debug!(error = %e, "application metrics not pushed"),
                 }
             }
         }
-        crate::metric_filter::report_cap(&warned_cap, dropped, "opentelemetry");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // Encoded once per distinct resource, which most backends share.
+        let mut encoded: HashMap<Vec<(String, String)>, Vec<tern_pipe::wire::Payload>> = HashMap::new();
+        let mut dropped = 0;
         for backend in due {
             last.insert(backend.clone(), tokio::time::Instant::now());
-            for payload in &payloads {
+            let resource = backend_resource(&plan.borrow(), &backend, &dp, &spec);
+            let payloads = encoded.entry(resource).or_insert_with_key(|resource| {
+                let pairs: Vec<(&str, &str)> = resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let converted = texts.iter().map(|text| tern_pipe::envoy_metrics::to_otlp(text, &pairs, now));
+                converted
+                    .map(|c| {
+                        dropped += c.dropped_series;
+                        tern_pipe::OtlpRequest::Metrics(c.request).to_payload()
+                    })
+                    .collect()
+            });
+            for payload in payloads.iter() {
                 let submitted = pipe.lock().await.submit(&backend, payload.clone());
                 if let Err(e) = submitted {
                     tracing::debug!(backend = %backend, error = %e, "metrics not queued");
                 }
             }
         }
+        crate::metric_filter::report_cap(&warned_cap, dropped, "opentelemetry");
     }
+}
+
+/// The resource of `backend`'s metrics on this data plane.
+fn backend_resource(
+    plan: &OtelPlan,
+    backend: &str,
+    dp: &Resource,
+    spec: &tern_model::spec::DataplaneSpec,
+) -> Vec<(String, String)> {
+    let templates = plan.backends.iter().find(|b| b.name == backend).and_then(|b| b.metrics.as_ref());
+    resource_attributes(dp, spec, &templates.map(|m| m.resource_attributes.clone()).unwrap_or_default())
 }
 
 /// Backends whose metrics refresh interval has passed.

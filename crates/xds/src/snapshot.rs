@@ -28,6 +28,7 @@ use envoy_types::util::pack_any;
 use prost::Message;
 use std::collections::BTreeMap;
 use tern_model::spec::dataplane::{is_http, DataplaneSpec, PROTOCOL_TAG, SERVICE_TAG};
+use tern_model::spec::resource::DataplaneView;
 use tern_resolve::{EnvoyTelemetry, Listener as LogListener};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -50,6 +51,8 @@ pub type ServiceMap = BTreeMap<String, Vec<ServiceEndpoint>>;
 #[derive(Debug, Clone, Copy)]
 pub struct Dataplane<'a> {
     pub mesh: &'a str,
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
     /// Its `kuma.io/zone` label, if any (`%KUMA_ZONE%`, the `kuma.zone` tag).
     pub zone: Option<&'a str>,
     pub spec: &'a DataplaneSpec,
@@ -213,7 +216,8 @@ pub fn build(dp: &Dataplane<'_>, telemetry: &EnvoyTelemetry, services: &ServiceM
     let mut clusters: Vec<Cluster> = Vec::new();
     let mut endpoints = Vec::new();
     let own_service = net.inbound.first().map(|i| service(&i.tags)).unwrap_or("unknown");
-    let proxy = Proxy { mesh: dp.mesh, zone: dp.zone, address: &net.address, service: own_service, telemetry };
+    let view = DataplaneView { mesh: dp.mesh, name: dp.name, labels: dp.labels, spec: dp.spec };
+    let proxy = Proxy { zone: dp.zone, address: &net.address, service: own_service, telemetry, view };
 
     for inbound in &net.inbound {
         let port = u16::try_from(inbound.port).unwrap_or(0);

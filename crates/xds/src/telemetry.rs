@@ -28,6 +28,7 @@ use serde_json::Value;
 use tern_model::spec::mesh_access_log::AccessLogFormat;
 use tern_model::spec::mesh_trace::{Sampling, TraceTag};
 use tern_model::spec::policy::Percentage;
+use tern_model::spec::resource::DataplaneView;
 use tern_resolve::{AccessLog, AccessLogSink, EnvoyTelemetry, Listener, LocalLog, Sink, Tracer};
 
 /// How many bytes of access log records Envoy collects before sending them
@@ -43,13 +44,14 @@ pub const DEFAULT_NETWORK_FORMAT: &str = "[%START_TIME%] %RESPONSE_FLAGS% %KUMA_
 /// The proxy a snapshot is for, as its telemetry sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Proxy<'a> {
-    pub mesh: &'a str,
     /// `kuma.io/zone` of the Dataplane, if any.
     pub zone: Option<&'a str>,
     pub address: &'a str,
     /// The first inbound's `kuma.io/service`.
     pub service: &'a str,
     pub telemetry: &'a EnvoyTelemetry,
+    /// The data plane, for Kuma's placeholders and resource attributes.
+    pub view: DataplaneView<'a>,
 }
 
 /// One listener: its direction, its peer service and whether it speaks HTTP.
@@ -75,7 +77,7 @@ impl Proxy<'_> {
             .replace("%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%", self.address)
             .replace("%KUMA_SOURCE_SERVICE%", source)
             .replace("%KUMA_DESTINATION_SERVICE%", side.destination)
-            .replace("%KUMA_MESH%", self.mesh)
+            .replace("%KUMA_MESH%", self.view.mesh)
             .replace("%KUMA_TRAFFIC_DIRECTION%", direction)
             .replace("%KUMA_ZONE%", self.zone.unwrap_or_default())
     }
@@ -144,7 +146,14 @@ impl Proxy<'_> {
                 .collect(),
         });
         let default_body = Value::String(Self::default_format(side).into());
+        let resource = self.resource(&log.resource);
         OpenTelemetryAccessLogConfig {
+            resource_attributes: Some(KeyValueList {
+                values: resource
+                    .into_iter()
+                    .map(|(key, value)| OtelKeyValue { key, value: Some(string_any(value)), ..Default::default() })
+                    .collect(),
+            }),
             log_name: "MeshAccessLog".into(),
             grpc_service: Some(grpc_to(cluster)),
             body: Some(self.otel_any_value(log.body.as_ref().unwrap_or(&default_body), side)),
@@ -283,6 +292,7 @@ impl Proxy<'_> {
                     grpc_service: Some(grpc_to(&cluster_name)),
                     service_name: self.service.to_string(),
                     sampler: Some(parent_based(root_percent(t.trace.sampling.as_ref()))),
+                    resource_detectors: vec![static_resource(self.resource(&t.trace_resource))],
                     ..Default::default()
                 };
                 ("envoy.tracers.opentelemetry", pack_any(config))
@@ -310,11 +320,18 @@ impl Proxy<'_> {
         })
     }
 
+    /// The resource attributes for a backend's templates: the semantic
+    /// conventions this data plane provides, then the policy's.
+    fn resource(&self, templates: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+        let templates: Vec<(String, String)> = templates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.view.resource_attributes(&templates)
+    }
+
     /// The policy's tags, then Kuma's `kuma.mesh` and `kuma.zone` unless
     /// the policy defines them.
     fn custom_tags(&self, tags: &[TraceTag]) -> Vec<CustomTag> {
         let mut out = custom_tags(tags);
-        for (tag, value) in [("kuma.mesh", Some(self.mesh)), ("kuma.zone", self.zone)] {
+        for (tag, value) in [("kuma.mesh", Some(self.view.mesh)), ("kuma.zone", self.zone)] {
             let Some(value) = value.filter(|v| !v.is_empty()) else { continue };
             if !out.iter().any(|t| t.tag == tag) {
                 let literal = custom_tag::Type::Literal(custom_tag::Literal { value: value.to_string() });
@@ -420,6 +437,17 @@ fn root_percent(sampling: Option<&Sampling>) -> f64 {
     value(s.overall.as_ref()) * value(s.random.as_ref()) / 100.0
 }
 
+/// Envoy's static resource detector: these attributes on every span.
+fn static_resource(attributes: Vec<(String, String)>) -> TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::StaticConfigResourceDetectorConfig;
+    TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.resource_detectors.static_config".into(),
+        typed_config: Some(pack_any(StaticConfigResourceDetectorConfig {
+            attributes: attributes.into_iter().collect(),
+        })),
+    }
+}
+
 /// OpenTelemetry's parent-based sampler: a caller's decision in its
 /// `traceparent` is kept; without one, `percent` of traces by trace ID.
 fn parent_based(percent: f64) -> TypedExtensionConfig {
@@ -519,13 +547,15 @@ mod tests {
     fn kuma_placeholders_per_listener() {
         let telemetry = EnvoyTelemetry {
             traces: None,
+            trace_resource: Default::default(),
             trace: Default::default(),
             access_logs: Vec::new(),
             named_services: Default::default(),
             tcp_log_fifo: None,
         };
-        let proxy =
-            Proxy { mesh: "default", zone: Some("eu"), address: "10.0.0.7", service: "web", telemetry: &telemetry };
+        let (labels, spec) = (Default::default(), Default::default());
+        let view = DataplaneView { mesh: "default", name: "web-1", labels: &labels, spec: &spec };
+        let proxy = Proxy { zone: Some("eu"), address: "10.0.0.7", service: "web", telemetry: &telemetry, view };
         let text = "%KUMA_MESH% %KUMA_ZONE% %KUMA_SOURCE_ADDRESS% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT% %KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE% %KUMA_TRAFFIC_DIRECTION%";
         let inbound = ListenerSide { listener: Listener::Inbound, destination: "web", http: true };
         assert_eq!(proxy.interpolate(text, &inbound), "default eu 10.0.0.7:0 10.0.0.7 unknown->web INBOUND");

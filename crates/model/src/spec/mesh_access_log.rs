@@ -117,6 +117,10 @@ pub struct AccessLogOtelBackend {
     /// The record body: any JSON value, strings may use Envoy command operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+    /// Tern extension: resource attributes, values with `{{key}}`
+    /// interpolation from the data plane (see [`super::resource`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_attributes: Option<Vec<super::mesh_access_log::KeyValue>>,
 }
 
 impl OtelBackendBlock for AccessLogOtelBackend {
@@ -125,6 +129,9 @@ impl OtelBackendBlock for AccessLogOtelBackend {
     }
     fn backend_ref(&self) -> Option<&BackendRef> {
         self.backend_ref.as_ref()
+    }
+    fn resource_attributes(&self) -> &[super::mesh_access_log::KeyValue] {
+        self.resource_attributes.as_deref().unwrap_or_default()
     }
 }
 
@@ -279,7 +286,7 @@ fn is_file_path(path: &str) -> bool {
 }
 
 /// Kuma's rules for OpenTelemetry attribute names on access log records.
-fn validate_attribute_key(v: &mut crate::violation::Violations, at: &FieldPath, key: &str) {
+pub(crate) fn validate_attribute_key(v: &mut crate::violation::Violations, at: &FieldPath, key: &str) {
     if key.is_empty() {
         v.add(at, "must be defined");
     } else if key.contains('%') {

@@ -160,6 +160,10 @@ pub struct MetricOtelBackend {
     /// How often metrics are pushed (Go duration, default `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<String>,
+    /// Tern extension: resource attributes, values with `{{key}}`
+    /// interpolation from the data plane (see [`super::resource`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_attributes: Option<Vec<super::mesh_access_log::KeyValue>>,
 }
 
 impl OtelBackendBlock for MetricOtelBackend {
@@ -168,6 +172,9 @@ impl OtelBackendBlock for MetricOtelBackend {
     }
     fn backend_ref(&self) -> Option<&BackendRef> {
         self.backend_ref.as_ref()
+    }
+    fn resource_attributes(&self) -> &[super::mesh_access_log::KeyValue] {
+        self.resource_attributes.as_deref().unwrap_or_default()
     }
 }
 

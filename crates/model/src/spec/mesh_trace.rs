@@ -131,6 +131,10 @@ pub struct TraceOtelBackend {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_ref: Option<BackendRef>,
+    /// Tern extension: resource attributes, values with `{{key}}`
+    /// interpolation from the data plane (see [`super::resource`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_attributes: Option<Vec<super::mesh_access_log::KeyValue>>,
 }
 
 impl OtelBackendBlock for TraceOtelBackend {
@@ -139,6 +143,9 @@ impl OtelBackendBlock for TraceOtelBackend {
     }
     fn backend_ref(&self) -> Option<&BackendRef> {
         self.backend_ref.as_ref()
+    }
+    fn resource_attributes(&self) -> &[super::mesh_access_log::KeyValue] {
+        self.resource_attributes.as_deref().unwrap_or_default()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod mesh_metric;
 pub mod mesh_trace;
 pub mod motb;
 pub mod policy;
+pub mod resource;
 
 use crate::kind::Kind;
 use crate::violation::{FieldPath, Violations};

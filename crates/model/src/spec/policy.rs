@@ -148,6 +148,7 @@ pub struct BackendRef {
 pub trait OtelBackendBlock {
     fn endpoint(&self) -> Option<&str>;
     fn backend_ref(&self) -> Option<&BackendRef>;
+    fn resource_attributes(&self) -> &[super::mesh_access_log::KeyValue];
 }
 
 /// Result of validating one policy: violations and warnings.
@@ -166,6 +167,13 @@ pub fn validate_otel_block(
     endpoint_needs_port: bool,
 ) {
     let v = &mut check.violations;
+    for (i, kv) in block.resource_attributes().iter().enumerate() {
+        let a_at = at.field("resourceAttributes").index(i);
+        super::mesh_access_log::validate_attribute_key(v, &a_at.field("key"), &kv.key);
+        if let Err(problem) = super::resource::parse_template(&kv.value) {
+            v.add(&a_at.field("value"), problem);
+        }
+    }
     let endpoint = block.endpoint().filter(|e| !e.is_empty());
     match (endpoint, block.backend_ref()) {
         (Some(_), Some(_)) => {
