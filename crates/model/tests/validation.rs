@@ -769,6 +769,16 @@ fn mesh_parity() {
             ],
         ),
         (
+            "a provided CA without its files",
+            mesh("mtls:\n  enabledBackend: p\n  backends:\n    - {name: p, type: provided, conf: {}}\n"),
+            &[("mtls.backends[0].conf.cert", "has to be defined"), ("mtls.backends[0].conf.key", "has to be defined")],
+        ),
+        (
+            "an unknown CA type",
+            mesh("mtls:\n  enabledBackend: ca-1\n  backends: [{name: ca-1, type: bulitin}]\n"),
+            &[("mtls.backends[0].type", "could not find installed plugin for this type")],
+        ),
+        (
             "old-style logging, tracing and metrics backends",
             mesh("logging:\n  defaultBackend: nope\n  backends:\n    - {name: '', type: tcp, conf: {address: logstash}}\n    - {name: f, type: file, conf: {}}\n    - {name: s, type: syslog}\ntracing:\n  backends:\n    - {name: z, type: zipkin, sampling: 120, conf: {url: 'http://zipkin/api/v2/spans', apiVersion: v3}}\n    - {name: d, type: datadog, conf: {port: 0}}\nmetrics:\n  enabledBackend: prom\n  backends:\n    - {name: p, type: graphite}\n"),
             &[

@@ -172,6 +172,33 @@ fn validate_mtls(v: &mut Violations, mtls: &Mtls) {
     if !mtls.enabled_backend.is_empty() && !used.contains(mtls.enabled_backend.as_str()) {
         v.add(&at.field("enabledBackend"), "has to be set to one of the backends in the mesh");
     }
+    validate_ca_backends(v, &at, mtls);
+}
+
+/// Kuma's CA plugins' own rules (run when a mesh is created or changed):
+/// the type must be a plugin Kuma ships (it stops at the first that is not),
+/// and a `provided` CA needs `conf.cert` and `conf.key`, unless
+/// `skipValidation`.
+fn validate_ca_backends(v: &mut Violations, at: &FieldPath, mtls: &Mtls) {
+    let skip = mtls.other.get("skipValidation").and_then(Value::as_bool).unwrap_or(false);
+    for (i, backend) in mtls.backends.iter().enumerate() {
+        let b_at = at.field("backends").index(i);
+        match backend.type_.as_str() {
+            "builtin" => {}
+            "provided" if skip => {}
+            "provided" => {
+                for part in ["cert", "key"] {
+                    if backend.conf.as_ref().and_then(|c| c.get(part)).is_none() {
+                        v.add(&b_at.field("conf").field(part), "has to be defined");
+                    }
+                }
+            }
+            _ => {
+                v.add(&b_at.field("type"), "could not find installed plugin for this type");
+                return;
+            }
+        }
+    }
 }
 
 /// Kuma's mesh durations: `0`, or a number and one of `y w d h m s ms`.
