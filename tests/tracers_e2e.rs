@@ -90,7 +90,7 @@ async fn zipkin_backend_spans_reach_jaeger() {
     let cp = ControlPlane::start(&dir.path().join("cp"));
     let (to_api, _apps, _dps) = web_and_api(&cp, &dir.path().join("dps"), &envoy);
     let policy = format!(
-        "type: MeshTrace\nname: zipkin\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: Zipkin\n        zipkin:\n          url: http://127.0.0.1:{}/api/v2/spans\n          traceId128bit: true\n    tags:\n      - name: team\n        literal: payments\n",
+        "type: MeshTrace\nname: zipkin\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: Zipkin\n        zipkin:\n          url: http://127.0.0.1:{}/api/v2/spans\n          traceId128bit: true\n    propagators: [b3, w3c_tracecontext, w3c_baggage]\n    tags:\n      - name: team\n        literal: payments\n",
         jaeger.zipkin
     );
     cp.ternctl_stdin(&["apply", "-f", "-"], &policy).ok();
@@ -122,6 +122,97 @@ async fn zipkin_backend_spans_reach_jaeger() {
         spans.iter().all(|s| tag(s, "team").as_deref() == Some("payments") && tag(s, "kuma.mesh").as_deref() == Some("default")),
         "the policy's tag and kuma.mesh on every span: {spans:#?}"
     );
+
+    // A request entering with B3 headers continues the caller's trace.
+    let b3_trace = "463ac35c9f6413ad48485a3953bb6124";
+    eventually(WAIT, "the B3 caller's trace in Jaeger", || {
+        let _ = std::process::Command::new("curl")
+            .args(["-s", "-m", "5", "-o", "/dev/null", "-H", &format!("x-b3-traceid: {b3_trace}")])
+            .args(["-H", "x-b3-spanid: a2fb4a1d1a96d312", "-H", "x-b3-sampled: 1"])
+            .arg(format!("http://127.0.0.1:{to_api}/b3-call"))
+            .status();
+        let answer = jaeger.traces("api");
+        let found = answer["data"].as_array().into_iter().flatten().any(|t| t["traceID"] == b3_trace);
+        found.then_some(()).ok_or(answer.to_string())
+    });
+}
+
+/// An application that records the request heads it receives.
+fn header_recorder(port: u16) -> Arc<Mutex<Vec<String>>> {
+    use std::io::{BufRead, BufReader, Write};
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let store = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                head.push_str(&line.to_ascii_lowercase());
+                line.clear();
+            }
+            store.lock().unwrap().push(head);
+            let _ = (&stream).write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    heads
+}
+
+/// W3C baggage passes through the mesh by default, and stays out of the
+/// callee's requests when `propagators` leave `w3c_baggage` out.
+#[tokio::test(flavor = "multi_thread")]
+async fn baggage_follows_the_propagators() {
+    let envoy = support::envoy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let (collector_port, _collector) = {
+        let c = free_port();
+        (c, std::net::TcpListener::bind(("127.0.0.1", c)).expect("a collector port nobody answers"))
+    };
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let (api_in, api_app, api_admin) = (free_port(), free_port(), free_port());
+    let (web_in, web_app, web_admin, to_api) = (free_port(), free_port(), free_port(), free_port());
+    let heads = header_recorder(api_app);
+    let _web = support::demo_app(web_app, "web ok", None);
+    let api_yaml = support::sidecar_dataplane("default", "api", api_in, api_app, api_admin);
+    let web_yaml = format!(
+        "{}  outbound:\n    - port: {to_api}\n      tags:\n        kuma.io/service: api\n",
+        support::sidecar_dataplane("default", "web", web_in, web_app, web_admin)
+    );
+    let args = ["--envoy-binary", envoy.as_str()];
+    let root = dir.path().join("dps");
+    let _dps = [
+        DataPlane::start(&cp, &root, "api", &api_yaml, &[], &args),
+        DataPlane::start(&cp, &root, "web", &web_yaml, &[], &args),
+    ];
+    let policy = |propagators: &str| {
+        format!("type: MeshOpenTelemetryBackend\nname: main\nmesh: default\nspec:\n  endpoint: {{address: 127.0.0.1, port: {collector_port}}}\n---\ntype: MeshTrace\nname: traces\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: main}}\n{propagators}")
+    };
+    let call = |marker: &str| {
+        let _ = std::process::Command::new("curl")
+            .args(["-s", "-m", "5", "-o", "/dev/null", "-H", &format!("baggage: team=pay,marker={marker}")])
+            .arg(format!("http://127.0.0.1:{to_api}/{marker}"))
+            .status();
+    };
+    let seen = |marker: &str| heads.lock().unwrap().iter().find(|h| h.contains(&format!("/{marker} "))).cloned();
+
+    cp.ternctl_stdin(&["apply", "-f", "-"], &policy("")).ok();
+    let head = eventually(WAIT, "the callee's request by default", || {
+        call("first");
+        seen("first").ok_or_else(|| "not yet".to_string())
+    });
+    assert!(head.contains("baggage: team=pay,marker=first"), "baggage passes by default: {head}");
+
+    cp.ternctl_stdin(&["apply", "-f", "-"], &policy("    propagators: [w3c_tracecontext]\n")).ok();
+    let mut round = 0;
+    let head = eventually(WAIT, "a request without baggage once the propagators apply", || {
+        round += 1;
+        let marker = format!("later{round}");
+        call(&marker);
+        let head = seen(&marker).ok_or_else(|| "not yet".to_string())?;
+        (!head.contains("baggage:")).then_some(head).ok_or_else(|| "baggage still passes".to_string())
+    });
+    assert!(head.contains("traceparent:"), "trace context still propagates: {head}");
 }
 
 /// Datadog's trace intake on a free port: the spans of every msgpack

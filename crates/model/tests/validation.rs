@@ -934,3 +934,35 @@ fn backend_tls_and_headers_extensions() {
         ])
     );
 }
+
+/// Tern's extension of MeshTrace: `propagators`, checked against what the
+/// backend's tracer in Envoy can do.
+#[test]
+fn trace_propagators() {
+    let trace = |backend: &str, list: &str| {
+        spec_of(
+            "MeshTrace",
+            &indent(&format!("targetRef: {{kind: Mesh}}\ndefault:\n  backends: [{backend}]\n  propagators: {list}"), 2),
+        )
+    };
+    const OTEL: &str =
+        "{type: OpenTelemetry, openTelemetry: {backendRef: {kind: MeshOpenTelemetryBackend, name: main}}}";
+    const ZIPKIN: &str = "{type: Zipkin, zipkin: {url: 'http://zipkin:9411/api/v2/spans'}}";
+    assert_eq!(violations(&trace(OTEL, "[w3c_tracecontext, w3c_baggage]")), vec![]);
+    assert_eq!(violations(&trace(ZIPKIN, "[b3, w3c_tracecontext]")), vec![]);
+    assert_eq!(
+        violations(&trace(OTEL, "[b3, jaeger, b3, w3c_baggage]")),
+        pairs(&[
+            (
+                "spec.default.propagators[0]",
+                "b3 is not available with the OpenTelemetry backend (Envoy's OpenTelemetry tracer propagates w3c_tracecontext, w3c_baggage)"
+            ),
+            (
+                "spec.default.propagators[1]",
+                r#""propagators" must be one of ["w3c_tracecontext", "w3c_baggage", "b3", "b3multi", "datadog"]"#
+            ),
+            ("spec.default.propagators[2]", "b3 is listed more than once"),
+            ("spec.default.propagators", "must include w3c_tracecontext with the OpenTelemetry backend"),
+        ])
+    );
+}

@@ -131,6 +131,19 @@ pub struct TraceConf {
     pub sampling: Option<Sampling>,
     pub tags: Vec<TraceTag>,
     pub tracer: Option<Tracer>,
+    /// MeshTrace `propagators` (a Tern extension); `None` is the default,
+    /// W3C trace context and baggage.
+    pub propagators: Option<Vec<String>>,
+}
+
+impl TraceConf {
+    /// Whether `name` is among the propagators in force.
+    pub fn propagates(&self, name: &str) -> bool {
+        match &self.propagators {
+            Some(list) => list.iter().any(|p| p == name),
+            None => name == "w3c_tracecontext" || name == "w3c_baggage",
+        }
+    }
 }
 
 /// A MeshTrace backend Envoy reaches itself, over HTTP.
@@ -481,6 +494,7 @@ fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntr
                     tracer: tracer(c.backends.as_deref().unwrap_or_default()),
                     sampling: c.sampling,
                     tags: c.tags.unwrap_or_default(),
+                    propagators: c.propagators,
                 },
                 ..Default::default()
             })

@@ -161,6 +161,7 @@ fn hcm(
         stat_prefix: name.to_string(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(RouteConfiguration {
             name: name.to_string(),
+            request_headers_to_remove: proxy.headers_to_remove(),
             virtual_hosts: vec![VirtualHost {
                 name: name.to_string(),
                 domains: vec!["*".into()],

@@ -262,7 +262,12 @@ impl Proxy<'_> {
                     Some("httpProto") => zipkin_config::CollectorEndpointVersion::HttpProto,
                     _ => zipkin_config::CollectorEndpointVersion::HttpJson,
                 };
+                let context = match t.trace.propagates("w3c_tracecontext") && t.trace.propagators.is_some() {
+                    true => zipkin_config::TraceContextOption::UseB3WithW3cPropagation,
+                    false => zipkin_config::TraceContextOption::UseB3,
+                };
                 let config = ZipkinConfig {
+                    trace_context_option: context as i32,
                     collector_cluster: "meshtrace:zipkin".into(),
                     collector_endpoint: target.path.clone(),
                     trace_id_128bit: z.trace_id128bit.unwrap_or(false),
@@ -325,6 +330,17 @@ impl Proxy<'_> {
     fn resource(&self, templates: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
         let templates: Vec<(String, String)> = templates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         self.view.resource_attributes(&templates)
+    }
+
+    /// Request headers a listener removes: W3C `baggage` when MeshTrace's
+    /// `propagators` leave `w3c_baggage` out (Envoy passes it otherwise).
+    pub fn headers_to_remove(&self) -> Vec<String> {
+        let trace = &self.telemetry.trace;
+        let traced = self.telemetry.traces.is_some() || trace.tracer.is_some();
+        match traced && !trace.propagates("w3c_baggage") {
+            true => vec!["baggage".into()],
+            false => Vec::new(),
+        }
     }
 
     /// The policy's tags, then Kuma's `kuma.mesh` and `kuma.zone` unless

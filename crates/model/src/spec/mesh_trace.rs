@@ -26,7 +26,14 @@ pub struct MeshTraceConf {
     pub tags: Option<Vec<TraceTag>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
+    /// Tern extension: the trace context formats read from requests and
+    /// written to them (default `w3c_tracecontext` and `w3c_baggage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagators: Option<Vec<String>>,
 }
+
+/// Every propagator name `propagators` takes.
+pub const PROPAGATORS: &[&str] = &["w3c_tracecontext", "w3c_baggage", "b3", "b3multi", "datadog"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -67,6 +74,37 @@ pub struct DatadogBackend {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_service: Option<bool>,
+}
+
+/// Known names, each once, and what the backend's tracer in Envoy can do:
+/// OpenTelemetry reads and writes W3C `traceparent` only, Zipkin B3 (and
+/// W3C beside it), Datadog its own headers; W3C baggage passes with any.
+fn validate_propagators(v: &mut crate::violation::Violations, at: &FieldPath, list: &[String], backend: Option<&str>) {
+    let (native, supported): (&[&str], &[&str]) = match backend {
+        Some("OpenTelemetry") => (&["w3c_tracecontext"], &["w3c_tracecontext", "w3c_baggage"]),
+        Some("Zipkin") => (&["b3", "b3multi"], &["b3", "b3multi", "w3c_tracecontext", "w3c_baggage"]),
+        Some("Datadog") => (&["datadog"], &["datadog", "w3c_baggage"]),
+        _ => (&[], PROPAGATORS),
+    };
+    for (i, name) in list.iter().enumerate() {
+        if !PROPAGATORS.contains(&name.as_str()) {
+            v.add(&at.index(i), crate::violation::must_be_one_of("propagators", PROPAGATORS));
+        } else if list[..i].contains(name) {
+            v.add(&at.index(i), format!("{name} is listed more than once"));
+        } else if !supported.contains(&name.as_str()) {
+            let backend = backend.unwrap_or_default();
+            v.add(
+                &at.index(i),
+                format!(
+                    "{name} is not available with the {backend} backend (Envoy's {backend} tracer propagates {})",
+                    supported.join(", ")
+                ),
+            );
+        }
+    }
+    if !native.is_empty() && !list.iter().any(|n| native.contains(&n.as_str())) {
+        v.add(at, format!("must include {} with the {} backend", native.join(" or "), backend.unwrap_or_default()));
+    }
 }
 
 /// Kuma's Zipkin rules: a URL, and Kuma's schema's API versions.
@@ -233,6 +271,10 @@ impl MeshTraceSpec {
             if tag.header.is_some() == tag.literal.is_some() {
                 check.violations.add(&t_at, "tag must have only one type defined: header, literal");
             }
+        }
+        let backend_type = conf.backends.as_deref().and_then(|b| b.first()).map(|b| b.type_.as_str());
+        if let Some(list) = &conf.propagators {
+            validate_propagators(&mut check.violations, &at.field("propagators"), list, backend_type);
         }
         if let Some(s) = &conf.sampling {
             let s_at = at.field("sampling");
