@@ -8,7 +8,6 @@
 use libfuzzer_sys::fuzz_target;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
-use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, Precedence};
 use tern_otlp_config::env::{HOST_IP, KUBERNETES_MARKER};
 use tern_otlp_config::parse::{ParsedEnv, KNOWN_MESSAGES};
 use tern_otlp_config::{
@@ -85,17 +84,8 @@ fuzz_target!(|data: &[u8]| {
 
     // An empty backend taking env input, signal overrides allowed: the
     // settings under which every variable can reach an exporter.
-    let backend = BackendSettings {
-        address: None,
-        port: None,
-        path: None,
-        protocol: None,
-        env_policy: EffectiveEnvPolicy {
-            mode: EnvMode::Optional,
-            precedence: Precedence::EnvFirst,
-            allow_signal_overrides: true,
-        },
-    };
+    // A spec-less backend: seed 000's defaults (Optional, EnvFirst, overrides allowed).
+    let backend = BackendSettings::from_spec(&Default::default());
     let configs: Vec<_> = Signal::ALL
         .into_iter()
         .filter_map(|signal| {
