@@ -296,10 +296,16 @@ async fn write_one(
             return Err(StoreError::MeshNotFound { mesh: r.mesh.clone(), key });
         }
     }
-    let stored = fetch_one_resource(tx, &key).await?;
-    check_precondition(&key, w.precondition, stored.as_ref().map(|s| s.meta.version))?;
-    let Some(stored) = stored else {
-        sqlx::query(&format!("INSERT INTO tern_resources ({COLUMNS}) VALUES ($1, $2, $3, 1, $4, $5, NULL, $6, $6)"))
+    // A status write (the leader's, on another connection) may bump the
+    // version between the read and the update: a write that names no
+    // version then reads again, as it would have overwritten either way.
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = fetch_one_resource(tx, &key).await?;
+        check_precondition(&key, w.precondition, stored.as_ref().map(|s| s.meta.version))?;
+        let Some(stored) = stored else {
+            sqlx::query(&format!(
+                "INSERT INTO tern_resources ({COLUMNS}) VALUES ($1, $2, $3, 1, $4, $5, NULL, $6, $6)"
+            ))
             .bind(r.kind.name())
             .bind(&r.mesh)
             .bind(&r.name)
@@ -309,31 +315,39 @@ async fn write_one(
             .execute(&mut **tx)
             .await
             .map_err(|e| created_meanwhile(e, &key))?;
-        return Ok(WriteOutcome::Created { version: 1 });
-    };
-    if stored.labels == r.labels && stored.spec == r.spec {
-        return Ok(WriteOutcome::Unchanged { version: stored.meta.version });
+            return Ok(WriteOutcome::Created { version: 1 });
+        };
+        if stored.labels == r.labels && stored.spec == r.spec {
+            return Ok(WriteOutcome::Unchanged { version: stored.meta.version });
+        }
+        let version = stored.meta.version + 1;
+        let done = sqlx::query(
+            "UPDATE tern_resources SET version = $1, labels = $2, spec = $3, modification_time = $4
+             WHERE kind = $5 AND mesh = $6 AND name = $7 AND version = $8",
+        )
+        .bind(version)
+        .bind(to_text(&r.labels))
+        .bind(to_text(&r.spec))
+        .bind(now)
+        .bind(r.kind.name())
+        .bind(&r.mesh)
+        .bind(&r.name)
+        .bind(stored.meta.version)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(WriteOutcome::Updated { version });
+        }
+        if matches!(w.precondition, Precondition::Version(_)) {
+            return Err(StoreError::Conflict { key, expected: stored.meta.version, actual: -1 });
+        }
     }
-    let version = stored.meta.version + 1;
-    let done = sqlx::query(
-        "UPDATE tern_resources SET version = $1, labels = $2, spec = $3, modification_time = $4
-         WHERE kind = $5 AND mesh = $6 AND name = $7 AND version = $8",
-    )
-    .bind(version)
-    .bind(to_text(&r.labels))
-    .bind(to_text(&r.spec))
-    .bind(now)
-    .bind(r.kind.name())
-    .bind(&r.mesh)
-    .bind(&r.name)
-    .bind(stored.meta.version)
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() != 1 {
-        return Err(StoreError::Conflict { key, expected: stored.meta.version, actual: -1 });
-    }
-    Ok(WriteOutcome::Updated { version })
+    Err(StoreError::Conflict { key, expected: -1, actual: -1 })
 }
+
+/// How often a write without a version precondition reads again after
+/// losing a race to a status write.
+const WRITE_ATTEMPTS: usize = 5;
 
 /// Writes `status` if the resource is still at `expected`: the new version,
 /// or a conflict (the outer error is the database's).
