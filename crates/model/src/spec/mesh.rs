@@ -15,7 +15,7 @@ type Other = Map<String, Value>;
 #[serde(rename_all = "camelCase")]
 pub struct MeshSpec {
     #[serde(default)]
-    pub mtls: Option<Mtls>,
+    pub mtls: Option<Backends>,
     #[serde(default)]
     pub logging: Option<Backends>,
     #[serde(default)]
@@ -30,19 +30,9 @@ pub struct MeshSpec {
     pub other: Other,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Mtls {
-    #[serde(default)]
-    pub enabled_backend: String,
-    #[serde(default)]
-    pub backends: Vec<Backend>,
-    #[serde(flatten)]
-    pub other: Other,
-}
-
-/// The backends of one old-style section, and the one in use (`logging`
-/// and `tracing` say `defaultBackend`, `metrics` `enabledBackend`).
+/// The backends of `mtls` or of an old-style section, and the one in use
+/// (`logging` and `tracing` say `defaultBackend`, `mtls` and `metrics`
+/// `enabledBackend`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Backends {
@@ -148,7 +138,7 @@ impl MeshSpec {
     }
 }
 
-fn validate_mtls(v: &mut Violations, mtls: &Mtls) {
+fn validate_mtls(v: &mut Violations, mtls: &Backends) {
     let at = FieldPath::root("mtls");
     if mtls.backends.len() > 1 {
         v.add(&at.field("backends"), "cannot have more than 1 backends");
@@ -169,9 +159,7 @@ fn validate_mtls(v: &mut Violations, mtls: &Mtls) {
             }
         }
     }
-    if !mtls.enabled_backend.is_empty() && !used.contains(mtls.enabled_backend.as_str()) {
-        v.add(&at.field("enabledBackend"), "has to be set to one of the backends in the mesh");
-    }
+    in_use(v, &at.field("enabledBackend"), mtls, &mtls.enabled_backend, "backends in the mesh");
     validate_ca_backends(v, &at, mtls);
 }
 
@@ -179,7 +167,7 @@ fn validate_mtls(v: &mut Violations, mtls: &Mtls) {
 /// the type must be a plugin Kuma ships (it stops at the first that is not),
 /// and a `provided` CA needs `conf.cert` and `conf.key`, unless
 /// `skipValidation`.
-fn validate_ca_backends(v: &mut Violations, at: &FieldPath, mtls: &Mtls) {
+fn validate_ca_backends(v: &mut Violations, at: &FieldPath, mtls: &Backends) {
     let skip = mtls.other.get("skipValidation").and_then(Value::as_bool).unwrap_or(false);
     for (i, backend) in mtls.backends.iter().enumerate() {
         let b_at = at.field("backends").index(i);
