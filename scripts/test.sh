@@ -8,9 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# openssl makes the test certificates (TLS/mTLS tests).
-command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-
 pgdir=$(mktemp -d /tmp/tern-test-pg.XXXXXX)
 cleanup() {
   scripts/postgres.sh stop "$pgdir"

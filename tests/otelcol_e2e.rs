@@ -14,9 +14,9 @@ mod support;
 
 use collector::Collector;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::otelcol::{Forward, OtelCollector, Receiver};
 use support::{envoy_binary, eventually, free_port, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,119 +24,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Requests sent through Envoy once it serves; each one makes a span and an
 /// access log record.
 const REQUESTS: usize = 5;
-
-/// The OpenTelemetry Collector the tests run (`TERN_TEST_OTELCOL`, else
-/// `.tools/otelcol`). Never skipped: a missing build is a failure.
-fn otelcol_binary() -> PathBuf {
-    let path = std::env::var("TERN_TEST_OTELCOL").map(PathBuf::from).unwrap_or_else(|_| {
-        let local = support::repo_path(".tools/otelcol");
-        assert!(
-            local.exists(),
-            "the OpenTelemetry Collector is not built: TERN_TEST_OTELCOL is unset and .tools/otelcol does not exist. \
-             Run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\", which builds tools/otelcol from the Go \
-             module proxy (a few minutes the first time, cached after)"
-        );
-        local
-    });
-    assert!(path.exists(), "TERN_TEST_OTELCOL names {}, which does not exist", path.display());
-    path
-}
-
-/// A running OpenTelemetry Collector, killed when dropped.
-struct OtelCollector {
-    child: Child,
-    log: PathBuf,
-    grpc: u16,
-    http: u16,
-}
-
-impl OtelCollector {
-    /// Starts with an OTLP receiver on TLS (gRPC and HTTP on free ports)
-    /// that forwards all three signals, through the memory_limiter and
-    /// batch processors, to the OTLP/gRPC collector on `forward_to`.
-    fn start(dir: &Path, certs: &Path, forward_to: u16) -> OtelCollector {
-        let (grpc, http) = (free_port(), free_port());
-        let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
-        let tls = format!("tls: {{cert_file: '{}', key_file: '{}'}}", cert.display(), key.display());
-        let pipeline = "{receivers: [otlp], processors: [memory_limiter, batch], exporters: [otlp_grpc]}";
-        let config = format!(
-            "receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{grpc}
-        {tls}
-      http:
-        endpoint: 127.0.0.1:{http}
-        {tls}
-processors:
-  memory_limiter: {{check_interval: 1s, limit_mib: 256, spike_limit_mib: 64}}
-  batch: {{timeout: 200ms}}
-exporters:
-  otlp_grpc:
-    endpoint: 127.0.0.1:{forward_to}
-    tls: {{insecure: true}}
-service:
-  telemetry:
-    # No Prometheus endpoint of its own (a fixed port by default).
-    metrics: {{level: none}}
-  pipelines:
-    traces: {pipeline}
-    logs: {pipeline}
-    metrics: {pipeline}
-"
-        );
-        let file = dir.join("otelcol.yaml");
-        std::fs::write(&file, config).expect("collector config");
-        let log = dir.join("otelcol.log");
-        let child = Command::new(otelcol_binary())
-            .arg(format!("--config=file:{}", file.display()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("the OpenTelemetry Collector starts");
-        let mut otelcol = OtelCollector { child, log, grpc, http };
-        eventually(WAIT, "the OpenTelemetry Collector listens on both ports", || {
-            if let Ok(Some(status)) = otelcol.child.try_wait() {
-                panic!("the OpenTelemetry Collector exited with {status}:\n{}", otelcol.log_text());
-            }
-            for port in [grpc, http] {
-                std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("{port}: {e}"))?;
-            }
-            Ok(())
-        });
-        otelcol
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for OtelCollector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`ca.pem`) and a server certificate for localhost and 127.0.0.1
-/// (`server.pem`, `server.key`) in `dir`.
-fn certificates(dir: &Path) {
-    let ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=tern-test-ca"];
-    openssl(dir, &[&["req", "-x509", "-newkey", "rsa:2048", "-nodes"][..], &ca].concat());
-    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        .expect("extensions file");
-    let csr = ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"];
-    openssl(dir, &[&["req", "-newkey", "rsa:2048", "-nodes"][..], &csr].concat());
-    let signed = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "server.ext"];
-    openssl(dir, &[&["x509", "-req", "-in", "server.csr", "-out", "server.pem"][..], &signed].concat());
-}
 
 /// A mesh whose three policies send to seed 000's from-env backend (no
 /// spec: the sidecar's `OTEL_EXPORTER_OTLP_*` variables drive it), every
@@ -241,15 +128,15 @@ fn delivery(dp: &DataPlane, signal: &str) -> (u64, u64, u64) {
 async fn envoy_telemetry_through_the_otel_collector(mesh: &str, protocol: &str) {
     let envoy = envoy_binary();
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("certs dir");
-    certificates(&certs);
+    let certs = support::certs::write(&dir.path().join("certs"));
     let collector = Collector::start().await;
-    let otelcol = OtelCollector::start(dir.path(), &certs, collector.port);
+    let tls = Receiver { tls: Some(certs.clone()), ..Default::default() };
+    let otelcol = OtelCollector::start(dir.path(), &[tls], collector.port, Forward::Batched);
     let cp = ControlPlane::start(&dir.path().join("cp"));
     cp.ternctl_stdin(&["apply", "-f", "-"], &setup(mesh)).ok();
 
-    let port = if protocol == "grpc" { otelcol.grpc } else { otelcol.http };
+    let (grpc, http) = otelcol.ports[0];
+    let port = if protocol == "grpc" { grpc } else { http };
     let endpoint = format!("https://localhost:{port}");
     let ca = certs.join("ca.pem").display().to_string();
     let env = [

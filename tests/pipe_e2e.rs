@@ -11,6 +11,7 @@ mod support;
 use collector::{client, Collector};
 use serde_json::Value;
 use std::time::Duration;
+use support::otelcol::{Forward, OtelCollector, Receiver};
 use support::{eventually, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -354,19 +355,22 @@ async fn a_slow_collector_gets_several_exports_at_once() {
     assert_eq!(s["dropped"], 0, "{s}");
 }
 
-/// A backend's `timeout` and `retry` drive the pipe: a collector that holds
-/// every export makes each try end at the backend's 500 ms timeout (with the
-/// default 10 s, no retry would happen before the give-up), tries follow the
-/// backoff, and after `maxElapsedTime` the batch is dropped and counted.
+/// A backend's `timeout` and `retry` drive the pipe, through the
+/// OpenTelemetry Collector (which answers only once the collector behind it
+/// has): a collector that holds every export makes each try end at the
+/// backend's 500 ms timeout (with the default 10 s, no retry would happen
+/// before the give-up), tries follow the backoff, and after
+/// `maxElapsedTime` the batch is dropped and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backends_timeout_and_retry_policy_take_effect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::start().await;
+    let otelcol = OtelCollector::start(dir.path(), &[Receiver::default()], collector.port, Forward::Synchronous);
     let cp = ControlPlane::start(&dir.path().join("cp"));
-    let (host, port) = collector.address().split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).expect("addr");
-    let yaml = setup("patience", &collector.address()).replace(
-        &format!("  endpoint: {{address: {host}, port: {port}}}\n"),
-        &format!("  endpoint: {{address: {host}, port: {port}}}\n  timeout: 500ms\n  retry: {{initialBackoff: 100ms, maxBackoff: 200ms, maxElapsedTime: 3s}}\n"),
+    let address = format!("127.0.0.1:{}", otelcol.grpc());
+    let yaml = setup("patience", &address).replace(
+        &format!("  endpoint: {{address: 127.0.0.1, port: {}}}\n", otelcol.grpc()),
+        &format!("  endpoint: {{address: 127.0.0.1, port: {}}}\n  timeout: 500ms\n  retry: {{initialBackoff: 100ms, maxBackoff: 200ms, maxElapsedTime: 3s}}\n", otelcol.grpc()),
     );
     assert!(yaml.contains("maxElapsedTime"), "{yaml}");
     cp.ternctl_stdin(&["apply", "-f", "-"], &yaml).ok();

@@ -10,6 +10,7 @@ mod support;
 
 use collector::Collector;
 use std::time::Duration;
+use support::otelcol::{Forward, OtelCollector, Receiver};
 use support::{eventually, free_port, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -32,16 +33,19 @@ async fn resource_attributes_reach_the_collector_on_every_signal() {
     let envoy = support::envoy_binary();
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start().await;
+    // The OpenTelemetry Collector in front of the recording one: what Envoy
+    // and tern-dp send must pass it.
+    let otelcol = OtelCollector::start(dir.path(), &[Receiver::default()], collector.port, Forward::Synchronous);
     let cp = ControlPlane::start(&dir.path().join("cp"));
 
-    let refused = cp.ternctl_stdin(&["apply", "-f", "-"], &policies(collector.port, "{{nope}}"));
+    let refused = cp.ternctl_stdin(&["apply", "-f", "-"], &policies(otelcol.grpc(), "{{nope}}"));
     assert_ne!(refused.code, 0, "an unknown interpolation key is refused");
     assert!(
         refused.stderr.contains("resourceAttributes[1].value: unknown interpolation key \"nope\""),
         "{}",
         refused.stderr
     );
-    cp.ternctl_stdin(&["apply", "-f", "-"], &policies(collector.port, "{{kuma.io/service}}-{{version}}")).ok();
+    cp.ternctl_stdin(&["apply", "-f", "-"], &policies(otelcol.grpc(), "{{kuma.io/service}}-{{version}}")).ok();
 
     let (inbound, app, admin) = (free_port(), free_port(), free_port());
     let _app = support::demo_app(app, "web ok", None);

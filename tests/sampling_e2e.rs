@@ -9,6 +9,7 @@ mod support;
 
 use collector::Collector;
 use std::time::Duration;
+use support::otelcol::{Forward, OtelCollector, Receiver};
 use support::{eventually, free_port, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,6 +35,9 @@ async fn the_parents_decision_wins_and_overall_decides_without_one() {
     let envoy = support::envoy_binary();
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start().await;
+    // The OpenTelemetry Collector in front of the recording one: what Envoy
+    // and tern-dp send must pass it.
+    let otelcol = OtelCollector::start(dir.path(), &[Receiver::default()], collector.port, Forward::Synchronous);
     let cp = ControlPlane::start(&dir.path().join("cp"));
     let (inbound, app, admin) = (free_port(), free_port(), free_port());
     let _app = support::demo_app(app, "web ok", None);
@@ -53,7 +57,7 @@ async fn the_parents_decision_wins_and_overall_decides_without_one() {
     // overall: 0, the only sampling ever applied. A sampled parent yields
     // its span (once the tracer is configured); requests without a parent
     // yield none: every span that arrives carries one of our trace IDs.
-    cp.ternctl_stdin(&["apply", "-f", "-"], &trace_policy(collector.port, 0)).ok();
+    cp.ternctl_stdin(&["apply", "-f", "-"], &trace_policy(otelcol.grpc(), 0)).ok();
     eventually(WAIT, "a sampled parent's span at overall 0", || {
         sampled_parent();
         let seen = traces();
@@ -71,7 +75,7 @@ async fn the_parents_decision_wins_and_overall_decides_without_one() {
 
     // overall: 100. Once parentless requests are traced, an unsampled parent
     // yields no span; a sampled one sent after it shows the exports caught up.
-    cp.ternctl_stdin(&["apply", "-f", "-"], &trace_policy(collector.port, 100)).ok();
+    cp.ternctl_stdin(&["apply", "-f", "-"], &trace_policy(otelcol.grpc(), 100)).ok();
     eventually(WAIT, "parentless requests traced at overall 100", || {
         let _ = std::process::Command::new("curl").args(["-s", "-m", "5", "-o", "/dev/null", &url]).status();
         let seen = traces();

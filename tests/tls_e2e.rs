@@ -2,7 +2,9 @@
 //! says secrets should be: `OTEL_EXPORTER_OTLP_*` variables on the sidecar
 //! (endpoint, CA certificate, client certificate and key, headers), none of
 //! which leave the data-plane host. A wrong CA fails visibly: in the data
-//! plane's delivery counts and in `ternctl inspect`.
+//! plane's delivery counts and in `ternctl inspect`. The same backend
+//! settings also pass the OpenTelemetry Collector's own checks (TLS, the
+//! client certificate, header values).
 
 #[path = "support/collector.rs"]
 mod collector;
@@ -11,88 +13,16 @@ mod support;
 use collector::{client, Collector};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
+use support::otelcol::{Forward, OtelCollector, Receiver};
 use support::{eventually, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA, a server certificate for localhost/127.0.0.1, a client
-/// certificate, and an unrelated CA; all in `dir`.
-fn certificates(dir: &Path) {
-    for ca in ["ca", "wrong-ca"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "1",
-                "-subj",
-                &format!("/CN={ca}"),
-            ],
-        );
-    }
-    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        .expect("ext");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    for who in ["server", "client"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{who}.key"),
-                "-out",
-                &format!("{who}.csr"),
-                "-subj",
-                &format!("/CN={who}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{who}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{who}.pem"),
-                "-days",
-                "1",
-                "-extfile",
-                &format!("{who}.ext"),
-            ],
-        );
-    }
-}
-
 /// Test certificates in `<dir>/certs`, and a collector serving TLS that
 /// requires a client certificate from the test CA.
 async fn mtls_collector(dir: &Path) -> (PathBuf, Collector) {
-    let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs).expect("certs dir");
-    certificates(&certs);
+    let certs = support::certs::write(&dir.join("certs"));
     let read = |f: &str| std::fs::read(certs.join(f)).expect("pem");
     let collector = Collector::start_tls(Some((read("server.pem"), read("server.key"), Some(read("ca.pem"))))).await;
     (certs, collector)
@@ -229,4 +159,121 @@ async fn a_backends_own_tls_and_headers_from_the_host() {
     assert!(!text.contains("no-such-token"), "the file's path stays on the host: {text}");
     drop(bad);
     drop(good);
+}
+
+/// The socket of the plan's backend `name`.
+fn socket_named(dp: &DataPlane, name: &str) -> PathBuf {
+    eventually(WAIT, "the pipe socket", || {
+        let plan: Value = serde_json::from_str(&std::fs::read_to_string(dp.plan_file()).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let backends = plan["backends"].as_array().cloned().unwrap_or_default();
+        let backend = backends.iter().find(|b| b["name"] == name).ok_or_else(|| plan.to_string())?;
+        let path = backend["socketPath"].as_str().unwrap_or_default().to_string();
+        Path::new(&path).exists().then(|| path.clone().into()).ok_or(path)
+    })
+}
+
+/// Delivery counts of backend `name`'s `signal` in the data plane's report.
+fn delivery_of(dp: &DataPlane, name: &str, signal: &str) -> Value {
+    let text = std::fs::read_to_string(dp.work_dir.join("otel-stats.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let backends = v["backends"].as_array().cloned().unwrap_or_default();
+    backends.iter().find(|b| b["name"] == name).map(|b| b["signals"][signal].clone()).unwrap_or(Value::Null)
+}
+
+/// A backend with its own TLS (CA, client certificate and key) and one
+/// header from the host, for `signal`'s policy.
+fn checked_backend(mesh: &str, name: &str, port: u16, certs: &Path, header: &str, from: &str, policy: &str) -> String {
+    let file = |f: &str| certs.join(f).display().to_string();
+    format!(
+        "---\ntype: MeshOpenTelemetryBackend\nname: {name}\nmesh: {mesh}\nspec:\n  endpoint: {{address: localhost, port: {port}}}\n  tls: {{mode: Provided, caFile: '{ca}', certFile: '{cert}', keyFile: '{key}'}}\n  headers:\n    - {{name: {header}, valueFrom: {from}}}\n---\ntype: {policy}\nname: {name}\nmesh: {mesh}\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {{kind: MeshOpenTelemetryBackend, name: {name}}}\n",
+        ca = file("ca.pem"),
+        cert = file("client.pem"),
+        key = file("client.key"),
+    )
+}
+
+/// The backend's own TLS and headers against the OpenTelemetry Collector,
+/// which checks them itself: it serves TLS that `caFile` must trust,
+/// refuses a connection without a client certificate from the test CA, and
+/// refuses a request whose header does not hold the expected value (the
+/// contrib bearer-token authenticator, one header per receiver). Spans carry
+/// a header from a variable, access-log records one from a file; a backend
+/// whose variable holds the wrong value is refused by the collector, and
+/// the data plane counts that as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_otel_collector_accepts_a_backends_tls_client_certificate_and_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = support::certs::write(&dir.path().join("certs"));
+    let collector = Collector::start().await;
+    let checked = |header: &str, value: &str| Receiver {
+        tls: Some(certs.clone()),
+        client_certificate: true,
+        header: Some((header.to_string(), value.to_string())),
+    };
+    let receivers = [checked("authorization", "Bearer env-s3cret"), checked("x-api-key", "file-s3cret")];
+    let otelcol = OtelCollector::start(dir.path(), &receivers, collector.port, Forward::Synchronous);
+    let (env_port, file_port) = (otelcol.ports[0].0, otelcol.ports[1].0);
+    let token_file = dir.path().join("api-key");
+    std::fs::write(&token_file, "file-s3cret\n").expect("token file");
+
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let from_file = format!("{{file: '{}'}}", token_file.display());
+    let docs = "type: Mesh\nname: checked\n".to_string()
+        + &checked_backend(
+            "checked",
+            "by-env",
+            env_port,
+            &certs,
+            "authorization",
+            "{env: TERN_TEST_TOKEN}",
+            "MeshTrace",
+        )
+        + &checked_backend("checked", "by-file", file_port, &certs, "x-api-key", &from_file, "MeshAccessLog")
+        + &checked_backend(
+            "checked",
+            "wrong",
+            env_port,
+            &certs,
+            "authorization",
+            "{env: TERN_TEST_WRONG}",
+            "MeshMetric",
+        );
+    cp.ternctl_stdin(&["apply", "-f", "-"], &docs).ok();
+
+    let env = [("TERN_TEST_TOKEN", "Bearer env-s3cret"), ("TERN_TEST_WRONG", "Bearer guessed")];
+    let dp = DataPlane::start(&cp, &dir.path().join("dps"), "chk-1", &dataplane("checked", "chk-1"), &env, &[]);
+    let spans = client::connect(socket_named(&dp, "by-env")).await;
+    let logs = client::connect(socket_named(&dp, "by-file")).await;
+    let metrics = client::connect(socket_named(&dp, "wrong")).await;
+    client::spans(&spans, &["checked by the collector"]).await.expect("spans");
+    client::logs(&logs, &["a record checked by the collector"]).await.expect("logs");
+    client::gauge(&metrics, 3).await.expect("metrics");
+
+    let context = || {
+        let report = std::fs::read_to_string(dp.work_dir.join("otel-stats.json")).unwrap_or_default();
+        let log = otelcol.log_text();
+        let refusals: Vec<&str> = log.lines().filter(|l| !l.contains("TLS handshake error")).collect();
+        format!(
+            "\ndelivery: {report}\nOpenTelemetry Collector log:\n{}\ntern-dp log:\n{}",
+            refusals.join("\n"),
+            dp.log_text()
+        )
+    };
+    eventually(WAIT, "the span and the record through the OpenTelemetry Collector", || {
+        let (spans, bodies) = collector.with(|r| (r.spans.clone(), r.log_bodies.clone()));
+        let arrived = spans.contains(&"checked by the collector".to_string())
+            && bodies.contains(&"a record checked by the collector".to_string());
+        arrived.then_some(()).ok_or(format!("spans {spans:?}, records {bodies:?}{}", context()))
+    });
+    let refused = eventually(WAIT, "the wrong header's points dropped", || {
+        let s = delivery_of(&dp, "wrong", "metrics");
+        (s["dropped"] == 3).then(|| s.clone()).ok_or(format!("{s}{}", context()))
+    });
+    let error = refused["lastError"].as_str().unwrap_or_default().to_lowercase();
+    assert!(error.contains("unauthenticated") || error.contains("authorization"), "{refused}");
+    assert!(!error.contains("guessed"), "the header's value stays out of the report: {refused}");
+    assert_eq!(collector.with(|r| r.metric_points), 0, "nothing passed the collector with the wrong value");
+    assert_eq!(delivery_of(&dp, "by-env", "traces")["exported"], 1);
+    assert_eq!(delivery_of(&dp, "by-file", "logs")["exported"], 1);
 }

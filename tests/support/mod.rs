@@ -2,7 +2,9 @@
 //! `ternctl`, and make a fresh PostgreSQL database when a test needs one.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod kube;
+pub mod otelcol;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,7 +1,9 @@
 // Command otelcol is the OpenTelemetry Collector distribution Tern's tests
 // run as a peer: the collector Kuma's users deploy, built from the Go module
 // proxy with only what the tests need (the OTLP receiver; the batch and
-// memory_limiter processors; the OTLP/gRPC, OTLP/HTTP and debug exporters).
+// memory_limiter processors; the OTLP/gRPC, OTLP/HTTP and debug exporters;
+// the bearer-token authenticator from the contrib repository, which checks a
+// header's value on a receiver).
 // scripts/install-tools.sh builds it; tests/otelcol_e2e.rs runs it.
 //
 //	otelcol --config /path/to/config.yaml
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/open-telemetry/opentelemetry-collector-contrib/extension/bearertokenauthextension"
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/confmap/provider/envprovider"
@@ -20,6 +23,7 @@ import (
 	"go.opentelemetry.io/collector/exporter/debugexporter"
 	"go.opentelemetry.io/collector/exporter/otlpexporter"
 	"go.opentelemetry.io/collector/exporter/otlphttpexporter"
+	"go.opentelemetry.io/collector/extension"
 	"go.opentelemetry.io/collector/otelcol"
 	"go.opentelemetry.io/collector/processor"
 	"go.opentelemetry.io/collector/processor/batchprocessor"
@@ -50,6 +54,9 @@ func components() (otelcol.Factories, error) {
 		otlphttpexporter.NewFactory(),
 		debugexporter.NewFactory(),
 	); err != nil {
+		return f, err
+	}
+	if f.Extensions, err = otelcol.MakeFactoryMap[extension.Factory](bearertokenauthextension.NewFactory()); err != nil {
 		return f, err
 	}
 	// The service refuses to start without a telemetry factory (its own
