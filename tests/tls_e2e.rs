@@ -157,6 +157,17 @@ async fn a_backends_own_tls_and_headers_from_the_host() {
         t.contains("x-from-file: its file cannot be read").then(|| t.clone()).ok_or(t)
     });
     assert!(!text.contains("no-such-token"), "the file's path stays on the host: {text}");
+    // The data plane reported the input missing (its name, not its path):
+    // the control plane's status says so, and the signal is not ready.
+    let status = eventually(WAIT, "the missing header file in the status", || {
+        let out = cp.ternctl(&["get", "dataplane-insight", "mis-1", "-m", "missing", "-o", "json"]).ok().stdout;
+        let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let traces = v["status"]["openTelemetry"]["backends"][0]["traces"].clone();
+        (traces["missingFields"] == serde_json::json!(["headers.x-from-file"])).then_some(traces).ok_or(out)
+    });
+    assert_eq!(status["state"], "missing", "{status}");
+    let insight = cp.ternctl(&["get", "dataplane-insight", "mis-1", "-m", "missing", "-o", "json"]).ok().stdout;
+    assert!(!insight.contains("no-such-token"), "the file's path stays on the host: {insight}");
     drop(bad);
     drop(good);
 }

@@ -9,6 +9,7 @@
 use crate::env::{EnvValues, Field, Layer, Signal};
 use crate::parse::{ParsedEnv, Problem};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Presence and usability of one layer's variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +60,26 @@ pub struct Inventory {
     /// `HOST_IP` (the node-local collector's address on Kubernetes) is set.
     #[serde(default)]
     pub host_ip_present: bool,
+    /// Per backend, the inputs its plan names that this host lacks (a
+    /// header's variable or file, a TLS file), named as `missingFields`
+    /// names them (`headers.x-api-key`, `tls.caFile`). Reported after a plan
+    /// arrives; names only, never a path or a value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing_host_inputs: BTreeMap<String, Vec<String>>,
+}
+
+/// Bounds on what a received inventory may say about host inputs.
+const MAX_HOST_INPUT_BACKENDS: usize = 256;
+const MAX_HOST_INPUTS: usize = 64;
+const MAX_NAME_LEN: usize = 253;
+
+/// Whether `field` is a host input's name: `headers.<header name>` or one of
+/// the TLS files.
+fn is_host_input(field: &str) -> bool {
+    match field.strip_prefix("headers.") {
+        Some(header) => !header.is_empty() && header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        None => ["tls.caFile", "tls.certFile", "tls.keyFile"].contains(&field),
+    }
 }
 
 impl Inventory {
@@ -154,6 +175,19 @@ impl Inventory {
             });
             if !ok {
                 return Err(format!("inventory validation error {scope:?} is not layer.field"));
+            }
+        }
+        if self.missing_host_inputs.len() > MAX_HOST_INPUT_BACKENDS {
+            return Err(format!("missingHostInputs: at most {MAX_HOST_INPUT_BACKENDS} backends"));
+        }
+        for (backend, fields) in &self.missing_host_inputs {
+            if backend.is_empty() || backend.len() > MAX_NAME_LEN || fields.len() > MAX_HOST_INPUTS {
+                return Err(format!("missingHostInputs: a backend name of 1 to {MAX_NAME_LEN} characters with at most {MAX_HOST_INPUTS} inputs"));
+            }
+            if let Some(f) = fields.iter().find(|f| f.len() > MAX_NAME_LEN || !is_host_input(f)) {
+                return Err(format!(
+                    "missingHostInputs: {f:?} is not headers.<name>, tls.caFile, tls.certFile or tls.keyFile"
+                ));
             }
         }
         Ok(())

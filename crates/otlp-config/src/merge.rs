@@ -7,7 +7,7 @@ use crate::env::{Field, Layer, Signal};
 use crate::inventory::Inventory;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tern_model::spec::motb::{EffectiveEnvPolicy, EnvMode, MeshOpenTelemetryBackendSpec, Precedence, Protocol};
 
 /// What a MeshOpenTelemetryBackend says explicitly, and its env policy.
@@ -49,6 +49,35 @@ pub struct TlsSettings {
     pub cert_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+}
+
+impl BackendSettings {
+    /// The inputs this backend reads on the data-plane host that are not
+    /// there (a header's variable unset or file unreadable, a TLS file
+    /// unreadable), named as `missingFields` names them.
+    pub fn missing_host_inputs(&self, env: &dyn crate::EnvSource, readable: &dyn Fn(&Path) -> bool) -> Vec<String> {
+        let mut missing = Vec::new();
+        for h in &self.headers {
+            let there = match &h.from {
+                HeaderSource::Value(_) => true,
+                HeaderSource::Env(name) => env.var(name).is_some(),
+                HeaderSource::File(path) => readable(path),
+            };
+            if !there {
+                missing.push(format!("headers.{}", h.name));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            let files =
+                [("tls.caFile", &tls.ca_file), ("tls.certFile", &tls.cert_file), ("tls.keyFile", &tls.key_file)];
+            for (field, path) in files {
+                if path.as_deref().is_some_and(|p| !readable(p)) {
+                    missing.push(field.to_string());
+                }
+            }
+        }
+        missing
+    }
 }
 
 impl TlsSettings {
@@ -206,6 +235,30 @@ pub struct SignalResolution {
     pub exports: bool,
 }
 
+impl SignalResolution {
+    /// Host inputs the data plane lacks are missing fields, and nothing is
+    /// exported without them: a backend whose env mode is `Required` is
+    /// blocked (`RequiredEnvMissing`), any other is `missing`.
+    pub fn lacks_host_inputs(&mut self, missing: &[String], mode: EnvMode) {
+        if missing.is_empty() {
+            return;
+        }
+        for field in missing {
+            if !self.missing_fields.contains(field) {
+                self.missing_fields.push(field.clone());
+            }
+        }
+        if mode == EnvMode::Required && !self.blocked_reasons.contains(&BlockedReason::RequiredEnvMissing) {
+            self.blocked_reasons.push(BlockedReason::RequiredEnvMissing);
+        }
+        if self.state == State::Ready {
+            self.state = if mode == EnvMode::Required { State::Blocked } else { State::Missing };
+        }
+        self.exports = false;
+        self.sources.clear();
+    }
+}
+
 /// Whether this backend takes env input for `signal`: env allowed by its
 /// policy and env input present. Two such backends on one dataplane for the
 /// same signal are ambiguous.
@@ -348,8 +401,9 @@ pub struct BackendUse<'a> {
 }
 
 /// Resolves every signal of every backend on one dataplane, applying the
-/// ambiguity rule: when more than one backend takes env input for a signal,
-/// each of those is ambiguous for it.
+/// ambiguity rule (when more than one backend takes env input for a signal,
+/// each of those is ambiguous for it) and the host inputs the data plane
+/// reported missing.
 pub fn resolve_backends(uses: &[BackendUse<'_>], env: &Inventory) -> Vec<Vec<SignalResolution>> {
     let competing = |signal: Signal| {
         uses.iter().filter(|u| u.signals.contains(&signal) && takes_env_input(u.settings, signal, env)).count()
@@ -360,7 +414,11 @@ pub fn resolve_backends(uses: &[BackendUse<'_>], env: &Inventory) -> Vec<Vec<Sig
                 .iter()
                 .map(|s| {
                     let ambiguous = competing(*s) > 1 && takes_env_input(u.settings, *s, env);
-                    resolve_signal(u.settings, *s, env, ambiguous)
+                    let mut r = resolve_signal(u.settings, *s, env, ambiguous);
+                    if let Some(missing) = env.missing_host_inputs.get(u.name) {
+                        r.lacks_host_inputs(missing, u.settings.env_policy.mode);
+                    }
+                    r
                 })
                 .collect()
         })

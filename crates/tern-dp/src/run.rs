@@ -4,7 +4,7 @@
 //! (Envoy gets SIGTERM) and `tern-dp` exits non-zero with the cause.
 
 use crate::cp::{BootstrapError, ControlPlane, Refused};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -268,7 +268,7 @@ async fn serve_metrics(
 /// refused bootstrap or token).
 async fn follow_plan(
     cp: ControlPlane,
-    request: BootstrapRequest,
+    mut request: BootstrapRequest,
     work_dir: PathBuf,
     inventory: Inventory,
     pipe: Arc<Mutex<PipeManager>>,
@@ -288,6 +288,12 @@ async fn follow_plan(
                     apply_plan(&work_dir, &plan, &inventory)?;
                     pipe.lock().await.apply(&plan.plan).await;
                     let _ = plan_tx.send(plan.plan.clone());
+                    let missing = missing_host_inputs(&plan.plan);
+                    if missing != request.otel_env.missing_host_inputs {
+                        info!(?missing, "host inputs of the plan's backends changed; telling the control plane");
+                        request.otel_env.missing_host_inputs = missing;
+                        break;
+                    }
                 }
                 Ok(None) => backoff = Duration::from_millis(200),
                 Err(crate::cp::PollError::NotRegistered) => {
@@ -303,6 +309,17 @@ async fn follow_plan(
             }
         }
     }
+}
+
+/// Per backend of `plan`, the inputs it reads on this host that are not
+/// there (names only: the inventory never carries a path or a value).
+fn missing_host_inputs(plan: &OtelPlan) -> BTreeMap<String, Vec<String>> {
+    let readable = |path: &Path| std::fs::File::open(path).is_ok();
+    plan.backends
+        .iter()
+        .map(|b| (b.name.clone(), b.settings.missing_host_inputs(&ProcessEnv, &readable)))
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect()
 }
 
 /// Socket paths come from this data plane's own work directory, never from
