@@ -191,6 +191,12 @@ pub async fn supervise(setup: EnvoySetup, mut stop: watch::Receiver<bool>) -> Re
         cmd.arg("-c")
             .arg(&bootstrap_path)
             .args(["--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "2"])
+            // Read by the tracer's environment resource detector: spans
+            // carry this host's name, which never leaves the host otherwise.
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                format!("host.name={}", crate::resource_attribute_value(&crate::host_name())),
+            )
             .stdout(log)
             .kill_on_drop(true);
         tern_process::die_with_parent(&mut cmd);

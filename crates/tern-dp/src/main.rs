@@ -109,6 +109,25 @@ enum OtelCommand {
     },
 }
 
+/// This host's name, for the `host.name` resource attribute.
+fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// `s` as a value of `OTEL_RESOURCE_ATTRIBUTES` (W3C baggage octets: `,`,
+/// `=`, `%`, spaces and controls percent-encoded).
+fn resource_attribute_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && !b",=%;\\\"".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn validate(path: &PathBuf) -> Result<String, String> {
     let resource = read_dataplane(path)?;
     serde_yaml_ng::to_string(&resource.to_json()).map_err(|e| e.to_string())
@@ -315,6 +334,12 @@ fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resource_attribute_values_are_percent_encoded() {
+        assert_eq!(super::resource_attribute_value("web-1.local"), "web-1.local");
+        assert_eq!(super::resource_attribute_value("a,b=c d%é"), "a%2Cb%3Dc%20d%25%C3%A9");
+    }
+
     use super::parse_wait;
     use std::time::Duration;
 

@@ -231,7 +231,7 @@ fn resource_attributes(
     let templates: Vec<(String, String)> = templates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut attrs = view.resource_attributes(&templates);
     if !attrs.iter().any(|(k, _)| k == "host.name") {
-        attrs.push(("host.name".into(), rustix::system::uname().nodename().to_string_lossy().into_owned()));
+        attrs.push(("host.name".into(), crate::host_name()));
     }
     attrs
 }

@@ -297,7 +297,9 @@ impl Proxy<'_> {
                     grpc_service: Some(grpc_to(&cluster_name)),
                     service_name: self.service.to_string(),
                     sampler: Some(parent_based(root_percent(t.trace.sampling.as_ref()))),
-                    resource_detectors: vec![static_resource(self.resource(&t.trace_resource))],
+                    // The environment first: `tern-dp` gives Envoy this
+                    // host's `host.name` there; the policy's attributes win.
+                    resource_detectors: vec![environment_resource(), static_resource(self.resource(&t.trace_resource))],
                     ..Default::default()
                 };
                 ("envoy.tracers.opentelemetry", pack_any(config))
@@ -451,6 +453,16 @@ fn root_percent(sampling: Option<&Sampling>) -> f64 {
     let value = |p: Option<&Percentage>| p.and_then(Percentage::value).unwrap_or(100.0);
     let s = sampling.cloned().unwrap_or_default();
     value(s.overall.as_ref()) * value(s.random.as_ref()) / 100.0
+}
+
+/// Envoy's environment resource detector: `OTEL_RESOURCE_ATTRIBUTES` of
+/// Envoy's process on every span.
+fn environment_resource() -> TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::EnvironmentResourceDetectorConfig;
+    TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.resource_detectors.environment".into(),
+        typed_config: Some(pack_any(EnvironmentResourceDetectorConfig {})),
+    }
 }
 
 /// Envoy's static resource detector: these attributes on every span.
