@@ -190,6 +190,29 @@ async fn three_replicas_on_one_database_survive_the_leader() {
     }
     let web_log = web.log_text();
     assert!(web_log.contains("moving to the next"), "web's tern-dp moved replicas: {web_log}");
+
+    // Runtime state through any replica: both survivors and the fresh one
+    // (which holds nothing of web's) show the config web's Envoy accepted,
+    // on which replica its ADS stream is, and tern-dp's delivery counts.
+    let mut views = Vec::new();
+    for cp in [&replicas[a], &replicas[c], &fresh] {
+        views.push(eventually(WAIT, "web's runtime state through every replica", || {
+            let text = get(&format!("{}/meshes/default/dataplanes/web/_runtime", cp.api), None)?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            let whole = v["xds"]["ackedVersion"].is_string()
+                && v["xds"]["replica"].is_string()
+                && v["delivery"]["backends"].is_array()
+                && v["deliveryReplica"].is_string();
+            whole.then(|| v.clone()).ok_or(text)
+        }));
+    }
+    for v in &views[1..] {
+        assert_eq!(v["xds"], views[0]["xds"], "every replica shows the same ADS state");
+    }
+    let holder = views[0]["xds"]["replica"].as_str().unwrap_or_default().to_string();
+    let text = fresh.ternctl(&["inspect", "dataplane", "web"]).ok().stdout;
+    assert!(text.contains(&format!("Envoy (ADS stream on replica {holder})")), "{text}");
+    assert!(text.contains("accepted config version"), "{text}");
 }
 
 #[test]

@@ -29,8 +29,17 @@ pub struct ApiState<S> {
 /// data plane last reported about delivery, and what its Envoy accepted or
 /// refused over xDS.
 pub trait RuntimeView: Send + Sync {
-    fn dataplane(&self, mesh: &str, name: &str) -> tern_protocol::RuntimeView;
+    /// The data plane's runtime view; an error when part of it cannot be
+    /// read (another replica's share, on PostgreSQL).
+    fn dataplane<'a>(
+        &'a self,
+        mesh: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<tern_protocol::RuntimeView, String>>;
 }
+
+/// A boxed future that can cross threads, for the traits above.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The API's routes over `store`; `auth` decides who may write; `runtime`
 /// answers `GET /meshes/{mesh}/dataplanes/{name}/_runtime`.

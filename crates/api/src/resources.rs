@@ -340,7 +340,8 @@ pub async fn delete_mesh<S: ResourceStore>(
 }
 
 /// `GET /meshes/{mesh}/dataplanes/{name}/_runtime` (Tern): delivery counts
-/// and xDS state, live from the control plane's memory.
+/// and xDS state, live from the control plane's memory (and, with several
+/// replicas, from whichever replica the data plane talks to).
 pub async fn dataplane_runtime<S: ResourceStore>(
     State(state): State<Arc<ApiState<S>>>,
     Path((mesh, name)): Path<(String, String)>,
@@ -349,7 +350,13 @@ pub async fn dataplane_runtime<S: ResourceStore>(
     if state.store.get(&key).await.map_err(|e| ApiError::from_store(e, None))?.is_none() {
         return Err(ApiError::not_found(format!("{key} not found")));
     }
-    let view = state.runtime.as_ref().map(|r| r.dataplane(&mesh, &name)).unwrap_or_default();
+    let view = match &state.runtime {
+        Some(runtime) => runtime
+            .dataplane(&mesh, &name)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Runtime state unavailable", e))?,
+        None => Default::default(),
+    };
     Ok(Json(view).into_response())
 }
 

@@ -140,6 +140,9 @@ pub struct RuntimeView {
     pub delivery: Option<DeliveryReport>,
     #[serde(default)]
     pub delivery_reported_at: Option<String>,
+    /// The control-plane replica the report went to (with several replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_replica: Option<String>,
     #[serde(default)]
     pub xds: XdsView,
 }
@@ -152,6 +155,13 @@ pub struct XdsView {
     pub acked_version: Option<String>,
     #[serde(default)]
     pub nack: Option<XdsNack>,
+    /// When the ACK/NACK state last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+    /// The control-plane replica holding the ADS stream (with several
+    /// replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// A configuration Envoy refused.

@@ -13,6 +13,7 @@
 
 mod feed;
 pub mod leader;
+mod runtime;
 mod sql;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::future::Future;
 use tern_model::{Kind, Resource, ResourceKey};
 use tokio::sync::broadcast;
 
+pub use runtime::RuntimeRow;
 pub use sql::SqlStore;
 
 /// What a write expects of the resource it replaces.

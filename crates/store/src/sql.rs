@@ -82,7 +82,11 @@ impl SqlStore {
             // Replicas starting together create the schema one at a time.
             Engine::Postgres(_) => crate::feed::lock_writers(&mut tx).await?,
         }
-        for statement in SCHEMA.iter().chain(matches!(engine, Engine::Postgres(_)).then_some(&crate::feed::SCHEMA)) {
+        let shared: &[&str] = match engine {
+            Engine::Postgres(_) => &[crate::feed::SCHEMA, crate::runtime::SCHEMA],
+            Engine::Sqlite { .. } => &[],
+        };
+        for statement in SCHEMA.iter().chain(shared) {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -202,6 +206,10 @@ impl SqlStore {
             Engine::Sqlite { .. } => true,
             Engine::Postgres(feed) => feed.following(),
         }
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Whether replicas can share this store (PostgreSQL).

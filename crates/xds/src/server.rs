@@ -39,6 +39,8 @@ pub struct XdsHub {
     channels: Mutex<HashMap<String, watch::Sender<Arc<Snapshot>>>>,
     nacks: Mutex<HashMap<String, Nack>>,
     acked: Mutex<HashMap<String, String>>,
+    /// When each node's ACK/NACK state last changed (ms since the epoch).
+    changed: Mutex<HashMap<String, i64>>,
     stats: XdsStats,
 }
 
@@ -131,6 +133,24 @@ impl XdsHub {
         self.acked.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
     }
 
+    fn touch(&self, node: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), now);
+    }
+
+    /// Every node with an ACK or NACK here, with when that last changed (ms
+    /// since the epoch).
+    pub fn nodes_with_state(&self) -> Vec<(String, i64)> {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, t)| (n.clone(), *t)).collect()
+    }
+
+    /// When `node`'s ACK/NACK state last changed here (ms since the epoch).
+    pub fn state_changed_ms(&self, node: &str) -> Option<i64> {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).get(node).copied()
+    }
+
     /// Forgets the nodes of `mesh` not in `keep` (deleted dataplanes): their
     /// snapshots, ACKs and NACKs. Open streams of such a node end.
     pub fn retain(&self, mesh: &str, keep: &std::collections::HashSet<&str>) {
@@ -138,6 +158,7 @@ impl XdsHub {
         self.channels.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
         self.nacks.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
         self.acked.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| !gone(node));
     }
 
     /// The gRPC service to mount on the data-plane server. With `auth`,
@@ -254,6 +275,7 @@ async fn run_stream(
                         node.clone(),
                         Nack { type_url: req.type_url.clone(), version, message: err.message.clone() },
                     );
+                    hub.touch(&node);
                     continue;
                 }
                 if !req.response_nonce.is_empty() && Some(&req.version_info) == state.sent_version.as_ref() {
@@ -262,6 +284,8 @@ async fn run_stream(
                     if nacks.get(&node).is_some_and(|n| n.type_url == req.type_url) {
                         nacks.remove(&node);
                     }
+                    drop(nacks);
+                    hub.touch(&node);
                 }
                 state.names = req.resource_names.clone();
                 let snapshot = snapshots.as_ref().map(|rx| rx.borrow().clone()).unwrap_or_default();

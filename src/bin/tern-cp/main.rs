@@ -169,6 +169,21 @@ type PartFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (&'static s
 /// failure or stop.
 type Part = Box<dyn FnOnce(watch::Receiver<bool>) -> PartFuture + Send>;
 
+/// Copies this replica's runtime state for the others (a no-op alone).
+fn sharing_part(runtime: Arc<tern_dp_server::RuntimeState>) -> Part {
+    Box::new(move |mut stop| -> PartFuture {
+        Box::pin(async move {
+            // `share` returns at once when there is nothing to share with.
+            tokio::select! {
+                _ = runtime.share() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            let _ = stop.wait_for(|s| *s).await;
+            ("runtime sharing", Ok(()))
+        })
+    })
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     check_exposure(&args)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -183,8 +198,13 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         let tls = tls_source(&args);
         let k = kubernetes::start(&args.kube, &tls, &data_dir).await?;
-        let extras =
-            Extras { parts: k.parts, leader: Some(k.leader), authenticate: Some(k.authenticate), foreign: None };
+        let extras = Extras {
+            parts: k.parts,
+            leader: Some(k.leader),
+            authenticate: Some(k.authenticate),
+            foreign: None,
+            runtime_share: None,
+        };
         return serve_control_plane(args, data_dir, k.store, extras).await;
     }
     let sqlite_path = data_dir.join("tern.db");
@@ -202,7 +222,12 @@ async fn run(args: RunArgs) -> Result<()> {
     info!(store = %redact_url(&store_url), mode = %args.multizone.mode, "store open");
     let store = Arc::new(store);
     let replica = replicas::start(store.clone(), &store_url);
-    let mut extras = Extras { parts: replica.parts, leader: replica.leader, ..Extras::default() };
+    let mut extras = Extras {
+        parts: replica.parts,
+        leader: replica.leader,
+        runtime_share: replica.runtime_share,
+        ..Extras::default()
+    };
     match mode {
         multizone::Mode::Standalone => serve_control_plane(args, data_dir, store, extras).await,
         multizone::Mode::Global => {
@@ -240,6 +265,8 @@ struct Extras {
     authenticate: Option<Arc<dyn tern_tokens::Authenticate>>,
     /// Resources another control plane owns: their status is not written here.
     foreign: Option<fn(&tern_model::Resource) -> bool>,
+    /// Where replicas share runtime state (PostgreSQL).
+    runtime_share: Option<Arc<tern_store::SqlStore>>,
 }
 
 /// Runs the API, the data-plane server, the reconciler and the extra parts
@@ -250,7 +277,7 @@ async fn serve_control_plane<S: ResourceStore>(
     store: Arc<S>,
     extras: Extras,
 ) -> Result<()> {
-    let Extras { parts, leader, authenticate, foreign } = extras;
+    let Extras { mut parts, leader, authenticate, foreign, runtime_share } = extras;
     let metrics = metrics::CpMetrics::new(multizone::instance_id(), leader.clone());
     let store = Arc::new(timed_store::TimedStore::new(store, metrics.clone()));
     let dp_tls = args.dp_tls || !args.dp_addr.ip().is_loopback();
@@ -311,10 +338,13 @@ async fn serve_control_plane<S: ResourceStore>(
     let hub = Arc::new(PlanHub::default());
     let xds = Arc::new(tern_xds::XdsHub::default());
     let delivered = metrics.clone();
-    let runtime = Arc::new(
-        tern_dp_server::RuntimeState::new(xds.clone())
-            .with_delivery_observer(Arc::new(move |took| delivered.plan_delivery.observe(took))),
-    );
+    let mut runtime = tern_dp_server::RuntimeState::new(xds.clone())
+        .with_delivery_observer(Arc::new(move |took| delivered.plan_delivery.observe(took)));
+    if let Some(share) = runtime_share {
+        runtime = runtime.with_sharing(share, multizone::instance_id());
+    }
+    let runtime = Arc::new(runtime);
+    parts.push(sharing_part(runtime.clone()));
     let observed = metrics.clone();
     let mut reconciler = Reconciler::new(store.clone(), hub.clone(), xds.clone())
         .with_state(runtime.clone())

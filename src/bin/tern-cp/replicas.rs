@@ -1,7 +1,9 @@
 //! Several `tern-cp` replicas on one PostgreSQL database: each follows the
 //! shared change log (its plans and xDS come from its own view of the
 //! store), and one of them, elected in the database, writes statuses and
-//! cleans up insights. On SQLite there is one control plane and it leads.
+//! cleans up insights. Each copies its runtime state (xDS ACK/NACK, delivery
+//! counts) there for the others to show. On SQLite there is one control
+//! plane and it leads.
 
 use crate::{Part, PartFuture};
 use anyhow::Context;
@@ -10,16 +12,19 @@ use tern_store::SqlStore;
 use tokio::sync::watch;
 use tracing::info;
 
-/// The parts a replica runs beside the common ones, and its leadership.
+/// The parts a replica runs beside the common ones, its leadership, and
+/// where it shares runtime state with the others.
 pub struct Replica {
     pub parts: Vec<Part>,
     pub leader: Option<watch::Receiver<bool>>,
+    pub runtime_share: Option<Arc<SqlStore>>,
 }
 
 pub fn start(store: Arc<SqlStore>, url: &str) -> Replica {
     if !store.shared() {
-        return Replica { parts: Vec::new(), leader: None };
+        return Replica { parts: Vec::new(), leader: None, runtime_share: None };
     }
+    let runtime_share = Some(store.clone());
     info!("PostgreSQL store: following the shared change log and competing for leadership");
     let feed: Part = Box::new(move |mut stop| -> PartFuture {
         Box::pin(async move {
@@ -39,5 +44,5 @@ pub fn start(store: Arc<SqlStore>, url: &str) -> Replica {
             }
         })
     });
-    Replica { parts: vec![feed, election], leader: Some(leader) }
+    Replica { parts: vec![feed, election], leader: Some(leader), runtime_share }
 }

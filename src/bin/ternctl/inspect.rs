@@ -196,7 +196,8 @@ pub fn render_runtime(runtime: &RuntimeView, now: chrono::DateTime<chrono::Utc>)
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| format!("{} ago", output::age(now - t.with_timezone(&chrono::Utc))))
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "\nDelivery (reported by tern-dp {ago})");
+        let via = runtime.delivery_replica.as_deref().map(|r| format!(" to replica {}", clean(r))).unwrap_or_default();
+        let _ = writeln!(out, "\nDelivery (reported by tern-dp {ago}{via})");
         let mut rows = Vec::new();
         for b in backends {
             for (signal, s) in &b.signals {
@@ -218,7 +219,12 @@ pub fn render_runtime(runtime: &RuntimeView, now: chrono::DateTime<chrono::Utc>)
             &rows,
         ));
     }
-    out.push_str("\nEnvoy\n");
+    match &runtime.xds.replica {
+        Some(r) => {
+            let _ = writeln!(out, "\nEnvoy (ADS stream on replica {})", clean(r));
+        }
+        None => out.push_str("\nEnvoy\n"),
+    }
     match &runtime.xds.acked_version {
         Some(v) => {
             let _ = writeln!(out, "  accepted config version {}", clean(v));

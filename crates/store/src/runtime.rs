@@ -1,0 +1,110 @@
+//! Runtime views replicas share on PostgreSQL: what a data plane's Envoy did
+//! with xDS and what its `tern-dp` last reported live in the memory of the
+//! replica it talks to; each replica copies its views here, so whichever
+//! replica an operator asks can show them. One row per data plane and
+//! replica; the view itself is opaque JSON to the store.
+
+use crate::{SqlStore, StoreError};
+use sqlx::Row;
+
+pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tern_runtime (
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    changed_ms BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    view TEXT NOT NULL,
+    PRIMARY KEY (mesh, name, replica)
+)";
+
+/// Rows per statement (6 parameters each).
+const CHUNK: usize = 500;
+
+/// One replica's view of one data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeRow {
+    pub mesh: String,
+    pub name: String,
+    pub replica: String,
+    /// When the view last changed on its replica (ms since the epoch).
+    pub changed_ms: i64,
+    /// When its replica last confirmed it (ms since the epoch).
+    pub seen_ms: i64,
+    pub view: String,
+}
+
+impl SqlStore {
+    /// Writes `rows`, replacing each one's earlier version.
+    pub async fn put_runtime(&self, rows: &[RuntimeRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 6;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO tern_runtime (mesh, name, replica, changed_ms, seen_ms, view) VALUES {} \
+                 ON CONFLICT (mesh, name, replica) DO UPDATE SET changed_ms = excluded.changed_ms, \
+                 seen_ms = excluded.seen_ms, view = excluded.view",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query =
+                    query.bind(&r.mesh).bind(&r.name).bind(&r.replica).bind(r.changed_ms).bind(r.seen_ms).bind(&r.view);
+            }
+            query.execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `replica`'s rows for `dataplanes` (mesh, name): it holds
+    /// nothing for them any more.
+    pub async fn remove_runtime(&self, replica: &str, dataplanes: &[(String, String)]) -> Result<(), StoreError> {
+        for (mesh, name) in dataplanes {
+            sqlx::query("DELETE FROM tern_runtime WHERE replica = $1 AND mesh = $2 AND name = $3")
+                .bind(replica)
+                .bind(mesh)
+                .bind(name)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Confirms every row of `replica` at `now_ms`, and removes rows no
+    /// replica confirmed since `stale_before_ms` (replicas that died).
+    pub async fn confirm_runtime(&self, replica: &str, now_ms: i64, stale_before_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tern_runtime SET seen_ms = $1 WHERE replica = $2")
+            .bind(now_ms)
+            .bind(replica)
+            .execute(self.pool())
+            .await?;
+        sqlx::query("DELETE FROM tern_runtime WHERE seen_ms < $1").bind(stale_before_ms).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Every replica's row for one data plane.
+    pub async fn runtime_of(&self, mesh: &str, name: &str) -> Result<Vec<RuntimeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT replica, changed_ms, seen_ms, view FROM tern_runtime WHERE mesh = $1 AND name = $2 ORDER BY replica",
+        )
+        .bind(mesh)
+        .bind(name)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RuntimeRow {
+                    mesh: mesh.to_string(),
+                    name: name.to_string(),
+                    replica: r.try_get("replica")?,
+                    changed_ms: r.try_get("changed_ms")?,
+                    seen_ms: r.try_get("seen_ms")?,
+                    view: r.try_get("view")?,
+                })
+            })
+            .collect()
+    }
+}
