@@ -13,6 +13,7 @@
 //! may touch only the dataplane the token names ([`DpAuth`]). Bodies are the
 //! typed messages of `tern-protocol`; errors use the REST API's shape.
 
+mod group_commit;
 mod runtime;
 
 use axum::body::Bytes;
@@ -93,6 +94,8 @@ struct DpState<S> {
     hub: Arc<PlanHub>,
     runtime: Arc<RuntimeState>,
     auth: DpAuth,
+    /// Bootstraps arriving together are written together.
+    commits: group_commit::GroupCommit,
 }
 
 pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<RuntimeState>, auth: DpAuth) -> Router {
@@ -101,7 +104,7 @@ pub fn router<S: ResourceStore>(store: Arc<S>, hub: Arc<PlanHub>, runtime: Arc<R
         .route("/otel/{mesh}/{name}", get(plan::<S>))
         .route("/delivery/{mesh}/{name}", post(delivery::<S>))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Arc::new(DpState { store, hub, runtime, auth }))
+        .with_state(Arc::new(DpState { store, hub, runtime, auth, commits: Default::default() }))
 }
 
 /// `POST /delivery/{mesh}/{name}`: a data plane's delivery counts (names and
@@ -185,7 +188,7 @@ async fn bootstrap<S: ResourceStore>(
     };
     let mut writes: Vec<Write> = dataplane_write.into_iter().collect();
     writes.push(Write { resource: insight, precondition: Precondition::None });
-    state.store.apply(writes).await.map_err(|e| ApiError::from_store(e, None))?;
+    state.commits.apply(&*state.store, writes).await.map_err(|e| ApiError::from_store(e, None))?;
     info!(
         mesh = %dataplane.mesh,
         dataplane = %dataplane.name,

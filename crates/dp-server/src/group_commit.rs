@@ -1,0 +1,111 @@
+//! Bootstrap writes that arrive together go to the store as one batch (group
+//! commit): while one batch is being written, the next ones queue, and
+//! whoever writes next takes everything queued. No timer and no task of its
+//! own: a request that finds its writes already taken waits for their
+//! outcome. A batch that fails is written again one request at a time, so
+//! one bad request never fails the others.
+
+use std::sync::Mutex;
+use tern_store::{ResourceStore, StoreError, Write};
+use tokio::sync::oneshot;
+
+/// The most requests in one batch (each is at most a Dataplane and its insight).
+const MAX_BATCH: usize = 256;
+
+type Pending = (Vec<Write>, oneshot::Sender<Result<(), StoreError>>);
+
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    queued: Mutex<Vec<Pending>>,
+    /// Held while a batch is written.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    /// Writes `writes` atomically, in a batch with whatever else is queued.
+    pub(crate) async fn apply<S: ResourceStore>(&self, store: &S, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.queued.lock().unwrap_or_else(|p| p.into_inner()).push((writes, tx));
+        loop {
+            let _writing = self.writing.lock().await;
+            // Ours went out with an earlier batch, whose writer has finished.
+            if let Ok(outcome) = rx.try_recv() {
+                return outcome;
+            }
+            let batch: Vec<Pending> = {
+                let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+                let n = queued.len().min(MAX_BATCH);
+                queued.drain(..n).collect()
+            };
+            write_batch(store, batch).await;
+            if let Ok(outcome) = rx.try_recv() {
+                return outcome;
+            }
+            // Ours was beyond this batch's size: it goes with the next one.
+        }
+    }
+}
+
+async fn write_batch<S: ResourceStore>(store: &S, batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        for (writes, reply) in batch {
+            let _ = reply.send(store.apply(writes).await.map(|_| ()));
+        }
+        return;
+    }
+    let all: Vec<Write> = batch.iter().flat_map(|(writes, _)| writes.iter().cloned()).collect();
+    match store.apply(all).await {
+        Ok(_) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(_) => {
+            for (writes, reply) in batch {
+                let _ = reply.send(store.apply(writes).await.map(|_| ()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tern_model::{Kind, Resource, ResourceKey};
+    use tern_store::{Precondition, SqlStore};
+
+    fn backend(name: &str, precondition: Precondition) -> Vec<Write> {
+        let resource = Resource::new(Kind::MeshOpenTelemetryBackend, "default", name, serde_json::json!({}));
+        vec![Write { resource, precondition }]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_written_together_succeed_or_fail_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("tern.db").display());
+        let store = Arc::new(SqlStore::open(&url).await.expect("store"));
+        let commits = Arc::new(GroupCommit::default());
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let (store, commits) = (store.clone(), commits.clone());
+            // Every 50th request can only update, and nothing is stored yet.
+            let precondition = if i % 50 == 7 { Precondition::MustExist } else { Precondition::None };
+            requests.spawn(async move { (i, commits.apply(&*store, backend(&format!("b-{i}"), precondition)).await) });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = requests.join_next().await {
+            let (i, outcome) = done.expect("no panic");
+            if outcome.is_err() {
+                failed.push(i);
+            }
+        }
+        failed.sort();
+        assert_eq!(failed, [7, 57, 107, 157], "only the requests that could not be written failed");
+        for i in 0..200 {
+            let stored =
+                store.get(&ResourceKey::new(Kind::MeshOpenTelemetryBackend, "default", &format!("b-{i}"))).await;
+            assert_eq!(stored.expect("read").is_some(), !failed.contains(&i), "b-{i}");
+        }
+    }
+}
