@@ -64,11 +64,12 @@ async fn resource_attributes_reach_the_collector_on_every_signal() {
             wanted.iter().all(|(k, v)| has(k, v)).then_some(()).ok_or(format!("{seen:?}"))
         });
     }
-    // host.name stays on the host: tern-dp adds it to metrics and hands it
-    // to Envoy's environment resource detector for spans.
+    // host.name stays on the host: tern-dp adds it to metrics, hands it to
+    // Envoy's environment resource detector for spans, and adds it to the
+    // resource of the access-log requests passing through its pipe.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname").trim().to_string();
     let seen = collector.with(|r| r.resources.clone());
-    for signal in ["traces", "metrics"] {
+    for signal in ["traces", "logs", "metrics"] {
         let want = (signal.to_string(), "host.name".to_string(), host.clone());
         assert!(seen.contains(&want), "host.name {host} on {signal}: {seen:?}");
     }

@@ -39,6 +39,7 @@ use tern_otlp_config::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
+use wire::ResourceAttribute;
 
 /// Requests a signal's queue holds while the collector is unreachable.
 pub const DEFAULT_QUEUE_REQUESTS: usize = 1024;
@@ -188,6 +189,8 @@ pub struct LocalEnv {
     pub parsed: ParsedEnv,
     pub inventory: Inventory,
     pub host_ip: Option<String>,
+    /// This host's name: added to log requests' resources as `host.name`.
+    pub host_name: Option<String>,
 }
 
 /// Runs one pipe per backend of the current plan.
@@ -302,6 +305,7 @@ impl PipeManager {
             traces: route(Signal::Traces),
             metrics: route(Signal::Metrics),
             logs: route(Signal::Logs),
+            logs_resource: self.env.host_name.as_deref().map(|h| ResourceAttribute::string("host.name", h)),
         });
         let (stop, stopped) = oneshot::channel();
         let server = receiver::serve(path, routes.clone(), stopped).await?;

@@ -9,7 +9,7 @@ mod queue;
 pub use queue::{Fill, NoRoom, Queue, Queued};
 
 use crate::stats::SignalStats;
-use crate::wire::{grpc_path, Payload, RawCodec};
+use crate::wire::{grpc_path, Payload, RawCodec, ResourceAttribute};
 use bytes::Bytes;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -34,6 +34,9 @@ pub struct Routes {
     pub traces: Route,
     pub metrics: Route,
     pub logs: Route,
+    /// Added to the resource of every log request (Envoy's access logger has
+    /// no way to learn it): this host's `host.name`.
+    pub logs_resource: Option<ResourceAttribute>,
 }
 
 impl Routes {
@@ -212,7 +215,11 @@ where
 
 /// Parses and queues one `Export` request's bytes.
 async fn export(routes: &Routes, signal: Signal, bytes: Bytes) -> Result<Response<Vec<Bytes>>, Status> {
-    let payload = Payload::parse(signal, bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let invalid = |e: crate::wire::WireError| Status::invalid_argument(e.to_string());
+    let mut payload = Payload::parse(signal, bytes).map_err(invalid)?;
+    if let (Signal::Logs, Some(attribute)) = (signal, &routes.logs_resource) {
+        payload.bytes = attribute.add_to(&payload.bytes).map_err(invalid)?;
+    }
     routes.accept(payload).await?;
     // An empty Export*ServiceResponse: no partial success to report.
     Ok(Response::new(Vec::new()))
@@ -318,6 +325,7 @@ mod tests {
             traces: Route::Queue { queue, stats: Arc::default() },
             metrics: unavailable(),
             logs: unavailable(),
+            logs_resource: None,
         });
         let (stop, stopped) = oneshot::channel();
         let server = serve(&socket, routes, stopped).await.expect("serves");

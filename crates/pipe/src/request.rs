@@ -70,6 +70,19 @@ impl OtlpRequest {
         Ok(())
     }
 
+    /// Calls `f` with every resource of the request.
+    #[cfg(test)]
+    pub fn each_resource(
+        &mut self,
+        mut f: impl FnMut(&mut Option<opentelemetry_proto::tonic::resource::v1::Resource>),
+    ) {
+        match self {
+            OtlpRequest::Traces(r) => r.resource_spans.iter_mut().for_each(|x| f(&mut x.resource)),
+            OtlpRequest::Metrics(r) => r.resource_metrics.iter_mut().for_each(|x| f(&mut x.resource)),
+            OtlpRequest::Logs(r) => r.resource_logs.iter_mut().for_each(|x| f(&mut x.resource)),
+        }
+    }
+
     /// Decodes an encoded request of `signal`.
     #[cfg(test)]
     pub fn decode(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest, prost::DecodeError> {

@@ -59,35 +59,157 @@ fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
     Err(WireError("varint longer than 10 bytes"))
 }
 
-/// Calls `f(field, value)` for every length-delimited field of the message
-/// in `buf`, skipping the others; fails on broken framing.
-fn fields<'a>(mut buf: &'a [u8], mut f: impl FnMut(u64, &'a [u8]) -> Result<(), WireError>) -> Result<(), WireError> {
-    while !buf.is_empty() {
-        let key = varint(&mut buf)?;
-        let field = key >> 3;
-        if field == 0 {
+/// One field of a message: its number, its value when length-delimited,
+/// and all of its bytes (key included).
+struct Field<'a> {
+    number: u64,
+    value: Option<&'a [u8]>,
+    raw: &'a [u8],
+}
+
+/// Calls `f` for every field of the message in `buf`; fails on broken
+/// framing.
+fn each_field<'a>(buf: &'a [u8], mut f: impl FnMut(Field<'a>) -> Result<(), WireError>) -> Result<(), WireError> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let start = rest;
+        let key = varint(&mut rest)?;
+        let number = key >> 3;
+        if number == 0 {
             return Err(WireError("field number 0"));
         }
+        let mut value = None;
         match key & 7 {
             VARINT => {
-                varint(&mut buf)?;
+                varint(&mut rest)?;
             }
-            FIXED64 if buf.len() >= 8 => buf = &buf[8..],
-            FIXED32 if buf.len() >= 4 => buf = &buf[4..],
+            FIXED64 if rest.len() >= 8 => rest = &rest[8..],
+            FIXED32 if rest.len() >= 4 => rest = &rest[4..],
             LEN => {
-                let len = usize::try_from(varint(&mut buf)?).map_err(|_| WireError("length out of range"))?;
-                if len > buf.len() {
+                let len = usize::try_from(varint(&mut rest)?).map_err(|_| WireError("length out of range"))?;
+                if len > rest.len() {
                     return Err(WireError("length past the end of the message"));
                 }
-                let (value, rest) = buf.split_at(len);
-                buf = rest;
-                f(field, value)?;
+                let (v, after) = rest.split_at(len);
+                value = Some(v);
+                rest = after;
             }
             FIXED64 | FIXED32 => return Err(WireError("truncated fixed-width field")),
             _ => return Err(WireError("unsupported wire type")),
         }
+        f(Field { number, value, raw: &start[..start.len() - rest.len()] })?;
     }
     Ok(())
+}
+
+/// Calls `f(field, value)` for every length-delimited field of the message
+/// in `buf`, skipping the others; fails on broken framing.
+fn fields<'a>(buf: &'a [u8], mut f: impl FnMut(u64, &'a [u8]) -> Result<(), WireError>) -> Result<(), WireError> {
+    each_field(buf, |field| match field.value {
+        Some(value) => f(field.number, value),
+        None => Ok(()),
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Writes field `number` as a length-delimited field holding `parts` back
+/// to back.
+fn put_len_field(out: &mut Vec<u8>, number: u64, parts: &[&[u8]]) {
+    put_varint(out, number << 3 | LEN);
+    put_varint(out, parts.iter().map(|p| p.len() as u64).sum());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+/// A resource attribute the pipe adds to the requests of one signal (one
+/// known only on the data-plane host, such as `host.name`), encoded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceAttribute {
+    pub key: String,
+    /// `Resource.attributes` entry: field 1 holding the encoded `KeyValue`.
+    entry: Bytes,
+}
+
+impl ResourceAttribute {
+    /// A string-valued attribute.
+    pub fn string(key: &str, value: &str) -> ResourceAttribute {
+        let mut any_value = Vec::new();
+        put_len_field(&mut any_value, 1, &[value.as_bytes()]);
+        let mut key_value = Vec::new();
+        put_len_field(&mut key_value, 1, &[key.as_bytes()]);
+        put_len_field(&mut key_value, 2, &[&any_value]);
+        let mut entry = Vec::new();
+        put_len_field(&mut entry, 1, &[&key_value]);
+        ResourceAttribute { key: key.to_string(), entry: entry.into() }
+    }
+
+    /// Whether the encoded `Resource` already has an attribute with this key.
+    fn is_in(&self, resource: &[u8]) -> Result<bool, WireError> {
+        let mut found = false;
+        fields(resource, |field, key_value| {
+            if field == 1 {
+                fields(key_value, |f, key| {
+                    found |= f == 1 && key == self.key.as_bytes();
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// `request` (an encoded `Export*ServiceRequest`) with this attribute
+    /// added to every resource that lacks its key (a resource is created
+    /// where there is none). Only the framing of the `Resource*` messages
+    /// is rewritten: spans, records and points are copied as bytes.
+    pub fn add_to(&self, request: &[u8]) -> Result<Bytes, WireError> {
+        let mut out = Vec::with_capacity(request.len() + 8 * self.entry.len());
+        let mut inner = Vec::new();
+        each_field(request, |top| match top.value {
+            Some(resource_x) if top.number == 1 => {
+                inner.clear();
+                self.add_to_resource_x(resource_x, &mut inner)?;
+                put_len_field(&mut out, 1, &[&inner]);
+                Ok(())
+            }
+            _ => {
+                out.extend_from_slice(top.raw);
+                Ok(())
+            }
+        })?;
+        Ok(out.into())
+    }
+
+    /// One `ResourceSpans` / `ResourceLogs` / `ResourceMetrics` into `out`.
+    fn add_to_resource_x(&self, resource_x: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        let mut has_resource = false;
+        each_field(resource_x, |field| {
+            match field.value {
+                Some(resource) if field.number == 1 => {
+                    has_resource = true;
+                    if self.is_in(resource)? {
+                        out.extend_from_slice(field.raw);
+                    } else {
+                        put_len_field(out, 1, &[resource, &self.entry]);
+                    }
+                }
+                _ => out.extend_from_slice(field.raw),
+            }
+            Ok(())
+        })?;
+        if !has_resource {
+            put_len_field(out, 1, &[&self.entry]);
+        }
+        Ok(())
+    }
 }
 
 /// How many times field `n` occurs in the message.
@@ -323,6 +445,34 @@ mod tests {
             expected.absorb(b).unwrap();
             assert_eq!(decoded, expected);
         }
+    }
+
+    #[test]
+    fn a_resource_attribute_is_added_where_it_is_missing_and_nothing_else_changes() {
+        let host = ResourceAttribute::string("host.name", "node-7");
+        for seed in 0..12 {
+            for request in samples(seed) {
+                let signal = request.signal();
+                let added = OtlpRequest::decode(signal, &host.add_to(&request.encode()).unwrap()).unwrap();
+                let mut expected = request.clone();
+                expected.each_resource(|r| r.get_or_insert_default().attributes.push(attr("host.name", "node-7")));
+                assert_eq!(added, expected, "{signal:?} seed {seed}");
+            }
+        }
+        // A resource that has the key keeps its own value; a missing resource is created.
+        let mut request = samples(3).remove(1);
+        request.each_resource(|r| {
+            *r = Some(Resource { attributes: vec![attr("host.name", "mine")], ..Default::default() })
+        });
+        let logs = ExportLogsServiceRequest { resource_logs: vec![ResourceLogs::default()] };
+        let mut joined = request.encode();
+        joined.extend(OtlpRequest::Logs(logs).encode());
+        let added = OtlpRequest::decode(Signal::Logs, &host.add_to(&joined).unwrap()).unwrap();
+        let OtlpRequest::Logs(added) = added else { unreachable!() };
+        let hosts: Vec<Vec<KeyValue>> =
+            added.resource_logs.iter().map(|r| r.resource.clone().unwrap().attributes).collect();
+        assert_eq!(hosts, [vec![attr("host.name", "mine")], vec![attr("host.name", "node-7")]]);
+        assert!(host.add_to(&[0x0a, 0x05, 0x01]).is_err(), "broken framing is refused");
     }
 
     /// The `wire` fuzz target's seed corpus (`fuzz/corpus/wire`) holds these

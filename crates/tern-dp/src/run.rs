@@ -83,7 +83,12 @@ pub async fn run(args: RunArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         request.dataplane = Some(dp.to_json());
     }
     let pipe = Arc::new(Mutex::new(PipeManager::new(
-        LocalEnv { parsed, inventory: inventory.clone(), host_ip: values.host_ip.clone() },
+        LocalEnv {
+            parsed,
+            inventory: inventory.clone(),
+            host_ip: values.host_ip.clone(),
+            host_name: Some(crate::host_name()),
+        },
         args.queue,
     )));
     // Bound before Envoy starts, so a taken address stops everything at once.

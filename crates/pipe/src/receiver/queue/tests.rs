@@ -34,6 +34,7 @@ fn routes(limits: QueueLimits) -> (Arc<Routes>, mpsc::Receiver<Queued>, Arc<Sign
         traces: Route::Queue { queue: Queue::new(tx, limits), stats: stats.clone() },
         metrics: unavailable(),
         logs: unavailable(),
+        logs_resource: None,
     };
     (Arc::new(routes), rx, stats)
 }
