@@ -169,17 +169,11 @@ impl ResourceAttribute {
     /// `request` (an encoded `Export*ServiceRequest`) with this attribute
     /// added to every resource that lacks its key (a resource is created
     /// where there is none). Only the framing of the `Resource*` messages
-    /// is rewritten: spans, records and points are copied as bytes.
+    /// is rewritten: spans, records and points are copied as bytes, once.
     pub fn add_to(&self, request: &[u8]) -> Result<Bytes, WireError> {
         let mut out = Vec::with_capacity(request.len() + 8 * self.entry.len());
-        let mut inner = Vec::new();
         each_field(request, |top| match top.value {
-            Some(resource_x) if top.number == 1 => {
-                inner.clear();
-                self.add_to_resource_x(resource_x, &mut inner)?;
-                put_len_field(&mut out, 1, &[&inner]);
-                Ok(())
-            }
+            Some(resource_x) if top.number == 1 => self.write_resource_x(resource_x, &mut out),
             _ => {
                 out.extend_from_slice(top.raw);
                 Ok(())
@@ -188,28 +182,58 @@ impl ResourceAttribute {
         Ok(out.into())
     }
 
-    /// One `ResourceSpans` / `ResourceLogs` / `ResourceMetrics` into `out`.
-    fn add_to_resource_x(&self, resource_x: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
-        let mut has_resource = false;
+    /// One `ResourceSpans` / `ResourceLogs` / `ResourceMetrics` as field 1
+    /// of `out`, with the attribute.
+    fn write_resource_x(&self, resource_x: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        // Its `resource` fields (protobuf merges repeated occurrences): the
+        // last one, how many, and whether any has the key.
+        let (mut last, mut count, mut has_key) = (None, 0usize, false);
         each_field(resource_x, |field| {
-            match field.value {
-                Some(resource) if field.number == 1 => {
-                    has_resource = true;
-                    if self.is_in(resource)? {
-                        out.extend_from_slice(field.raw);
-                    } else {
-                        put_len_field(out, 1, &[resource, &self.entry]);
-                    }
-                }
-                _ => out.extend_from_slice(field.raw),
+            if let (1, Some(value)) = (field.number, field.value) {
+                (last, count) = (Some(value), count + 1);
+                has_key |= self.is_in(value)?;
             }
             Ok(())
         })?;
-        if !has_resource {
-            put_len_field(out, 1, &[&self.entry]);
+        let entry = self.entry.len();
+        let grown = match last {
+            _ if has_key => 0,
+            Some(r) => entry + varint_len((r.len() + entry) as u64) - varint_len(r.len() as u64),
+            None => 1 + varint_len(entry as u64) + entry,
+        };
+        put_varint(out, 1 << 3 | LEN);
+        put_varint(out, (resource_x.len() + grown) as u64);
+        match last {
+            _ if has_key => out.extend_from_slice(resource_x),
+            // The attribute goes into the last `resource` field.
+            Some(_) => {
+                let mut seen = 0;
+                each_field(resource_x, |field| {
+                    match (field.number, field.value) {
+                        (1, Some(r)) => {
+                            seen += 1;
+                            if seen == count {
+                                put_len_field(out, 1, &[r, &self.entry]);
+                            } else {
+                                out.extend_from_slice(field.raw);
+                            }
+                        }
+                        _ => out.extend_from_slice(field.raw),
+                    }
+                    Ok(())
+                })?;
+            }
+            None => {
+                out.extend_from_slice(resource_x);
+                put_len_field(out, 1, &[&self.entry]);
+            }
         }
         Ok(())
     }
+}
+
+fn varint_len(value: u64) -> usize {
+    (64 - value.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// How many times field `n` occurs in the message.
@@ -473,6 +497,19 @@ mod tests {
             added.resource_logs.iter().map(|r| r.resource.clone().unwrap().attributes).collect();
         assert_eq!(hosts, [vec![attr("host.name", "mine")], vec![attr("host.name", "node-7")]]);
         assert!(host.add_to(&[0x0a, 0x05, 0x01]).is_err(), "broken framing is refused");
+
+        // Two `resource` fields in one ResourceLogs (merged by parsers): the
+        // attribute is added once, and the framing stays whole.
+        use prost::Message;
+        let one = ResourceLogs { resource: resource(), ..Default::default() }.encode_to_vec();
+        let mut twice = one.clone();
+        twice.extend(ResourceLogs { resource: resource(), ..Default::default() }.encode_to_vec());
+        let mut request = Vec::new();
+        put_len_field(&mut request, 1, &[&twice]);
+        let added = OtlpRequest::decode(Signal::Logs, &host.add_to(&request).unwrap()).unwrap();
+        let OtlpRequest::Logs(added) = added else { unreachable!() };
+        let attributes = added.resource_logs[0].resource.clone().unwrap().attributes;
+        assert_eq!(attributes, [attr("service.name", "web"), attr("service.name", "web"), attr("host.name", "node-7")]);
     }
 
     /// The `wire` fuzz target's seed corpus (`fuzz/corpus/wire`) holds these
