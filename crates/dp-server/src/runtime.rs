@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_protocol::{DeliveryReport, RuntimeView, XdsNack, XdsView};
-use tern_store::{RuntimeRow, SqlStore};
+use tern_store::{RuntimeRow, SqlStore, StoreError};
 use tracing::warn;
 
 /// How often a replica copies what changed.
@@ -37,7 +37,7 @@ struct Sharing {
 
 pub struct RuntimeState {
     /// Per (mesh, name): the last report.
-    delivery: Mutex<HashMap<(String, String), Reported>>,
+    delivery: Mutex<HashMap<Key, Reported>>,
     xds: Arc<tern_xds::XdsHub>,
     sharing: Option<Sharing>,
     /// Plan long-polls waiting now.
@@ -151,10 +151,9 @@ impl RuntimeState {
     }
 
     /// Every data plane this replica holds something for, with its view.
-    fn local_views(&self) -> HashMap<(String, String), RuntimeView> {
-        let mut keys: Vec<(String, String)> =
-            self.delivery.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        for (node, _) in self.xds.nodes_with_state() {
+    fn local_views(&self) -> HashMap<Key, RuntimeView> {
+        let mut keys: Vec<Key> = self.delivery.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for node in self.xds.nodes_with_state() {
             if let Some((mesh, name)) = node.split_once('/') {
                 keys.push((mesh.to_string(), name.to_string()));
             }
@@ -175,57 +174,77 @@ impl RuntimeState {
     /// once without sharing.
     pub async fn share(self: Arc<Self>) {
         let Some(sharing) = &self.sharing else { return };
-        let mut written: HashMap<(String, String), (RuntimeView, i64)> = HashMap::new();
+        let mut written = Written::default();
         let mut tick = tokio::time::interval(SHARE_EVERY);
         for round in 0u32.. {
             tick.tick().await;
             let now = now_ms();
             let current = self.local_views();
-            let due = |key: &(String, String), view: &RuntimeView| match written.get(key) {
-                None => true,
-                Some((old, _)) if old.xds != view.xds => true,
-                Some((old, at)) => old != view && now - at >= DELIVERY_EVERY_MS,
-            };
-            let rows: Vec<RuntimeRow> = current
-                .iter()
-                .filter(|(key, view)| due(key, view))
-                .filter_map(|((mesh, name), view)| {
-                    Some(RuntimeRow {
-                        mesh: mesh.clone(),
-                        name: name.clone(),
-                        replica: sharing.replica.clone(),
-                        changed_ms: now,
-                        seen_ms: now,
-                        view: serde_json::to_string(view).ok()?,
-                    })
-                })
-                .collect();
-            let gone: Vec<(String, String)> = written.keys().filter(|k| !current.contains_key(*k)).cloned().collect();
-            let store = &sharing.store;
-            let copied = async {
-                store.put_runtime(&rows).await?;
-                store.remove_runtime(&sharing.replica, &gone).await?;
-                if round % CONFIRM_EVERY == 0 {
-                    store.confirm_runtime(&sharing.replica, now, now - STALE_MS).await?;
-                }
-                Ok::<_, tern_store::StoreError>(())
-            };
-            match copied.await {
-                Ok(()) => {
-                    for row in &rows {
-                        let key = (row.mesh.clone(), row.name.clone());
-                        written.insert(key.clone(), (current[&key].clone(), now));
-                    }
-                    for key in &gone {
-                        written.remove(key);
-                    }
-                }
+            let (due, gone) = written.due(&current, now);
+            let rows: Vec<RuntimeRow> = due.iter().filter_map(|key| sharing.row(key, &current[key], now)).collect();
+            match sharing.copy(&rows, &gone, round % CONFIRM_EVERY == 0, now).await {
+                Ok(()) => written.record(&current, &due, &gone, now),
                 Err(e) => {
                     warn!(error = %e, "cannot share runtime state with the other replicas; trying again");
-                    written.clear();
+                    written = Written::default();
                 }
             }
         }
+    }
+}
+
+type Key = (String, String);
+
+/// What this replica last copied, per data plane, and when (ms).
+#[derive(Default)]
+struct Written(HashMap<Key, (RuntimeView, i64)>);
+
+impl Written {
+    /// The data planes of `current` whose views are due for a copy at
+    /// `now`, and those this replica holds nothing for any more.
+    fn due(&self, current: &HashMap<Key, RuntimeView>, now: i64) -> (Vec<Key>, Vec<Key>) {
+        let due = current
+            .iter()
+            .filter(|(key, view)| match self.0.get(*key) {
+                None => true,
+                Some((old, _)) if old.xds != view.xds => true,
+                Some((old, at)) => old != *view && now - at >= DELIVERY_EVERY_MS,
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let gone = self.0.keys().filter(|k| !current.contains_key(*k)).cloned().collect();
+        (due, gone)
+    }
+
+    fn record(&mut self, current: &HashMap<Key, RuntimeView>, due: &[Key], gone: &[Key], now: i64) {
+        for key in due {
+            self.0.insert(key.clone(), (current[key].clone(), now));
+        }
+        for key in gone {
+            self.0.remove(key);
+        }
+    }
+}
+
+impl Sharing {
+    fn row(&self, (mesh, name): &Key, view: &RuntimeView, now: i64) -> Option<RuntimeRow> {
+        Some(RuntimeRow {
+            mesh: mesh.clone(),
+            name: name.clone(),
+            replica: self.replica.clone(),
+            changed_ms: now,
+            seen_ms: now,
+            view: serde_json::to_string(view).ok()?,
+        })
+    }
+
+    async fn copy(&self, rows: &[RuntimeRow], gone: &[Key], confirm: bool, now: i64) -> Result<(), StoreError> {
+        self.store.put_runtime(rows).await?;
+        self.store.remove_runtime(&self.replica, gone).await?;
+        if confirm {
+            self.store.confirm_runtime(&self.replica, now, now - STALE_MS).await?;
+        }
+        Ok(())
     }
 }
 

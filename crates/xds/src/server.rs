@@ -140,10 +140,9 @@ impl XdsHub {
         self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), now);
     }
 
-    /// Every node with an ACK or NACK here, with when that last changed (ms
-    /// since the epoch).
-    pub fn nodes_with_state(&self) -> Vec<(String, i64)> {
-        self.changed.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, t)| (n.clone(), *t)).collect()
+    /// Every node with an ACK or NACK here.
+    pub fn nodes_with_state(&self) -> Vec<String> {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     /// When `node`'s ACK/NACK state last changed here (ms since the epoch).
