@@ -87,7 +87,8 @@ start_pair() {
 cpu_sum() { local p files=(); for p in "$@"; do files+=("/proc/$p/stat"); done; awk -v t="$tck" '{s += ($14+$15)/t} END {print s}' "${files[@]}"; }
 
 # tracing.py WANT LOGS < config_dump: exit 0 when Envoy's config has no OTel
-# tracer (WANT=absent) or one with overall sampling WANT percent, and has
+# tracer (WANT=absent) or one whose sampler keeps WANT percent of the traces
+# without a parent (MeshTrace's overall), and has
 # (LOGS=yes) or has not (LOGS=no) an OpenTelemetry access logger.
 cat > "$work/tracing.py" <<'PY'
 import json, sys
@@ -99,8 +100,10 @@ def walk(v):
             found.append(None)
         if v.get("name") == "envoy.access_loggers.open_telemetry" and "typed_config" in v:
             loggers.append(None)
-        if "overall_sampling" in v:
-            found.append(float(v["overall_sampling"].get("value", 0)))
+        if "sampling_percentage" in v:  # the tracer's trace-ID ratio sampler
+            p = v["sampling_percentage"]
+            scale = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[p.get("denominator", "HUNDRED")]
+            found.append(round(100 * p.get("numerator", 0) / scale, 4))
         for x in v.values():
             walk(x)
     elif isinstance(v, list):
