@@ -3,7 +3,9 @@
 //! whoever writes next takes everything queued. No timer and no task of its
 //! own: a request that finds its writes already taken waits for their
 //! outcome. A batch that fails is written again one request at a time, so
-//! one bad request never fails the others.
+//! one bad request never fails the others. Only on stores that write a batch
+//! in one transaction (SQL); elsewhere (the apiserver) each request writes
+//! its own, concurrently.
 
 use std::sync::Mutex;
 use tern_store::{ResourceStore, StoreError, Write};
@@ -22,8 +24,12 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Writes `writes` atomically, in a batch with whatever else is queued.
+    /// Writes `writes` atomically, in a batch with whatever else is queued
+    /// when the store writes a batch in one transaction (alone otherwise).
     pub(crate) async fn apply<S: ResourceStore>(&self, store: &S, writes: Vec<Write>) -> Result<(), StoreError> {
+        if !store.batches_are_transactions() {
+            return store.apply(writes).await.map(|_| ());
+        }
         let (tx, mut rx) = oneshot::channel();
         self.queued.lock().unwrap_or_else(|p| p.into_inner()).push((writes, tx));
         loop {

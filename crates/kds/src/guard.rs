@@ -167,6 +167,10 @@ impl<S: ResourceStore> ResourceStore for OriginGuard<S> {
         self.inner.set_statuses(writes).await
     }
 
+    fn batches_are_transactions(&self) -> bool {
+        self.inner.batches_are_transactions()
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.subscribe()
     }

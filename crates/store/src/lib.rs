@@ -157,6 +157,14 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// never taken from the input: it is kept as stored (see [`Self::set_status`]).
     fn apply(&self, writes: Vec<Write>) -> impl Future<Output = Result<Vec<WriteOutcome>, StoreError>> + Send;
 
+    /// Whether [`Self::apply`] writes a batch in one transaction, so that
+    /// one batch of many writes costs about what one write does. Callers
+    /// that could group independent writes do so only then (a store that
+    /// writes a batch one call at a time is faster with them apart).
+    fn batches_are_transactions(&self) -> bool {
+        false
+    }
+
     /// Deletes one resource. Deleting a Mesh deletes everything inside it,
     /// and is refused with [`StoreError::MeshHasDataplanes`] while any
     /// Dataplane is still in it.

@@ -561,6 +561,10 @@ impl ResourceStore for SqlStore {
         Ok(outcomes)
     }
 
+    fn batches_are_transactions(&self) -> bool {
+        true
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }

@@ -94,6 +94,10 @@ impl<S: ResourceStore> ResourceStore for TimedStore<S> {
         result
     }
 
+    fn batches_are_transactions(&self) -> bool {
+        self.inner.batches_are_transactions()
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.subscribe()
     }
