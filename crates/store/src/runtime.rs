@@ -62,13 +62,14 @@ impl SqlStore {
     /// Removes `replica`'s rows for `dataplanes` (mesh, name): it holds
     /// nothing for them any more.
     pub async fn remove_runtime(&self, replica: &str, dataplanes: &[(String, String)]) -> Result<(), StoreError> {
-        for (mesh, name) in dataplanes {
-            sqlx::query("DELETE FROM tern_runtime WHERE replica = $1 AND mesh = $2 AND name = $3")
-                .bind(replica)
-                .bind(mesh)
-                .bind(name)
-                .execute(self.pool())
-                .await?;
+        for chunk in dataplanes.chunks(CHUNK) {
+            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3)).collect();
+            let sql = format!("DELETE FROM tern_runtime WHERE replica = $1 AND (mesh, name) IN ({})", pairs.join(", "));
+            let mut query = sqlx::query(&sql).bind(replica);
+            for (mesh, name) in chunk {
+                query = query.bind(mesh).bind(name);
+            }
+            query.execute(self.pool()).await?;
         }
         Ok(())
     }

@@ -195,3 +195,39 @@ async fn a_mesh_deleted_while_another_replica_writes_into_it_leaves_nothing_behi
         assert!(mesh_exists || inside.is_empty(), "round {round}: {} resources left in deleted mesh {m}", inside.len());
     }
 }
+
+/// The runtime rows replicas share: one per data plane and replica,
+/// replaced on write, removed by data plane, and purged when no replica
+/// confirmed them for too long.
+#[tokio::test]
+async fn runtime_rows_are_replaced_removed_and_purged() {
+    let store = SqlStore::open(&postgres_url().await).await.expect("opens");
+    let row = |name: &str, replica: &str, at: i64, view: &str| tern_store::RuntimeRow {
+        mesh: "default".into(),
+        name: name.into(),
+        replica: replica.into(),
+        changed_ms: at,
+        seen_ms: at,
+        view: view.into(),
+    };
+    let many: Vec<_> = (0..1200).map(|i| row(&format!("dp-{i}"), "a", 10, "{}")).collect();
+    store.put_runtime(&many).await.expect("written in chunks");
+    store.put_runtime(&[row("dp-1", "a", 20, "{\"v\":2}"), row("dp-1", "b", 15, "{\"v\":1}")]).await.expect("written");
+    let rows = store.runtime_of("default", "dp-1").await.expect("read");
+    let views: Vec<(&str, i64, &str)> =
+        rows.iter().map(|r| (r.replica.as_str(), r.changed_ms, r.view.as_str())).collect();
+    assert_eq!(views, [("a", 20, "{\"v\":2}"), ("b", 15, "{\"v\":1}")], "one row per replica, the last write wins");
+
+    let gone: Vec<(String, String)> = (0..1100).map(|i| ("default".to_string(), format!("dp-{i}"))).collect();
+    store.remove_runtime("a", &gone).await.expect("removed in chunks");
+    assert_eq!(store.runtime_of("default", "dp-1").await.expect("read").len(), 1, "b's row stays");
+    assert!(store.runtime_of("default", "dp-5").await.expect("read").is_empty());
+    assert_eq!(store.runtime_of("default", "dp-1150").await.expect("read").len(), 1);
+
+    // a confirms its rows at 1,000; b's (seen at 15) are older than 500.
+    store.confirm_runtime("a", 1000, 500).await.expect("confirmed");
+    let left = store.runtime_of("default", "dp-1").await.expect("read");
+    assert!(left.is_empty(), "b's row is purged: {left:?}");
+    let kept = store.runtime_of("default", "dp-1150").await.expect("read");
+    assert_eq!(kept.iter().map(|r| r.seen_ms).collect::<Vec<_>>(), [1000], "a's rows are confirmed");
+}
