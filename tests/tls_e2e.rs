@@ -168,6 +168,31 @@ async fn a_backends_own_tls_and_headers_from_the_host() {
     assert_eq!(status["state"], "missing", "{status}");
     let insight = cp.ternctl(&["get", "dataplane-insight", "mis-1", "-m", "missing", "-o", "json"]).ok().stdout;
     assert!(!insight.contains("no-such-token"), "the file's path stays on the host: {insight}");
+
+    // The file arrives: without a restart, the data plane takes it up at
+    // its next plan poll (every 30 s at most), the status clears and the
+    // header reaches the collector.
+    std::fs::write(
+        &missing,
+        "late-s3cret
+",
+    )
+    .expect("token file");
+    eventually(Duration::from_secs(90), "the status ready once the file is there", || {
+        let out = cp.ternctl(&["get", "dataplane-insight", "mis-1", "-m", "missing", "-o", "json"]).ok().stdout;
+        let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let traces = &v["status"]["openTelemetry"]["backends"][0]["traces"];
+        (traces["state"] == "ready" && traces.get("missingFields").is_none()).then_some(()).ok_or(traces.to_string())
+    });
+    let channel = client::connect(socket_of(&bad)).await;
+    eventually(WAIT, "a span with the late header", || {
+        let sent = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(client::spans(&channel, &["after the file came"]))
+        });
+        sent.map_err(|e| e.to_string())?;
+        let seen = collector.with(|r| r.headers.clone());
+        seen.contains(&"x-from-file=late-s3cret".to_string()).then_some(()).ok_or(format!("{seen:?}"))
+    });
     drop(bad);
     drop(good);
 }

@@ -293,14 +293,21 @@ async fn follow_plan(
                     apply_plan(&work_dir, &plan, &inventory)?;
                     pipe.lock().await.apply(&plan.plan).await;
                     let _ = plan_tx.send(plan.plan.clone());
-                    let missing = missing_host_inputs(&plan.plan);
-                    if missing != request.otel_env.missing_host_inputs {
-                        info!(?missing, "host inputs of the plan's backends changed; telling the control plane");
-                        request.otel_env.missing_host_inputs = missing;
+                    if host_inputs_changed(&mut request, &plan.plan) {
                         break;
                     }
                 }
-                Ok(None) => backoff = Duration::from_millis(200),
+                Ok(None) => {
+                    backoff = Duration::from_millis(200);
+                    // No new plan: host inputs may have come, gone or changed
+                    // (a rotated token file) since; the pipe takes them up,
+                    // and the control plane hears of what is missing.
+                    let current = plan_tx.borrow().clone();
+                    pipe.lock().await.apply(&current).await;
+                    if host_inputs_changed(&mut request, &current) {
+                        break;
+                    }
+                }
                 Err(crate::cp::PollError::NotRegistered) => {
                     warn!("the control plane does not know this data plane any more; registering again");
                     break;
@@ -314,6 +321,18 @@ async fn follow_plan(
             }
         }
     }
+}
+
+/// Whether the host inputs `plan` lacks differ from what `request` told the
+/// control plane; if so `request` now says them (registering again sends it).
+fn host_inputs_changed(request: &mut BootstrapRequest, plan: &OtelPlan) -> bool {
+    let missing = missing_host_inputs(plan);
+    if missing == request.otel_env.missing_host_inputs {
+        return false;
+    }
+    info!(?missing, "host inputs of the plan's backends changed; telling the control plane");
+    request.otel_env.missing_host_inputs = missing;
+    true
 }
 
 /// Per backend of `plan`, the inputs it reads on this host that are not
