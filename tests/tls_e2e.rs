@@ -310,6 +310,9 @@ async fn the_otel_collector_accepts_a_backends_tls_client_certificate_and_header
     assert!(error.contains("unauthenticated") || error.contains("authorization"), "{refused}");
     assert!(!error.contains("guessed"), "the header's value stays out of the report: {refused}");
     assert_eq!(collector.with(|r| r.metric_points), 0, "nothing passed the collector with the wrong value");
-    assert_eq!(delivery_of(&dp, "by-env", "traces")["exported"], 1);
-    assert_eq!(delivery_of(&dp, "by-file", "logs")["exported"], 1);
+    // The report is written every few seconds: it catches up.
+    eventually(WAIT, "the exports counted", || {
+        let (spans, logs) = (delivery_of(&dp, "by-env", "traces"), delivery_of(&dp, "by-file", "logs"));
+        (spans["exported"] == 1 && logs["exported"] == 1).then_some(()).ok_or(format!("{spans} {logs}"))
+    });
 }
