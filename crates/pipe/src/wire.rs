@@ -190,19 +190,22 @@ impl ResourceAttribute {
         let (mut last, mut count, mut has_key) = (None, 0usize, false);
         each_field(resource_x, |field| {
             if let (1, Some(value)) = (field.number, field.value) {
-                (last, count) = (Some(value), count + 1);
+                (last, count) = (Some((value, field.raw)), count + 1);
                 has_key |= self.is_in(value)?;
             }
             Ok(())
         })?;
         let entry = self.entry.len();
-        let grown = match last {
-            _ if has_key => 0,
-            Some(r) => entry + varint_len((r.len() + entry) as u64) - varint_len(r.len() as u64),
-            None => 1 + varint_len(entry as u64) + entry,
+        // The rewritten field's size against the one received (whose key and
+        // length may use more bytes than needed: they are written anew).
+        let field_len = |value_len: usize| 1 + varint_len(value_len as u64) + value_len;
+        let new_len = match last {
+            _ if has_key => resource_x.len(),
+            Some((r, raw)) => resource_x.len() - raw.len() + field_len(r.len() + entry),
+            None => resource_x.len() + field_len(entry),
         };
         put_varint(out, 1 << 3 | LEN);
-        put_varint(out, (resource_x.len() + grown) as u64);
+        put_varint(out, new_len as u64);
         match last {
             _ if has_key => out.extend_from_slice(resource_x),
             // The attribute goes into the last `resource` field.
@@ -497,6 +500,14 @@ mod tests {
             added.resource_logs.iter().map(|r| r.resource.clone().unwrap().attributes).collect();
         assert_eq!(hosts, [vec![attr("host.name", "mine")], vec![attr("host.name", "node-7")]]);
         assert!(host.add_to(&[0x0a, 0x05, 0x01]).is_err(), "broken framing is refused");
+        // Found by fuzzing: a resource whose length uses more bytes than
+        // needed (0 as `80 00`), and a key that does too.
+        for odd in [&[0x0a, 0x03, 0x0a, 0x80, 0x00][..], &[0x0a, 0x04, 0x8a, 0x00, 0x80, 0x00]] {
+            let added = host.add_to(odd).unwrap();
+            assert_eq!(count_items(Signal::Logs, &added), Ok(0), "{added:?}");
+            let OtlpRequest::Logs(decoded) = OtlpRequest::decode(Signal::Logs, &added).unwrap() else { unreachable!() };
+            assert_eq!(decoded.resource_logs[0].resource.clone().unwrap().attributes, [attr("host.name", "node-7")]);
+        }
 
         // Two `resource` fields in one ResourceLogs (merged by parsers): the
         // attribute is added once, and the framing stays whole.
