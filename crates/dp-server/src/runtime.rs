@@ -152,10 +152,11 @@ impl RuntimeState {
 
     /// Every data plane this replica holds something for, with its view.
     fn local_views(&self) -> HashMap<Key, RuntimeView> {
-        let mut keys: Vec<Key> = self.delivery.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let mut keys: std::collections::BTreeSet<Key> =
+            self.delivery.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for node in self.xds.nodes_with_state() {
             if let Some((mesh, name)) = node.split_once('/') {
-                keys.push((mesh.to_string(), name.to_string()));
+                keys.insert((mesh.to_string(), name.to_string()));
             }
         }
         keys.into_iter()
@@ -232,7 +233,6 @@ impl Sharing {
             mesh: mesh.clone(),
             name: name.clone(),
             replica: self.replica.clone(),
-            changed_ms: now,
             seen_ms: now,
             view: serde_json::to_string(view).ok()?,
         })

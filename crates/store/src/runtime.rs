@@ -11,13 +11,12 @@ pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tern_runtime (
     mesh TEXT NOT NULL,
     name TEXT NOT NULL,
     replica TEXT NOT NULL,
-    changed_ms BIGINT NOT NULL,
     seen_ms BIGINT NOT NULL,
     view TEXT NOT NULL,
     PRIMARY KEY (mesh, name, replica)
 )";
 
-/// Rows per statement (6 parameters each).
+/// Rows per statement (5 parameters each).
 const CHUNK: usize = 500;
 
 /// One replica's view of one data plane.
@@ -26,9 +25,8 @@ pub struct RuntimeRow {
     pub mesh: String,
     pub name: String,
     pub replica: String,
-    /// When the view last changed on its replica (ms since the epoch).
-    pub changed_ms: i64,
-    /// When its replica last confirmed it (ms since the epoch).
+    /// When its replica last wrote or confirmed it (ms since the epoch).
+    /// The view carries its own times (report, ACK/NACK change).
     pub seen_ms: i64,
     pub view: String,
 }
@@ -39,20 +37,18 @@ impl SqlStore {
         for chunk in rows.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let p = i * 6;
-                    format!("(${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6)
+                    let p = i * 5;
+                    format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO tern_runtime (mesh, name, replica, changed_ms, seen_ms, view) VALUES {} \
-                 ON CONFLICT (mesh, name, replica) DO UPDATE SET changed_ms = excluded.changed_ms, \
-                 seen_ms = excluded.seen_ms, view = excluded.view",
+                "INSERT INTO tern_runtime (mesh, name, replica, seen_ms, view) VALUES {} \
+                 ON CONFLICT (mesh, name, replica) DO UPDATE SET seen_ms = excluded.seen_ms, view = excluded.view",
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
-                query =
-                    query.bind(&r.mesh).bind(&r.name).bind(&r.replica).bind(r.changed_ms).bind(r.seen_ms).bind(&r.view);
+                query = query.bind(&r.mesh).bind(&r.name).bind(&r.replica).bind(r.seen_ms).bind(&r.view);
             }
             query.execute(self.pool()).await?;
         }
@@ -89,7 +85,7 @@ impl SqlStore {
     /// Every replica's row for one data plane.
     pub async fn runtime_of(&self, mesh: &str, name: &str) -> Result<Vec<RuntimeRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT replica, changed_ms, seen_ms, view FROM tern_runtime WHERE mesh = $1 AND name = $2 ORDER BY replica",
+            "SELECT replica, seen_ms, view FROM tern_runtime WHERE mesh = $1 AND name = $2 ORDER BY replica",
         )
         .bind(mesh)
         .bind(name)
@@ -101,7 +97,6 @@ impl SqlStore {
                     mesh: mesh.to_string(),
                     name: name.to_string(),
                     replica: r.try_get("replica")?,
-                    changed_ms: r.try_get("changed_ms")?,
                     seen_ms: r.try_get("seen_ms")?,
                     view: r.try_get("view")?,
                 })

@@ -307,6 +307,7 @@ async fn write_one(
     // A status write (the leader's, on another connection) may bump the
     // version between the read and the update: a write that names no
     // version then reads again, as it would have overwritten either way.
+    let mut last_seen = -1;
     for _ in 0..WRITE_ATTEMPTS {
         let stored = fetch_one_resource(tx, &key).await?;
         check_precondition(&key, w.precondition, stored.as_ref().map(|s| s.meta.version))?;
@@ -349,8 +350,10 @@ async fn write_one(
         if matches!(w.precondition, Precondition::Version(_)) {
             return Err(StoreError::Conflict { key, expected: stored.meta.version, actual: -1 });
         }
+        last_seen = stored.meta.version;
     }
-    Err(StoreError::Conflict { key, expected: -1, actual: -1 })
+    // Still changing under it after every attempt: the version it last read.
+    Err(StoreError::Conflict { key, expected: last_seen, actual: -1 })
 }
 
 /// How often a write without a version precondition reads again after

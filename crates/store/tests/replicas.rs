@@ -206,7 +206,6 @@ async fn runtime_rows_are_replaced_removed_and_purged() {
         mesh: "default".into(),
         name: name.into(),
         replica: replica.into(),
-        changed_ms: at,
         seen_ms: at,
         view: view.into(),
     };
@@ -214,8 +213,7 @@ async fn runtime_rows_are_replaced_removed_and_purged() {
     store.put_runtime(&many).await.expect("written in chunks");
     store.put_runtime(&[row("dp-1", "a", 20, "{\"v\":2}"), row("dp-1", "b", 15, "{\"v\":1}")]).await.expect("written");
     let rows = store.runtime_of("default", "dp-1").await.expect("read");
-    let views: Vec<(&str, i64, &str)> =
-        rows.iter().map(|r| (r.replica.as_str(), r.changed_ms, r.view.as_str())).collect();
+    let views: Vec<(&str, i64, &str)> = rows.iter().map(|r| (r.replica.as_str(), r.seen_ms, r.view.as_str())).collect();
     assert_eq!(views, [("a", 20, "{\"v\":2}"), ("b", 15, "{\"v\":1}")], "one row per replica, the last write wins");
 
     let gone: Vec<(String, String)> = (0..1100).map(|i| ("default".to_string(), format!("dp-{i}"))).collect();

@@ -233,8 +233,7 @@ fn resource_attributes(
     templates: &std::collections::BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
     let view = tern_model::spec::resource::DataplaneView { mesh: &dp.mesh, name: &dp.name, labels: &dp.labels, spec };
-    let templates: Vec<(String, String)> = templates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut attrs = view.resource_attributes(&templates);
+    let mut attrs = view.resource_attributes(templates);
     if !attrs.iter().any(|(k, _)| k == "host.name") {
         attrs.push(("host.name".into(), crate::host_name()));
     }
@@ -519,8 +518,9 @@ fn backend_resource(
     dp: &Resource,
     spec: &tern_model::spec::DataplaneSpec,
 ) -> Vec<(String, String)> {
-    let templates = plan.backends.iter().find(|b| b.name == backend).and_then(|b| b.metrics.as_ref());
-    resource_attributes(dp, spec, &templates.map(|m| m.resource_attributes.clone()).unwrap_or_default())
+    let none = BTreeMap::new();
+    let metrics = plan.backends.iter().find(|b| b.name == backend).and_then(|b| b.metrics.as_ref());
+    resource_attributes(dp, spec, metrics.map_or(&none, |m| &m.resource_attributes))
 }
 
 /// Backends whose metrics refresh interval has passed.

@@ -330,8 +330,7 @@ impl Proxy<'_> {
     /// The resource attributes for a backend's templates: the semantic
     /// conventions this data plane provides, then the policy's.
     fn resource(&self, templates: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
-        let templates: Vec<(String, String)> = templates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        self.view.resource_attributes(&templates)
+        self.view.resource_attributes(templates)
     }
 
     /// Request headers a listener removes: W3C `baggage` when MeshTrace's

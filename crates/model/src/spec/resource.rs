@@ -88,7 +88,7 @@ impl DataplaneView<'_> {
     /// The semantic-convention attributes this data plane provides, then the
     /// policy's (which win); an attribute whose key is missing on this data
     /// plane is left out rather than sent empty.
-    pub fn resource_attributes(&self, templates: &[(String, String)]) -> Vec<(String, String)> {
+    pub fn resource_attributes(&self, templates: &BTreeMap<String, String>) -> Vec<(String, String)> {
         let mut out: BTreeMap<String, String> = BTreeMap::new();
         let namespace = self.labels.get("k8s.kuma.io/namespace");
         let defaults = [
@@ -147,11 +147,11 @@ mod tests {
         .expect("spec");
         let labels: BTreeMap<String, String> = [("k8s.kuma.io/namespace".to_string(), "shop".to_string())].into();
         let view = DataplaneView { mesh: "default", name: "web-7f9", labels: &labels, spec: &spec };
-        let attrs = view.resource_attributes(&[
+        let attrs = view.resource_attributes(&BTreeMap::from([
             ("app.owner".into(), "{{tag:team}}@{{k8s.kuma.io/namespace}}".into()),
             ("gone".into(), "{{env}}".into()),
             ("service.name".into(), "{{kuma.io/service}}-svc".into()),
-        ]);
+        ]));
         let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         assert_eq!(get("app.owner"), Some("pay@shop"));
         assert_eq!(get("gone"), None, "a key the data plane lacks leaves the attribute out");
