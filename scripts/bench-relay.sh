@@ -11,13 +11,17 @@
 # per million items, the relay's peak RSS; then per signal the medians and the
 # ratios the goals are stated in.
 # Usage: scripts/bench-relay.sh   (BENCH_SIGNALS, BENCH_SECONDS, BENCH_SPANS (items per request),
-#        BENCH_CONNECTIONS, BENCH_RUNS, BENCH_QUEUE to change)
+#        BENCH_CONNECTIONS, BENCH_RUNS, BENCH_QUEUE to change; BENCH_RELAYS="tern-dp raw-copy"
+#        measures only those, without the ratios to the others; BENCH_RATE=N sends N requests/s
+#        instead of flat out)
 source "$(dirname "$0")/bench-common.sh"
 secs=${BENCH_SECONDS:-10}
 spans=${BENCH_SPANS:-100}
 conns=${BENCH_CONNECTIONS:-4}
 runs=${BENCH_RUNS:-3}
 signals=${BENCH_SIGNALS:-"traces logs metrics"}
+relays=${BENCH_RELAYS:-"tern-dp rotel otelcol raw-copy"}
+rate=${BENCH_RATE:+--rate $BENCH_RATE}
 # Items of $signal the sink has taken so far (it prints "spans logs points" every second).
 sunk() {
   local col; case $signal in traces) col=1 ;; logs) col=2 ;; *) col=3 ;; esac
@@ -34,7 +38,7 @@ measure() {
   local c0 s0 out c1 s1
   sleep 1.5
   c0=$(cpu "$pid"); s0=$(sunk)
-  out=$($bin/tern-bench load --target "$target" --signal "$signal" --items-per-request "$spans" --connections "$conns" --seconds "$secs")
+  out=$($bin/tern-bench load --target "$target" --signal "$signal" --items-per-request "$spans" --connections "$conns" --seconds "$secs" $rate)
   sleep 2 # let the relay drain to the sink
   c1=$(cpu "$pid"); s1=$(sunk)
   python3 - "$signal" "$name" "$out" "$c0" "$c1" "$s0" "$s1" "$(rss "$pid")" "$secs" <<'PY'
@@ -89,25 +93,37 @@ echo "$(machine); $secs s runs, $spans items/request, $conns connections" >&2
 results=$work/results.jsonl
 for signal in $signals; do
   for i in $(seq 1 "$runs"); do
-    measure tern-dp "$tern_dp" "unix:$work/dp/otel-sink.sock" | tee -a "$results"
-    measure rotel "$rotel" "127.0.0.1:$rotel_port" | tee -a "$results"
-    measure otelcol "$otelcol" "127.0.0.1:$otelcol_port" | tee -a "$results"
-    measure raw-copy "$copy" "unix:$work/copy.sock" | tee -a "$results"
+    for relay in $relays; do
+      case $relay in
+        tern-dp) measure tern-dp "$tern_dp" "unix:$work/dp/otel-sink.sock" ;;
+        rotel) measure rotel "$rotel" "127.0.0.1:$rotel_port" ;;
+        otelcol) measure otelcol "$otelcol" "127.0.0.1:$otelcol_port" ;;
+        raw-copy) measure raw-copy "$copy" "unix:$work/copy.sock" ;;
+        *) echo "unknown relay in BENCH_RELAYS: $relay" >&2; exit 2 ;;
+      esac | tee -a "$results"
+    done
   done
 done
 python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+present = set(r["relay"] for r in rows)
 keys = ("delivered_per_sec", "cpu_s_per_million", "peak_rss_kib", "p50_ms", "p99_ms", "refused_requests")
 for signal in dict.fromkeys(r["signal"] for r in rows):
     med = {n: {k: statistics.median(r[k] for r in rows if r["signal"] == signal and r["relay"] == n) for k in keys}
-           for n in ("tern-dp", "rotel", "otelcol", "raw-copy")}
+           for n in ("tern-dp", "rotel", "otelcol", "raw-copy") if n in present}
     for n, m in med.items():
         print(json.dumps({"signal": signal, "relay": n, "median": m}))
-    t, c = med["tern-dp"], med["raw-copy"]
-    ratios = {"signal": signal, "cpu_per_item_vs_raw_copy": round(t["cpu_s_per_million"] / c["cpu_s_per_million"], 2),
-              "throughput_vs_raw_copy": round(t["delivered_per_sec"] / max(c["delivered_per_sec"], 1), 2)}
+    if "tern-dp" not in med:
+        continue
+    t, ratios = med["tern-dp"], {"signal": signal}
+    if "raw-copy" in med:
+        c = med["raw-copy"]
+        ratios["cpu_per_item_vs_raw_copy"] = round(t["cpu_s_per_million"] / c["cpu_s_per_million"], 2)
+        ratios["throughput_vs_raw_copy"] = round(t["delivered_per_sec"] / max(c["delivered_per_sec"], 1), 2)
     for peer in ("rotel", "otelcol"):
+        if peer not in med:
+            continue
         p = med[peer]
         ratios[f"items_per_cpu_second_vs_{peer}"] = round(p["cpu_s_per_million"] / t["cpu_s_per_million"], 2)
         ratios[f"peak_rss_vs_{peer}"] = round(t["peak_rss_kib"] / p["peak_rss_kib"], 2)

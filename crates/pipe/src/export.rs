@@ -2,15 +2,15 @@
 //! OTLP engine produced, speaking OTLP/gRPC or OTLP/HTTP (protobuf) to the
 //! collector, with TLS, mTLS, headers, compression and a per-export timeout.
 
-use crate::wire::{grpc_path, RawCodec};
+use crate::grpc::{self, Message};
+use crate::wire::grpc_path;
 use bytes::Bytes;
 use std::io::Write;
 use tern_otlp_config::parse::{Compression, OtlpProtocol};
 use tern_otlp_config::ExporterConfig;
 use tern_otlp_config::Signal;
-use tonic::codec::CompressionEncoding;
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
+use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
+use tonic::codegen::Service;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why an export failed, and whether trying again can help.
@@ -45,7 +45,8 @@ pub struct Exporter {
 
 /// Headers as the transport sends them.
 enum WireHeaders {
-    Grpc(Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>),
+    /// gRPC metadata: lower-case names, values without control characters.
+    Grpc(HeaderMap),
     Http(reqwest::header::HeaderMap),
 }
 
@@ -56,16 +57,20 @@ enum WireHeaders {
 fn prepare_headers(config: &ExporterConfig) -> Result<WireHeaders, String> {
     let configured = config.headers.iter().flat_map(|h| h.value.iter());
     match config.protocol.value {
-        OtlpProtocol::Grpc => configured
-            .map(|(k, v)| {
-                let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| format!("header {k:?} is not a valid gRPC metadata key"))?;
-                let value = MetadataValue::try_from(v.as_str())
+        OtlpProtocol::Grpc => {
+            let mut map = HeaderMap::new();
+            for (k, v) in configured {
+                // Metadata keys are lower case; `-bin` ones carry base64 (not configurable).
+                let key = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .ok()
+                    .filter(|key| !key.as_str().ends_with("-bin"))
+                    .ok_or_else(|| format!("header {k:?} is not a valid gRPC metadata key"))?;
+                let value = HeaderValue::from_str(v)
                     .map_err(|_| format!("header {k:?} has a value gRPC cannot carry (control characters such as CR or LF are not allowed)"))?;
-                Ok((key, value))
-            })
-            .collect::<Result<_, String>>()
-            .map(WireHeaders::Grpc),
+                map.append(key, value);
+            }
+            Ok(WireHeaders::Grpc(map))
+        }
         OtlpProtocol::HttpProtobuf => {
             let mut map = reqwest::header::HeaderMap::new();
             for (k, v) in configured {
@@ -165,27 +170,21 @@ impl Exporter {
 
     async fn send_grpc(
         &self,
-        channel: Channel,
+        mut channel: Channel,
         signal: Signal,
         parts: &[Bytes],
-        headers: &[(MetadataKey<Ascii>, MetadataValue<Ascii>)],
+        headers: &HeaderMap,
     ) -> Result<(), ExportError> {
-        // A collector may compress its answer (grpc-go answers in the
-        // request's encoding): always accept gzip, send it when configured.
-        let mut grpc = tonic::client::Grpc::new(channel).accept_compressed(CompressionEncoding::Gzip);
-        if self.config.compression.value == Compression::Gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-        }
         let unavailable = |message: String| ExportError { retryable: true, message, retry_after: None };
-        grpc.ready().await.map_err(|e| unavailable(format!("collector unreachable: {}", root_cause(&e))))?;
-        let mut request = tonic::Request::new(parts.to_vec());
-        request.set_timeout(self.config.timeout.value);
-        for (key, value) in headers {
-            request.metadata_mut().insert(key.clone(), value.clone());
-        }
-        let path = PathAndQuery::from_static(grpc_path(signal));
-        let result: Result<tonic::Response<Bytes>, tonic::Status> = grpc.unary(request, path, RawCodec).await;
-        result.map(|_| ()).map_err(|status| {
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .map_err(|e| unavailable(format!("collector unreachable: {}", root_cause(&e))))?;
+        let message = match self.config.compression.value {
+            Compression::Gzip => Message::Gzip(parts),
+            _ => Message::Plain(parts),
+        };
+        let result = grpc::unary(&mut channel, grpc_path(signal), message, headers, self.config.timeout.value).await;
+        result.map_err(|status| {
             use tonic::Code::*;
             // The OTLP specification's retryable codes.
             let retryable = matches!(

@@ -8,20 +8,19 @@ mod queue;
 
 pub use queue::{Fill, NoRoom, Queue, Queued};
 
+use crate::grpc;
 use crate::stats::SignalStats;
-use crate::wire::{grpc_path, Payload, RawCodec, ResourceAttribute};
+use crate::wire::{grpc_path, Payload, ResourceAttribute};
 use bytes::Bytes;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tern_otlp_config::Signal;
 use tokio::sync::oneshot;
-use tonic::codec::CompressionEncoding;
-use tonic::codegen::{http, BoxFuture, Service, StdError};
+use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
-use tonic::{Response, Status};
+use tonic::Status;
 
 /// Where one signal's requests go, or why they cannot.
 pub enum Route {
@@ -195,42 +194,19 @@ impl<S: OtlpService> NamedService for Receiver<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The unary `Export` call: parse the framing, count, queue (waiting for
-/// room if need be). Generic over the call's future so that the wait stays
-/// inline in the request's one boxed future: no allocation per request.
-struct Export<F>(F);
-
-impl<F, Fut> tonic::server::UnaryService<Bytes> for Export<F>
-where
-    F: FnMut(Bytes) -> Fut,
-    Fut: Future<Output = Result<Response<Vec<Bytes>>, Status>>,
-{
-    type Response = Vec<Bytes>;
-    type Future = Fut;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Fut {
-        (self.0)(request.into_inner())
-    }
-}
-
-/// Parses and queues one `Export` request's bytes.
-async fn export(routes: &Routes, signal: Signal, bytes: Bytes) -> Result<Response<Vec<Bytes>>, Status> {
+/// Parses and queues one `Export` request's message.
+async fn export(routes: &Routes, signal: Signal, bytes: Bytes) -> Result<(), Status> {
     let invalid = |e: crate::wire::WireError| Status::invalid_argument(e.to_string());
     let mut payload = Payload::parse(signal, bytes).map_err(invalid)?;
     if let (Signal::Logs, Some(attribute)) = (signal, &routes.logs_resource) {
         payload.bytes = attribute.add_to(&payload.bytes).map_err(invalid)?;
     }
-    routes.accept(payload).await?;
-    // An empty Export*ServiceResponse: no partial success to report.
-    Ok(Response::new(Vec::new()))
+    routes.accept(payload).await
 }
 
-impl<S, B> Service<http::Request<B>> for Receiver<S>
-where
-    S: OtlpService,
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
+/// The unary `Export` call (see `grpc.rs`): read the message, parse its
+/// framing, count, queue (waiting for room if need be), answer.
+impl<S: OtlpService> Service<http::Request<tonic::body::Body>> for Receiver<S> {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
@@ -239,15 +215,18 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         if request.uri().path() != grpc_path(S::SIGNAL) {
             return Box::pin(async { Ok(Status::unimplemented("only Export is served").into_http()) });
         }
         let routes = self.routes.clone();
         Box::pin(async move {
-            let export = Export(|bytes| export(&routes, S::SIGNAL, bytes));
-            let mut grpc = tonic::server::Grpc::new(RawCodec).accept_compressed(CompressionEncoding::Gzip);
-            Ok(grpc.unary(export, request).await)
+            let (head, body) = request.into_parts();
+            let result = match grpc::read_message(&head.headers, body).await {
+                Ok(message) => export(&routes, S::SIGNAL, message).await,
+                Err(status) => Err(status),
+            };
+            Ok(grpc::answer(result))
         })
     }
 }
@@ -279,7 +258,13 @@ pub async fn serve(
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |conn| {
         conn.map(authority::AuthorityFix::new)
     });
+    // Frames and windows large enough for a whole request: a sender can then
+    // put each message in one DATA frame, which the receiver takes without a
+    // copy (`grpc.rs`). The message limit still bounds what is held.
     let router = tonic::transport::Server::builder()
+        .max_frame_size(Some(grpc::MAX_FRAME_BYTES))
+        .initial_stream_window_size(Some(grpc::WINDOW_BYTES))
+        .initial_connection_window_size(Some(grpc::WINDOW_BYTES))
         .add_service(Receiver::<TraceService>::new(routes.clone()))
         .add_service(Receiver::<MetricsService>::new(routes.clone()))
         .add_service(Receiver::<LogsService>::new(routes));

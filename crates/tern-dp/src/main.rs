@@ -155,8 +155,10 @@ fn run_agent(args: run::RunArgs) -> Result<String, String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // One worker: the agent's work is I/O, and with two the pipe spent more
+    // in threads waking each other than it gained (BENCHMARKS.md, the relay).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;
