@@ -9,10 +9,8 @@
 //! repeated message, and protobuf parses concatenated encodings of a message
 //! as the merge of them, which for a repeated field is the appended list.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use tern_otlp_config::Signal;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::Status;
 
 /// One OTLP export request as received, with its item count.
 #[derive(Debug, Clone)]
@@ -292,53 +290,6 @@ pub fn grpc_path(signal: Signal) -> &'static str {
         Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
         Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-    }
-}
-
-/// A gRPC codec that moves messages as bytes: it decodes to the message's
-/// bytes and encodes a list of already-encoded parts back to back (a batch).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RawCodec;
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RawEncoder;
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<Bytes>;
-    type Decode = Bytes;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<Bytes>;
-    type Error = Status;
-
-    fn encode(&mut self, parts: Vec<Bytes>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        for part in parts {
-            dst.put(part);
-        }
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
