@@ -84,6 +84,59 @@ fn condition(resource: &Value, type_: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The backends a dataplane's `signal` is enabled for, as `inspect` shows them.
+fn enabled_for(cp: &ControlPlane, dp: &str, signal: &str) -> Result<Vec<String>, String> {
+    let v = inspect(cp, "default", dp)?;
+    let backends = v["insight"]["status"]["openTelemetry"]["backends"].as_array().cloned().unwrap_or_default();
+    let names = backends.iter().filter(|b| b[signal]["enabled"] == true).filter_map(|b| b["name"].as_str());
+    Ok(names.map(str::to_string).collect())
+}
+
+/// Kuma 2.14's service kinds at the top level: a `MeshService` selects the
+/// proxies with an inbound of that service, a `MeshServiceSubset` those whose
+/// inbound also carries its tags; both outrank a `Mesh` policy.
+#[test]
+fn top_level_service_targets_select_the_proxies_of_that_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let root = dir.path().join("dps");
+    let targeted = |kind: &str, name: &str, target: &str, backend: &str| {
+        policy(kind, "default", name, &[backend]).replace("targetRef: {kind: Mesh}", &format!("targetRef: {target}"))
+    };
+    let yaml = backend("default", "wide", "endpoint: {address: wide.example}")
+        + &backend("default", "web-only", "endpoint: {address: web.example}")
+        + &backend("default", "web-http", "endpoint: {address: http.example}")
+        + &policy("MeshTrace", "default", "everyone", &["wide"])
+        + &targeted("MeshTrace", "web", "{kind: MeshService, name: web-1}", "web-only")
+        + &policy("MeshMetric", "default", "everyone", &["wide"])
+        + &targeted(
+            "MeshMetric",
+            "web-http",
+            "{kind: MeshServiceSubset, name: web-1, tags: {kuma.io/protocol: http}}",
+            "web-http",
+        )
+        + &targeted(
+            "MeshMetric",
+            "web-tcp",
+            "{kind: MeshServiceSubset, name: web-1, tags: {kuma.io/protocol: tcp}}",
+            "web-only",
+        );
+    apply(&cp, &yaml);
+    let _web = DataPlane::start(&cp, &root, "web-1", &dataplane("default", "web-1"), &[], &[]);
+    let _api = DataPlane::start(&cp, &root, "api-1", &dataplane("default", "api-1"), &[], &[]);
+    for (dp, signal, expected) in [
+        ("web-1", "traces", ["web-only"]),
+        ("web-1", "metrics", ["web-http"]),
+        ("api-1", "traces", ["wide"]),
+        ("api-1", "metrics", ["wide"]),
+    ] {
+        eventually(WAIT, &format!("{dp} {signal} to {expected:?}"), || {
+            let got = enabled_for(&cp, dp, signal)?;
+            (got == expected).then_some(()).ok_or(format!("{got:?}"))
+        });
+    }
+}
+
 #[test]
 fn seed_status_examples_end_to_end() {
     let dir = tempfile::tempdir().expect("tempdir");

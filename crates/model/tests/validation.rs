@@ -279,9 +279,34 @@ fn target_refs() {
     assert_eq!(violations(&doc("kind: MeshSubset\ntags:\n  kuma.io/zone: us-east")), vec![]);
     assert_eq!(violations(&doc("kind: Dataplane\nname: dp-1")), vec![]);
     assert_eq!(violations(&doc("kind: Dataplane\nlabels:\n  app: web")), vec![]);
+    // Kuma 2.14's service kinds at the top level (selected by kuma.io/service).
+    assert_eq!(violations(&doc("kind: MeshService\nname: x")), vec![]);
+    assert_eq!(violations(&doc("kind: MeshServiceSubset\nname: x\ntags:\n  version: '*'\n  zone: a/b")), vec![]);
     assert_eq!(
-        violations(&doc("kind: MeshService\nname: x")),
-        pairs(&[("spec.targetRef.kind", "value 'MeshService' is not supported")])
+        violations(&doc("kind: MeshService\nname: Web\ntags:\n  a: b")),
+        pairs(&[
+            (
+                "spec.targetRef.name",
+                "invalid characters: must consist of lower case alphanumeric characters, '-', '.' and '_'."
+            ),
+            ("spec.targetRef.tags", "must not be set with kind MeshService"),
+        ])
+    );
+    assert_eq!(
+        violations(&doc("kind: MeshServiceSubset\ntags:\n  version: v 1\nlabels:\n  a: b\nsectionName: http")),
+        pairs(&[
+            ("spec.targetRef.name", "must be set when kind is MeshServiceSubset"),
+            (
+                "spec.targetRef.tags[\"version\"]",
+                r#"tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#
+            ),
+            ("spec.targetRef.labels", "must not be set with kind MeshServiceSubset"),
+            ("spec.targetRef.sectionName", "must not be set with kind MeshServiceSubset"),
+        ])
+    );
+    assert_eq!(
+        violations(&doc("kind: MeshGateway\nname: edge")),
+        pairs(&[("spec.targetRef.kind", "value 'MeshGateway' is not supported")])
     );
     assert_eq!(
         violations(&doc("kind: Mesh\ntags:\n  a: b")),
@@ -647,7 +672,7 @@ fn schema_errors_never_hide_the_rest() {
             "MeshAccessLog",
             "targetRef: {kind: Mesh}\nrules:\n  - default:\n      backends:\n        - type: File\n          file: {path: /x, format: {type: Json, json: [{key: a}]}}\n        - type: File\n          file: {path: rel}",
             &[
-                ("spec.rules[0].default.backends[0].file.format.json[0].value", "must be defined"),
+                ("spec.rules[0].default.backends[0].file.format.json[0].value", "value cannot be empty"),
                 ("spec.rules[0].default.backends[1].file.path", "file backend requires a valid path"),
             ],
         ),

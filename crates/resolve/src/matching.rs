@@ -2,7 +2,8 @@
 //! are folded (later ones win).
 //!
 //! The order is Kuma 2.14's (the last release with `MeshSubset`), ascending:
-//! 1. targetRef kind: `Mesh` (1) < `Dataplane` (2) < `MeshSubset` (3);
+//! 1. targetRef kind: `Mesh` (1) < `Dataplane` (2) < `MeshSubset` (3) <
+//!    `MeshService` (5) < `MeshServiceSubset` (8);
 //! 2. origin label `kuma.io/origin`: `global` < none < `zone`;
 //! 3. role label `kuma.io/policy-role`: `system` < `producer` < `consumer` < `workload-owner`
 //!    (Universal policies have none, which counts as `system`);
@@ -12,6 +13,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use tern_model::spec::dataplane::DataplaneSpec;
+use tern_model::spec::dataplane::SERVICE_TAG;
 use tern_model::spec::policy::TargetRef;
 
 /// What matching needs of a dataplane.
@@ -26,14 +28,15 @@ pub struct DataplaneFacts<'a> {
 /// targetRef selects the whole mesh.
 pub fn selects(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) -> bool {
     let Some(t) = target else { return true };
+    let no_tags = BTreeMap::new();
+    let tags = t.tags.as_ref().unwrap_or(&no_tags);
+    let service = t.name.as_deref().filter(|n| !n.is_empty());
     match t.kind.as_str() {
         "Mesh" => true,
-        "MeshSubset" => {
-            let Some(tags) = t.tags.as_ref().filter(|t| !t.is_empty()) else { return true };
-            let inbounds = dp.spec.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
-            // A MeshSubset selects the proxy when one of its inbounds carries every tag.
-            inbounds.iter().any(|i| tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
-        }
+        "MeshSubset" => tags.is_empty() || has_inbound(dp, None, tags),
+        // Kuma 2.14 selects by the name only (a MeshService given by labels selects nothing).
+        "MeshService" => service.is_some_and(|s| has_inbound(dp, Some(s), &no_tags)),
+        "MeshServiceSubset" => service.is_some_and(|s| has_inbound(dp, Some(s), tags)),
         "Dataplane" => match (&t.name, &t.labels) {
             (Some(name), _) if !name.is_empty() => name == dp.name,
             (_, Some(labels)) => labels.iter().all(|(k, v)| dp.labels.get(k) == Some(v)),
@@ -41,6 +44,16 @@ pub fn selects(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) -> bool {
         },
         _ => false,
     }
+}
+
+/// Whether one of the proxy's inbounds is of `service` (when given) and
+/// carries every tag of `selector` (a value `*` takes any value).
+fn has_inbound(dp: &DataplaneFacts<'_>, service: Option<&str>, selector: &BTreeMap<String, String>) -> bool {
+    let inbounds = dp.spec.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
+    inbounds.iter().any(|i| {
+        let has = |k: &str, v: &str| i.tags.get(k).is_some_and(|t| v == "*" || t == v);
+        service.is_none_or(|s| has(SERVICE_TAG, s)) && selector.iter().all(|(k, v)| has(k, v))
+    })
 }
 
 /// The sort key of a policy (see the module docs).
@@ -58,6 +71,8 @@ impl Specificity {
             None | Some("Mesh") => 1,
             Some("Dataplane") => 2,
             Some("MeshSubset") => 3,
+            Some("MeshService") => 5,
+            Some("MeshServiceSubset") => 8,
             Some(_) => 0,
         };
         let origin_rank = match labels.get("kuma.io/origin").map(String::as_str) {

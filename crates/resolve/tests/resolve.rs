@@ -99,6 +99,12 @@ fn overlapping_policies_fold_in_kuma_order() {
         ("a:MeshSubset:b1 b:MeshSubset:b2", "b1", "same rank again: name decides"),
         ("a:Mesh:b1 b:OtherSubset:b2", "b1", "a MeshSubset for other tags does not select web-1"),
         ("a:Mesh:b1 b:OtherDataplane:b2", "b1", "a Dataplane targetRef for another dataplane does not select web-1"),
+        ("a:MeshSubset:b1 z:MeshService:b2", "b2", "MeshService (web's inbound) outranks MeshSubset"),
+        ("a:MeshService:b1 z:MeshServiceSubset:b2", "b2", "MeshServiceSubset outranks MeshService"),
+        ("a:Mesh:b1 b:OtherService:b2", "b1", "a MeshService for api does not select web-1"),
+        ("a:Mesh:b1 b:WildSubset:b2", "b2", "a MeshServiceSubset tag `*` takes any value"),
+        ("a:Mesh:b1 b:OtherServiceSubset:b2", "b1", "a MeshServiceSubset whose tags web's inbound lacks"),
+        ("a:Mesh:b1 b:ServiceByLabels:b2", "b1", "a MeshService by labels selects nothing, as in Kuma 2.14"),
     ];
     for (spec, expected, why) in cases {
         let mut yaml =
@@ -110,6 +116,12 @@ fn overlapping_policies_fold_in_kuma_order() {
                 "Dataplane" => "{kind: Dataplane, name: web-1}",
                 "OtherDataplane" => "{kind: Dataplane, name: api-1}",
                 "MeshSubset" => "{kind: MeshSubset, tags: {kuma.io/zone: us-east}}",
+                "MeshService" => "{kind: MeshService, name: web}",
+                "OtherService" => "{kind: MeshService, name: api}",
+                "ServiceByLabels" => "{kind: MeshService, labels: {app: web}}",
+                "MeshServiceSubset" => "{kind: MeshServiceSubset, name: web, tags: {kuma.io/zone: us-east}}",
+                "WildSubset" => "{kind: MeshServiceSubset, name: web, tags: {kuma.io/zone: '*'}}",
+                "OtherServiceSubset" => "{kind: MeshServiceSubset, name: web, tags: {kuma.io/zone: eu-west}}",
                 _ => "{kind: MeshSubset, tags: {kuma.io/zone: eu-west}}",
             };
             yaml += &trace(parts[0], target, parts[2], None);

@@ -139,7 +139,11 @@ impl OtelBackendBlock for AccessLogOtelBackend {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyValue {
+    /// Missing reads as empty, so Kuma's own messages name it (`key cannot
+    /// be empty`, `must be defined` for an attribute).
+    #[serde(default)]
     pub key: String,
+    #[serde(default)]
     pub value: String,
 }
 
@@ -186,7 +190,8 @@ impl MeshAccessLogSpec {
         }
         let confs = self.confs();
         if confs.is_empty() {
-            check.violations.add(&spec, "must have at least one defined: default, rules, to, from");
+            // Kuma's message; Tern's top-level `default` (seed 000's form) is the fourth way.
+            check.violations.add(&spec, "at least one of 'from', 'to' or 'rules' has to be defined");
         }
         for (at, conf) in confs {
             if conf.backends.is_none() {

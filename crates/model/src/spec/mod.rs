@@ -174,6 +174,16 @@ pub(crate) fn is_url(address: &str) -> bool {
 /// Kuma's tag rules: names and values non-empty, names of
 /// `[a-zA-Z0-9.-_:/]`, values of `[a-zA-Z0-9.-_:]`.
 pub(crate) fn validate_tags(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<String, String>) {
+    validate_tag_map(v, at, tags, false);
+}
+
+/// Kuma's `ValidateSelector`: tags whose values may also hold `/` or be `*`
+/// (any value), as a `MeshServiceSubset` target's.
+pub(crate) fn validate_tag_selector(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<String, String>) {
+    validate_tag_map(v, at, tags, true);
+}
+
+fn validate_tag_map(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<String, String>, selector: bool) {
     let allowed = |c: char, extra: &str| c.is_ascii_alphanumeric() || ".-_:".contains(c) || extra.contains(c);
     for (key, value) in tags {
         if key.is_empty() {
@@ -188,7 +198,14 @@ pub(crate) fn validate_tags(v: &mut Violations, at: &FieldPath, tags: &BTreeMap<
         if value.is_empty() {
             v.add(&at.key(key), "tag value must be non-empty");
         }
-        if !value.chars().all(|c| allowed(c, "")) {
+        if selector {
+            if value != "*" && !value.chars().all(|c| allowed(c, "/")) {
+                v.add(
+                    &at.key(key),
+                    r#"tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#,
+                );
+            }
+        } else if !value.chars().all(|c| allowed(c, "")) {
             v.add(&at.key(key), "tag value must consist of alphanumeric characters, dots, dashes and underscores");
         }
     }

@@ -2,7 +2,7 @@
 //! OpenTelemetry backend block (`backendRef` or the deprecated `endpoint`) and
 //! its validation, which Kuma applies identically to all three.
 
-use super::validate_tags;
+use super::{validate_tag_selector, validate_tags};
 use crate::document::identifier_problem;
 use crate::label::validate_selector;
 use crate::violation::{must_be_one_of, FieldPath, Violations};
@@ -39,8 +39,10 @@ pub struct TargetRef {
     pub proxy_types: Option<Vec<String>>,
 }
 
-/// The target kinds Tern matches dataplanes with.
-pub const SUPPORTED_TARGET_KINDS: &[&str] = &["Mesh", "MeshSubset", "Dataplane"];
+/// The top-level target kinds Tern matches dataplanes with: Kuma 2.14's,
+/// `MeshGateway` aside (Tern builds no gateway listeners). `MeshService` and
+/// `MeshServiceSubset` select by the inbounds' `kuma.io/service` tag.
+pub const SUPPORTED_TARGET_KINDS: &[&str] = &["Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "Dataplane"];
 
 /// The kinds a MeshAccessLog `to[]` item targets in Tern: every outbound
 /// (`Mesh`) or the outbounds to one service (`MeshService` by name).
@@ -99,6 +101,7 @@ impl TargetRef {
                 }
             }
             "MeshService" => {
+                validate_name(v, at, self.name.as_deref());
                 not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
                 not_allowed(v, at, &self.kind, "tags", map_set(&self.tags));
                 not_allowed(v, at, &self.kind, "proxyTypes", self.proxy_types.is_some());
@@ -108,6 +111,20 @@ impl TargetRef {
                 if map_set(&self.labels) && (set(&self.name) || set(&self.namespace)) {
                     v.add(&at.field("labels"), "either labels or name and namespace must be specified");
                 }
+            }
+            "MeshServiceSubset" => {
+                if !set(&self.name) {
+                    v.add(&at.field("name"), format!("must be set when kind is {}", self.kind));
+                }
+                validate_name(v, at, self.name.as_deref());
+                not_allowed(v, at, &self.kind, "mesh", set(&self.mesh));
+                not_allowed(v, at, &self.kind, "proxyTypes", self.proxy_types.is_some());
+                if let Some(tags) = &self.tags {
+                    validate_tag_selector(v, &at.field("tags"), tags);
+                }
+                not_allowed(v, at, &self.kind, "labels", map_set(&self.labels));
+                not_allowed(v, at, &self.kind, "namespace", set(&self.namespace));
+                not_allowed(v, at, &self.kind, "sectionName", set(&self.section_name));
             }
             _ => {
                 not_allowed(v, at, &self.kind, "tags", map_set(&self.tags));
@@ -121,6 +138,17 @@ impl TargetRef {
                 }
             }
         }
+    }
+}
+
+/// Kuma's `validateName`: a referenced resource's name, when given.
+fn validate_name(v: &mut Violations, at: &FieldPath, name: Option<&str>) {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c);
+    if !name.unwrap_or_default().chars().all(valid) {
+        v.add(
+            &at.field("name"),
+            "invalid characters: must consist of lower case alphanumeric characters, '-', '.' and '_'.",
+        );
     }
 }
 
