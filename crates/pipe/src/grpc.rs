@@ -164,26 +164,23 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let gzip = match headers.get("grpc-encoding").map(HeaderValue::as_bytes) {
-        None | Some(b"identity") => false,
-        Some(b"gzip") => true,
-        Some(other) => {
-            let name = String::from_utf8_lossy(other);
-            return Err(Status::unimplemented(format!("grpc-encoding {name:?} is not supported (gzip is)")));
-        }
-    };
-    let mut reader = MessageReader::default();
+    let mut reader = MessageReader::new(gzip_encoded(headers)?);
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(|e| Status::from_error(e.into()))?.into_data() {
             reader.push(data)?;
         }
     }
-    let (compressed, message) = reader.finish()?;
-    match (compressed, gzip) {
-        (false, _) => Ok(message),
-        (true, true) => gunzip(&message),
-        (true, false) => {
-            Err(Status::internal("the message is flagged compressed but the request names no grpc-encoding"))
+    reader.finish()
+}
+
+/// Whether the request's `grpc-encoding` is gzip (identity or none: not).
+fn gzip_encoded(headers: &HeaderMap) -> Result<bool, Status> {
+    match headers.get("grpc-encoding").map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => Ok(false),
+        Some(b"gzip") => Ok(true),
+        Some(other) => {
+            let name = String::from_utf8_lossy(other);
+            Err(Status::unimplemented(format!("grpc-encoding {name:?} is not supported (gzip is)")))
         }
     }
 }
@@ -210,7 +207,9 @@ fn too_large(len: usize) -> Status {
 /// Gathers one gRPC message from DATA frames: kept as the frames came until
 /// the end, then sliced out of the first frame when it holds it all.
 #[derive(Default)]
-struct MessageReader {
+pub struct MessageReader {
+    /// The request's `grpc-encoding` is gzip.
+    gzip: bool,
     chunks: Vec<Bytes>,
     received: usize,
     /// The message header's flag and length, once 5 bytes arrived.
@@ -218,7 +217,13 @@ struct MessageReader {
 }
 
 impl MessageReader {
-    fn push(&mut self, data: Bytes) -> Result<(), Status> {
+    pub fn new(gzip: bool) -> MessageReader {
+        MessageReader { gzip, ..MessageReader::default() }
+    }
+
+    /// Takes the next DATA frame; refuses as soon as the message is known
+    /// to be too large or more bytes follow it.
+    pub fn push(&mut self, data: Bytes) -> Result<(), Status> {
         if data.is_empty() {
             return Ok(()); // adds nothing; kept, empty frames could pile up without bound
         }
@@ -241,7 +246,19 @@ impl MessageReader {
         }
     }
 
-    fn finish(mut self) -> Result<(bool, Bytes), Status> {
+    /// The message, once the request ended: inflated when flagged compressed.
+    pub fn finish(self) -> Result<Bytes, Status> {
+        let gzip = self.gzip;
+        match self.framed()? {
+            (false, message) => Ok(message),
+            (true, message) if gzip => gunzip(&message),
+            (true, _) => {
+                Err(Status::internal("the message is flagged compressed but the request names no grpc-encoding"))
+            }
+        }
+    }
+
+    fn framed(mut self) -> Result<(bool, Bytes), Status> {
         let Some((compressed, len)) = self.head else {
             return Err(Status::internal("the request carries no message"));
         };

@@ -17,7 +17,7 @@
 
 pub mod envoy_metrics;
 mod export;
-mod grpc;
+pub mod grpc;
 mod receiver;
 mod request;
 mod stats;
