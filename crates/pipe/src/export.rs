@@ -67,6 +67,10 @@ fn prepare_headers(config: &ExporterConfig) -> Result<WireHeaders, String> {
                     .ok_or_else(|| format!("header {k:?} is not a valid gRPC metadata key"))?;
                 let value = HeaderValue::from_str(v)
                     .map_err(|_| format!("header {k:?} has a value gRPC cannot carry (control characters such as CR or LF are not allowed)"))?;
+                if is_reserved(&key) {
+                    tracing::warn!(header = %key, "a configured header that gRPC itself sets is left out");
+                    continue;
+                }
                 map.append(key, value);
             }
             Ok(WireHeaders::Grpc(map))
@@ -83,6 +87,11 @@ fn prepare_headers(config: &ExporterConfig) -> Result<WireHeaders, String> {
             Ok(WireHeaders::Http(map))
         }
     }
+}
+
+/// Headers the gRPC call sets itself (as tonic leaves them out of metadata).
+fn is_reserved(key: &HeaderName) -> bool {
+    matches!(key.as_str(), "te" | "content-type" | "user-agent") || key.as_str().starts_with("grpc-")
 }
 
 fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
@@ -307,6 +316,15 @@ mod tests {
                 Ok(Ok(WireHeaders::Grpc(list))) => assert_eq!(list.len(), 2),
                 _ => panic!("{protocol:?}: headers refused"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn headers_grpc_sets_itself_are_left_out() {
+        let configured = [("Content-Type", "text/plain"), ("grpc-timeout", "1S"), ("TE", "x"), ("x-tenant", "a")];
+        match Exporter::new(config(OtlpProtocol::Grpc, &configured)).map(|e| e.headers) {
+            Ok(Ok(WireHeaders::Grpc(map))) => assert_eq!(map.keys().collect::<Vec<_>>(), ["x-tenant"]),
+            _ => panic!("headers refused"),
         }
     }
 }
