@@ -5,6 +5,8 @@
 //! - per listener: `from[]` logs only inbound requests, `to[]` with a
 //!   `MeshService` only calls to that service, `to[]` with `Mesh` the other
 //!   outbounds, with Kuma's placeholders and default formats;
+//! - an inbound policy goes on the inbounds its `targetRef` picks (a
+//!   `Dataplane` `sectionName`, a `MeshService`), not on the others;
 //! - `tcp`: lines arrive at a TCP listener; while it is down, records are
 //!   counted as dropped, and after it is back lines arrive again.
 
@@ -62,6 +64,40 @@ async fn file_backends_write_records_in_their_format() {
         let log = std::fs::read_to_string(dp.work_dir.join("envoy.log")).unwrap_or_default();
         log.contains("stdout-record /hello").then_some(()).ok_or_else(|| "not yet".to_string())
     });
+}
+
+/// One data plane with two inbounds (`web`, and `admin` named `admin`):
+/// `rules` aimed at the section `admin` and at `MeshService web` log the
+/// requests of their inbound only.
+#[tokio::test(flavor = "multi_thread")]
+async fn inbound_logs_go_on_the_inbounds_the_target_picks() {
+    let envoy = support::envoy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let (web_in, web_app, admin_in, admin_app, admin) =
+        (free_port(), free_port(), free_port(), free_port(), free_port());
+    let _web = support::demo_app(web_app, "web ok", None);
+    let _admin = support::demo_app(admin_app, "admin ok", None);
+    let yaml = support::sidecar_dataplane("default", "web", web_in, web_app, admin)
+        + &format!("    - port: {admin_in}\n      servicePort: {admin_app}\n      name: admin\n      tags:\n        kuma.io/service: web-admin\n        kuma.io/protocol: http\n");
+    let dp = DataPlane::start(&cp, &dir.path().join("dps"), "web", &yaml, &[], &["--envoy-binary", envoy.as_str()]);
+    let (by_section, by_service) = (dir.path().join("section.log"), dir.path().join("service.log"));
+    let policy = |name: &str, target: &str, path: &std::path::Path| {
+        format!("type: MeshAccessLog\nname: {name}\nmesh: default\nspec:\n  targetRef: {target}\n  rules:\n    - default:\n        backends:\n          - type: File\n            file:\n              path: {}\n              format: {{type: Plain, plain: '%REQ(:PATH)%'}}\n---\n", path.display())
+    };
+    let yaml = policy("section", "{kind: Dataplane, name: web, sectionName: admin}", &by_section)
+        + &policy("service", "{kind: MeshService, name: web}", &by_service);
+    cp.ternctl_stdin(&["apply", "-f", "-"], &yaml).ok();
+    eventually(WAIT, "both files written", || {
+        curl(&format!("http://127.0.0.1:{web_in}/to-web"));
+        curl(&format!("http://127.0.0.1:{admin_in}/to-admin"));
+        let (a, b) = (read(&by_section), read(&by_service));
+        (a.contains("/to-admin") && b.contains("/to-web"))
+            .then_some(())
+            .ok_or(format!("{a:?} {b:?}\n{}", dp.log_text()))
+    });
+    assert!(!read(&by_section).contains("/to-web"), "the admin section's log has no web request");
+    assert!(!read(&by_service).contains("/to-admin"), "web's log has no admin request");
 }
 
 #[tokio::test(flavor = "multi_thread")]

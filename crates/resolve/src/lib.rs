@@ -12,7 +12,7 @@ mod merge_patch;
 mod session;
 
 pub use access_log::{FileLog, Listener, LocalLog, LogScope, TcpLog};
-pub use matching::{selects, DataplaneFacts, Specificity};
+pub use matching::{inbounds_selected, selects, DataplaneFacts, Inbounds, Specificity};
 pub use merge_patch::merge_patch;
 pub use session::{access_log_fifo, socket_path, Session, ACCESS_LOG_FIFO_FEATURE, OTEL_PIPE_FEATURE};
 
@@ -467,11 +467,12 @@ pub(crate) fn fold<'v>(confs: impl Iterator<Item = &'v Value>) -> Value {
 
 /// The effective OTel entries of one kind for the matched policies (sorted),
 /// and for MeshTrace the merged `sampling` and `tags`.
-fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>]) -> (Vec<OtelEntry>, MergedConf) {
+/// `inbounds` are, for MeshAccessLog, the inbounds each matched policy picked.
+fn effective_entries(kind: Kind, matched: &[&ParsedPolicy<'_>], inbounds: &[Inbounds]) -> (Vec<OtelEntry>, MergedConf) {
     let merged_default = fold(matched.iter().map(|p| &p.default));
     if kind == Kind::MeshAccessLog {
         let to: Vec<&access_log::ToItem> = matched.iter().flat_map(|p| p.to.iter()).collect();
-        let inbound = matched.iter().flat_map(|p| p.inbound.iter());
+        let inbound = matched.iter().zip(inbounds).flat_map(|(p, on)| p.inbound.iter().map(move |c| (on, c)));
         let (confs, named_services) = access_log::scoped_confs(merged_default, inbound, &to);
         let mut entries = Vec::new();
         let mut local_logs = Vec::new();
@@ -643,7 +644,7 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
     conditions(&policies, input.backends, &index, &mut out);
 
     // Dataplanes matching the same policies share the merged result.
-    let mut cache: HashMap<(Kind, Vec<usize>), (Vec<OtelEntry>, MergedConf)> = HashMap::new();
+    let mut cache: HashMap<CacheKey, (Vec<OtelEntry>, MergedConf)> = HashMap::new();
     for dp in input.dataplanes {
         let Some(session) = dp.session else { continue };
         let prev = previous.and_then(|p| p.dataplanes.get(&dp.resource.name));
@@ -672,11 +673,17 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
                 .filter(|&i| policies[i].kind == kind && selects(policies[i].target.as_ref(), &facts))
                 .collect();
             matched.sort_by(|&a, &b| policies[a].specificity.cmp(&policies[b].specificity));
+            let inbounds: Vec<Inbounds> = match kind {
+                Kind::MeshAccessLog => {
+                    matched.iter().map(|&i| inbounds_selected(policies[i].target.as_ref(), &facts)).collect()
+                }
+                _ => Vec::new(),
+            };
             let (entries, conf) = cache
-                .entry((kind, matched))
-                .or_insert_with_key(|(_, matched)| {
+                .entry((kind, matched, inbounds))
+                .or_insert_with_key(|(_, matched, inbounds)| {
                     let refs: Vec<&ParsedPolicy<'_>> = matched.iter().map(|&i| &policies[i]).collect();
-                    effective_entries(kind, &refs)
+                    effective_entries(kind, &refs, inbounds)
                 })
                 .clone();
             merged.absorb(kind, conf);
@@ -687,6 +694,10 @@ fn resolve_scoped(input: &MeshInput<'_>, previous: Option<&MeshResolution>, chan
     }
     out
 }
+
+/// What one kind's effective entries depend on: the matched policies (in
+/// order) and, for MeshAccessLog, the inbounds each of them picked.
+type CacheKey = (Kind, Vec<usize>, Vec<Inbounds>);
 
 /// `BackendRefsResolved` on every policy, `ReferencedByPolicies` on every
 /// backend, and the set of references that resolve to nothing.

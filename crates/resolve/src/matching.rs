@@ -11,9 +11,8 @@
 //!    and wins.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use tern_model::spec::dataplane::DataplaneSpec;
-use tern_model::spec::dataplane::SERVICE_TAG;
+use std::collections::{BTreeMap, BTreeSet};
+use tern_model::spec::dataplane::{DataplaneSpec, Inbound, SERVICE_TAG};
 use tern_model::spec::policy::TargetRef;
 
 /// What matching needs of a dataplane.
@@ -46,14 +45,65 @@ pub fn selects(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) -> bool {
     }
 }
 
+/// The inbound listeners (by port) a policy's inbound items (MeshAccessLog
+/// `from[]` and `rules[]`) go on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Inbounds {
+    All,
+    Ports(BTreeSet<i64>),
+}
+
+impl Inbounds {
+    pub fn contains(&self, port: i64) -> bool {
+        match self {
+            Inbounds::All => true,
+            Inbounds::Ports(ports) => ports.contains(&port),
+        }
+    }
+}
+
+/// The inbounds a selecting `targetRef` picks, as Kuma 2.14 narrows an
+/// inbound policy: those whose tags a `MeshSubset`, `MeshService` or
+/// `MeshServiceSubset` matches, the one a `Dataplane` `sectionName` names
+/// (an inbound's `name`, or its port as text), else all.
+pub fn inbounds_selected(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) -> Inbounds {
+    let Some(t) = target else { return Inbounds::All };
+    let no_tags = BTreeMap::new();
+    let tags = t.tags.as_ref().unwrap_or(&no_tags);
+    let service = t.name.as_deref().filter(|n| !n.is_empty());
+    let inbounds = dp.spec.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
+    let picked = |keep: &dyn Fn(&Inbound) -> bool| {
+        Inbounds::Ports(inbounds.iter().filter(|i| keep(i)).map(|i| i.port).collect())
+    };
+    match (t.kind.as_str(), t.section_name.as_deref().filter(|s| !s.is_empty())) {
+        ("MeshSubset", _) if !tags.is_empty() => picked(&|i| tag_match(i, None, tags)),
+        ("MeshService", _) => picked(&|i| tag_match(i, service, &no_tags)),
+        ("MeshServiceSubset", _) => picked(&|i| tag_match(i, service, tags)),
+        ("Dataplane", Some(section)) => picked(&|i| section_name(i) == section),
+        _ => Inbounds::All,
+    }
+}
+
+/// Kuma's section name of an inbound: its `name`, or its port as text.
+fn section_name(inbound: &Inbound) -> String {
+    match inbound.other.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => inbound.port.to_string(),
+    }
+}
+
 /// Whether one of the proxy's inbounds is of `service` (when given) and
 /// carries every tag of `selector` (a value `*` takes any value).
 fn has_inbound(dp: &DataplaneFacts<'_>, service: Option<&str>, selector: &BTreeMap<String, String>) -> bool {
     let inbounds = dp.spec.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
-    inbounds.iter().any(|i| {
-        let has = |k: &str, v: &str| i.tags.get(k).is_some_and(|t| v == "*" || t == v);
-        service.is_none_or(|s| has(SERVICE_TAG, s)) && selector.iter().all(|(k, v)| has(k, v))
-    })
+    inbounds.iter().any(|i| tag_match(i, service, selector))
+}
+
+/// Whether an inbound is of `service` (when given) and carries every tag of
+/// `selector` (a value `*` takes any value).
+fn tag_match(inbound: &Inbound, service: Option<&str>, selector: &BTreeMap<String, String>) -> bool {
+    let has = |k: &str, v: &str| inbound.tags.get(k).is_some_and(|t| v == "*" || t == v);
+    service.is_none_or(|s| has(SERVICE_TAG, s)) && selector.iter().all(|(k, v)| has(k, v))
 }
 
 /// The sort key of a policy (see the module docs).

@@ -307,3 +307,38 @@ fn incremental_recompute_matches_a_full_one() {
         "untouched outcomes are shared"
     );
 }
+
+/// MeshAccessLog `rules[]`/`from[]` go on the inbounds the policy's
+/// targetRef picks, as Kuma narrows an inbound policy: a `Dataplane`
+/// `sectionName` (an inbound's name, or its port), a service target, or all.
+#[test]
+fn inbound_access_logs_go_on_the_inbounds_the_target_picks() {
+    use tern_resolve::{Inbounds, Listener, LocalLog, LogScope};
+    let dataplane = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web}\n    - port: 9090\n      name: admin\n      tags: {kuma.io/service: web-admin}\n---\n";
+    let log = |name: &str, target: &str, path: &str| {
+        format!("type: MeshAccessLog\nname: {name}\nmesh: default\nspec:\n  targetRef: {target}\n  rules:\n    - default:\n        backends:\n          - type: File\n            file: {{path: {path}}}\n---\n")
+    };
+    let yaml = String::from(dataplane)
+        + &log("everywhere", "{kind: Mesh}", "/all")
+        + &log("by-name", "{kind: Dataplane, name: web-1, sectionName: admin}", "/admin")
+        + &log("by-port", "{kind: Dataplane, name: web-1, sectionName: '8080'}", "/port")
+        + &log("by-service", "{kind: MeshService, name: web-admin}", "/service");
+    let r = run(&resources(&yaml), &[("web-1", pipe())]);
+    let logs = r.dataplanes["web-1"].envoy_telemetry().access_logs;
+    let on = |port: i64| -> Vec<String> {
+        let mut paths: Vec<String> = logs
+            .iter()
+            .filter(|(scope, _)| scope.applies_to(Listener::Inbound { port }, &Default::default()))
+            .filter_map(|(_, l)| match l {
+                tern_resolve::AccessLog::Local(LocalLog::File(f)) => Some(f.path.clone()),
+                _ => None,
+            })
+            .collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(on(8080), ["/all", "/port"]);
+    assert_eq!(on(9090), ["/admin", "/all", "/service"]);
+    let admin_only = LogScope::Inbound(Inbounds::Ports([9090].into()));
+    assert!(logs.iter().any(|(scope, _)| *scope == admin_only), "{logs:?}");
+}

@@ -228,7 +228,11 @@ pub fn build(dp: &Dataplane<'_>, telemetry: &EnvoyTelemetry, services: &ServiceM
         clusters.push(static_cluster(&local, vec![socket(&service_address, service_port)], false));
         let name = format!("inbound:{}:{port}", net.address);
         let http = inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| is_http(p));
-        let side = ListenerSide { listener: LogListener::Inbound, destination: service(&inbound.tags), http };
+        let side = ListenerSide {
+            listener: LogListener::Inbound { port: inbound.port },
+            destination: service(&inbound.tags),
+            http,
+        };
         let filter = if http {
             hcm(&name, &local, &proxy, &side, &mut clusters)
         } else {

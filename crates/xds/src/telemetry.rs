@@ -68,7 +68,7 @@ impl Proxy<'_> {
     /// replaced for `side`, as Kuma does when it builds the configuration.
     fn interpolate(&self, text: &str, side: &ListenerSide<'_>) -> String {
         let (source, direction) = match side.listener {
-            Listener::Inbound => ("unknown", "INBOUND"),
+            Listener::Inbound { .. } => ("unknown", "INBOUND"),
             Listener::Outbound { .. } => (self.service, "OUTBOUND"),
         };
         let address =
@@ -283,7 +283,7 @@ impl Proxy<'_> {
                 push_cluster(clusters, target.cluster("meshtrace:datadog"));
                 let service_name = match (d.split_service.unwrap_or(false), side.listener) {
                     (false, _) => self.service.to_string(),
-                    (true, Listener::Inbound) => format!("{}_INBOUND", self.service),
+                    (true, Listener::Inbound { .. }) => format!("{}_INBOUND", self.service),
                     (true, Listener::Outbound { service }) => format!("{}_OUTBOUND_{service}", self.service),
                 };
                 let config =
@@ -584,7 +584,7 @@ mod tests {
         let view = DataplaneView { mesh: "default", name: "web-1", labels: &labels, spec: &spec };
         let proxy = Proxy { zone: Some("eu"), address: "10.0.0.7", service: "web", telemetry: &telemetry, view };
         let text = "%KUMA_MESH% %KUMA_ZONE% %KUMA_SOURCE_ADDRESS% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT% %KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE% %KUMA_TRAFFIC_DIRECTION%";
-        let inbound = ListenerSide { listener: Listener::Inbound, destination: "web", http: true };
+        let inbound = ListenerSide { listener: Listener::Inbound { port: 8080 }, destination: "web", http: true };
         assert_eq!(proxy.interpolate(text, &inbound), "default eu 10.0.0.7:0 10.0.0.7 unknown->web INBOUND");
         let outbound =
             ListenerSide { listener: Listener::Outbound { service: "api" }, destination: "api", http: false };
