@@ -27,15 +27,13 @@ pub struct DataplaneFacts<'a> {
 /// targetRef selects the whole mesh.
 pub fn selects(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) -> bool {
     let Some(t) = target else { return true };
-    let no_tags = BTreeMap::new();
-    let tags = t.tags.as_ref().unwrap_or(&no_tags);
-    let service = t.name.as_deref().filter(|n| !n.is_empty());
     match t.kind.as_str() {
         "Mesh" => true,
-        "MeshSubset" => tags.is_empty() || has_inbound(dp, None, tags),
-        // Kuma 2.14 selects by the name only (a MeshService given by labels selects nothing).
-        "MeshService" => service.is_some_and(|s| has_inbound(dp, Some(s), &no_tags)),
-        "MeshServiceSubset" => service.is_some_and(|s| has_inbound(dp, Some(s), tags)),
+        // The tag-based kinds select the proxy when they pick one of its inbounds.
+        "MeshSubset" | "MeshService" | "MeshServiceSubset" => match inbounds_selected(target, dp) {
+            Inbounds::All => true,
+            Inbounds::Ports(ports) => !ports.is_empty(),
+        },
         "Dataplane" => match (&t.name, &t.labels) {
             (Some(name), _) if !name.is_empty() => name == dp.name,
             (_, Some(labels)) => labels.iter().all(|(k, v)| dp.labels.get(k) == Some(v)),
@@ -77,8 +75,9 @@ pub fn inbounds_selected(target: Option<&TargetRef>, dp: &DataplaneFacts<'_>) ->
     };
     match (t.kind.as_str(), t.section_name.as_deref().filter(|s| !s.is_empty())) {
         ("MeshSubset", _) if !tags.is_empty() => picked(&|i| tag_match(i, None, tags)),
-        ("MeshService", _) => picked(&|i| tag_match(i, service, &no_tags)),
-        ("MeshServiceSubset", _) => picked(&|i| tag_match(i, service, tags)),
+        // Kuma 2.14 matches these by name only: given by labels, they pick nothing.
+        ("MeshService", _) => picked(&|i| service.is_some() && tag_match(i, service, &no_tags)),
+        ("MeshServiceSubset", _) => picked(&|i| service.is_some() && tag_match(i, service, tags)),
         ("Dataplane", Some(section)) => picked(&|i| section_name(i) == section),
         _ => Inbounds::All,
     }
@@ -90,13 +89,6 @@ fn section_name(inbound: &Inbound) -> String {
         Some(name) => name.to_string(),
         None => inbound.port.to_string(),
     }
-}
-
-/// Whether one of the proxy's inbounds is of `service` (when given) and
-/// carries every tag of `selector` (a value `*` takes any value).
-fn has_inbound(dp: &DataplaneFacts<'_>, service: Option<&str>, selector: &BTreeMap<String, String>) -> bool {
-    let inbounds = dp.spec.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
-    inbounds.iter().any(|i| tag_match(i, service, selector))
 }
 
 /// Whether an inbound is of `service` (when given) and carries every tag of
