@@ -225,7 +225,7 @@ impl MessageReader {
     /// to be too large or more bytes follow it.
     pub fn push(&mut self, data: Bytes) -> Result<(), Status> {
         if data.is_empty() {
-            return Ok(()); // adds nothing; kept, empty frames could pile up without bound
+            return Ok(()); // nothing to add; stored, empty frames could pile up without bound
         }
         self.received += data.len();
         self.chunks.push(data);
