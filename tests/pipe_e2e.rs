@@ -55,7 +55,7 @@ async fn telemetry_flows_through_the_pipe_to_a_real_collector() {
     let mut collector = Collector::start().await;
     let cp = ControlPlane::start(&dir.path().join("cp"));
     cp.ternctl_stdin(&["apply", "-f", "-"], &setup("pipe", &collector.address())).ok();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let metrics_port = support::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let dp = DataPlane::start(
         &cp,

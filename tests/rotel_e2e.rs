@@ -10,7 +10,7 @@ use collector::{client, Collector};
 use serde_json::Value;
 use std::process::{Child, Command};
 use std::time::Duration;
-use support::{eventually, ControlPlane, DataPlane};
+use support::{eventually, free_port, ControlPlane, DataPlane};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -20,10 +20,6 @@ fn rotel_binary() -> String {
         assert!(local.exists(), "rotel is not installed: run scripts/test.sh, or eval \"$(scripts/install-tools.sh)\"");
         local.display().to_string()
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 struct Rotel(Child);

@@ -434,8 +434,38 @@ pub fn jaeger_binary() -> String {
     })
 }
 
+/// A loopback port nothing listens on, for a process the test starts.
+///
+/// Taken below the kernel's ephemeral range: a port from `bind(…:0)` comes
+/// from that range, so between the pick and the child's own bind any
+/// outgoing connection (of this test or a parallel one) could take it as its
+/// source port. Below the range only another listener can, and the ports
+/// handed out here differ within a process and start at a place given by its
+/// pid.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, span) = below_ephemeral_range();
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let port = low + ((start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{}", u32::from(low) + span)
+}
+
+/// The ports `free_port` takes from: up to 10,000 just below the ephemeral
+/// range that `/proc/sys/net/ipv4/ip_local_port_range` gives (32768 when
+/// unreadable), and never below 1024.
+fn below_ephemeral_range() -> (u16, u32) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = first_ephemeral.saturating_sub(10_000).max(1024);
+    (low, u32::from(first_ephemeral.saturating_sub(low)).max(1))
 }
 
 /// Pids of the Envoys started with a bootstrap inside `work_dir`.
