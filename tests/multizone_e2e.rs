@@ -10,6 +10,7 @@ use collector::Collector;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
+use support::kube::KubeCluster;
 use support::{eventually, free_port, ControlPlane, DataPlane};
 use tern_kds::hashed_name;
 
@@ -27,29 +28,30 @@ fn global(dir: &Path, kds_port: u16) -> ControlPlane {
 
 /// A zone control plane admitted by a token the global issued.
 fn zone(global: &ControlPlane, dir: &Path, name: &str, kds_port: u16) -> ControlPlane {
+    zone_with_token(global, dir, name, kds_port, &zone_token(global, dir, name))
+}
+
+fn zone_with_token(global: &ControlPlane, dir: &Path, name: &str, kds_port: u16, token: &Path) -> ControlPlane {
+    let args = zone_args(global, name, kds_port, token);
+    ControlPlane::start_args(dir, None, "127.0.0.1", &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn zone_args(global: &ControlPlane, name: &str, kds_port: u16, token: &Path) -> Vec<String> {
+    let address = format!("https://127.0.0.1:{kds_port}");
+    let (ca, token) = (global.ca.display().to_string(), token.display().to_string());
+    let args = ["--mode", "zone", "--zone", name, "--global-address", &address, "--global-ca-file", &ca];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--zone-token-file".to_string(), token]);
+    args
+}
+
+/// A zone token file the global issued, in `dir`.
+fn zone_token(global: &ControlPlane, dir: &Path, name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let token = global.ternctl(&["generate", "zone-token", "--zone", name, "--valid-for", "1h"]).ok().stdout;
     let token_file = dir.join("zone-token");
     std::fs::write(&token_file, token.trim()).unwrap();
-    zone_with_token(global, dir, name, kds_port, &token_file)
-}
-
-fn zone_with_token(global: &ControlPlane, dir: &Path, name: &str, kds_port: u16, token: &Path) -> ControlPlane {
-    let address = format!("https://127.0.0.1:{kds_port}");
-    let (ca, token) = (global.ca.display().to_string(), token.display().to_string());
-    let args = [
-        "--mode",
-        "zone",
-        "--zone",
-        name,
-        "--global-address",
-        &address,
-        "--global-ca-file",
-        &ca,
-        "--zone-token-file",
-        &token,
-    ];
-    ControlPlane::start_args(dir, None, "127.0.0.1", &args)
+    token_file
 }
 
 fn json(cp: &ControlPlane, args: &[&str]) -> Value {
@@ -370,4 +372,118 @@ async fn per_zone_collectors_display_name_references_and_outages() {
             (own == synced && !own.is_empty()).then_some(()).ok_or(format!("{own:?} vs {synced:?}"))
         });
     }
+}
+
+/// `kubectl get -o json` as the control plane's own user.
+fn kubectl_json(cluster: &KubeCluster, args: &[&str]) -> Result<Value, String> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let run = cluster.kubectl(&all, None);
+    serde_json::from_str(&run.stdout).map_err(|_| run.stderr)
+}
+
+/// A zone on Kubernetes (a real kube-apiserver) under a Universal global:
+/// what the global creates lands in the cluster as objects kubectl can read
+/// and not change; what users apply with kubectl, and the Dataplanes of
+/// Pods, reach the global.
+#[test]
+fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns() {
+    let dir = tempfile::tempdir().unwrap();
+    let kds = free_port();
+    let g = global(&dir.path().join("global"), kds);
+    let cluster = KubeCluster::start(&dir.path().join("kube"));
+    let crds = g.ternctl(&["install", "crds"]).ok().stdout;
+    cluster.kubectl(&["apply", "-f", "-"], Some(&crds)).ok();
+    cluster.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None).ok();
+    cluster.kubectl(&["create", "namespace", "kuma-system"], None).ok();
+    let zone_dir = dir.path().join("east");
+    let token = zone_token(&g, &zone_dir, "east");
+    let webhook = format!("127.0.0.1:{}", free_port());
+    let (url, kubeconfig) = (format!("https://{webhook}"), cluster.kubeconfig.display().to_string());
+    let args = ["--environment", "kubernetes", "--kubeconfig", &kubeconfig, "--webhook-addr", &webhook];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--webhook-url".to_string(), url]);
+    args.extend(zone_args(&g, "east", kds, &token));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _z = ControlPlane::start_args(&zone_dir, None, "127.0.0.1", &args);
+
+    eventually(WAIT, "the zone online on the global, on Kubernetes", || {
+        let row = zone_row(&g, "east");
+        (row.contains("Online") && row.contains("kubernetes")).then_some(()).ok_or(row)
+    });
+    // The zone made no default mesh of its own: it is the global's.
+    let mesh = eventually(WAIT, "the global's default mesh in the cluster", || {
+        kubectl_json(&cluster, &["get", "mesh", "default"])
+    });
+    assert_eq!(mesh["metadata"]["labels"]["kuma.io/origin"], "global", "{mesh}");
+
+    // Global -> zone: objects in the system namespace, hashed names.
+    let backend = "type: MeshOpenTelemetryBackend\nname: main\nmesh: default\nspec:\n  endpoint: {address: otel.internal, port: 4317}\n";
+    let trace = "type: MeshTrace\nname: traces\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: main}\n";
+    g.ternctl_stdin(&["apply", "-f", "-"], &format!("{backend}---\n{trace}")).ok();
+    let (synced_backend, synced_trace) = (hashed_name("default", "main", &[]), hashed_name("default", "traces", &[]));
+    let on_zone = eventually(WAIT, "the global's MeshTrace in the cluster", || {
+        kubectl_json(&cluster, &["get", "meshtrace", &synced_trace, "-n", "kuma-system"])
+    });
+    assert_eq!(on_zone["metadata"]["labels"]["kuma.io/origin"], "global");
+    assert_eq!(on_zone["metadata"]["labels"]["kuma.io/display-name"], "traces");
+    let reference = &on_zone["spec"]["default"]["backends"][0]["openTelemetry"]["backendRef"]["name"];
+    assert_eq!(reference.as_str(), Some(synced_backend.as_str()), "the reference follows the backend's name here");
+    kubectl_json(&cluster, &["get", "motb", &synced_backend, "-n", "kuma-system"]).expect("the backend in the cluster");
+
+    // A user cannot change or delete it, nor create a mesh; the webhook says why.
+    let refused = cluster.kubectl_as_user(&["delete", "meshtrace", &synced_trace, "-n", "kuma-system"], None).fails();
+    assert!(refused.stderr.contains("synced from the global control plane"), "{}", refused.stderr);
+    let label = ["label", "meshtrace", &synced_trace, "-n", "kuma-system", "team=ops"];
+    let refused = cluster.kubectl_as_user(&label, None).fails();
+    assert!(refused.stderr.contains("edit it on the global control plane"), "{}", refused.stderr);
+    let refused = cluster
+        .kubectl_as_user(
+            &["apply", "-f", "-"],
+            Some("apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata:\n  name: other\n"),
+        )
+        .fails();
+    assert!(refused.stderr.contains("meshes are created on the global control plane"), "{}", refused.stderr);
+
+    // Zone -> global: a policy a user applies with kubectl.
+    let zone_trace = "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: zone-traces\n  namespace: kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, labels: {kuma.io/display-name: main}}\n";
+    cluster.kubectl_as_user(&["apply", "-f", "-"], Some(zone_trace)).ok();
+    let on_global = hashed_name("default", "zone-traces", &["east", "kuma-system"]);
+    eventually(WAIT, "the zone's policy on the global", || {
+        let names = names(&g, "meshtraces");
+        names.contains(&on_global).then_some(()).ok_or(format!("{names:?}"))
+    });
+    let policy = json(&g, &["get", "meshtrace", &on_global]);
+    assert_eq!(
+        (policy["labels"]["kuma.io/origin"].as_str(), policy["labels"]["kuma.io/zone"].as_str()),
+        (Some("zone"), Some("east"))
+    );
+
+    // Zone -> global: the Dataplane of a Pod, tagged with its zone.
+    let pod = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {kuma.io/sidecar-injection: enabled}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector: {app: web}\n  ports:\n    - {port: 80, targetPort: http}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {app: web}\nspec:\n  containers:\n    - name: app\n      image: registry.invalid/web:1\n      ports: [{name: http, containerPort: 8080}]\n";
+    cluster.kubectl_as_user(&["apply", "-f", "-"], Some(pod)).ok();
+    let status = r#"{"status":{"podIP":"127.0.0.1","hostIP":"127.0.0.1","phase":"Running"}}"#;
+    cluster
+        .kubectl_as_user(
+            &["patch", "pod", "web-1", "-n", "shop", "--subresource=status", "--type=merge", "-p", status],
+            None,
+        )
+        .ok();
+    let dataplane = eventually(WAIT, "the Pod's Dataplane", || {
+        kubectl_json(&cluster, &["get", "dataplane", "web-1", "-n", "shop"])
+    });
+    assert_eq!(dataplane["metadata"]["labels"]["kuma.io/origin"], "zone", "{dataplane}");
+    assert_eq!(dataplane["spec"]["networking"]["inbound"][0]["tags"]["kuma.io/zone"], "east", "{dataplane}");
+    let on_global = hashed_name("default", "web-1", &["east", "shop"]);
+    eventually(WAIT, "the Pod's Dataplane on the global", || {
+        let names = names(&g, "dataplanes");
+        (names == [on_global.clone()]).then_some(()).ok_or(format!("{names:?}"))
+    });
+
+    // A policy deleted on the global leaves the cluster (the sync's own delete passes the webhook).
+    g.ternctl(&["delete", "meshtrace", "traces"]).ok();
+    eventually(WAIT, "the MeshTrace gone from the cluster", || {
+        let run = cluster.kubectl(&["get", "meshtrace", &synced_trace, "-n", "kuma-system"], None);
+        (run.code != 0 && run.stderr.contains("NotFound")).then_some(()).ok_or(run.stdout)
+    });
 }

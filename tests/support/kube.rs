@@ -102,6 +102,14 @@ impl KubeCluster {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Runs kubectl as `alice`, another cluster admin than the kubeconfig's
+    /// (the user a control plane tells from itself).
+    pub fn kubectl_as_user(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut all = vec!["--token", USER_TOKEN];
+        all.extend(args);
+        self.kubectl(&all, stdin)
+    }
+
     /// Runs kubectl as the admin, with `stdin` piped in.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let mut cmd = Command::new(tool("TERN_TEST_KUBECTL"));
@@ -131,7 +139,12 @@ fn write_pki(dir: &Path) -> PathBuf {
         ("apiserver.key", key),
         ("sa.key", sa.serialize_pem()),
         ("sa.pub", sa.public_key_pem()),
-        ("tokens.csv", format!("{},tern-admin,tern-admin-uid,\"system:masters\"\n", ADMIN_TOKEN)),
+        (
+            "tokens.csv",
+            format!(
+                "{ADMIN_TOKEN},tern-admin,tern-admin-uid,\"system:masters\"\n{USER_TOKEN},alice,alice-uid,\"system:masters\"\n"
+            ),
+        ),
     ] {
         std::fs::write(pki.join(name), text).expect("pki file");
     }
@@ -140,6 +153,9 @@ fn write_pki(dir: &Path) -> PathBuf {
 
 /// The admin's bearer token (the apiserver runs on loopback, for one test).
 const ADMIN_TOKEN: &str = "tern-test-admin-token";
+/// Another cluster admin, `alice`: a user, where the kubeconfig is the
+/// control plane's own identity.
+const USER_TOKEN: &str = "tern-test-alice-token";
 
 fn kubeconfig_yaml(server: &str, pki: &Path) -> String {
     format!(

@@ -34,41 +34,9 @@ impl<S: ResourceStore> OriginGuard<S> {
         OriginGuard { inner, role }
     }
 
-    /// Why `key` may not be written (or deleted) here, given what is stored.
-    fn refusal(&self, key: &ResourceKey, stored: Option<&Resource>) -> Option<String> {
-        let origin = stored.and_then(|r| r.labels.get(ORIGIN_LABEL)).map(String::as_str);
-        match &self.role {
-            Role::Zone { .. } => match key.kind {
-                Kind::Mesh => Some(format!(
-                    "{key}: meshes are created on the global control plane and synced to zones; apply it there"
-                )),
-                Kind::Zone | Kind::ZoneInsight => Some(format!("{key}: zones are managed on the global control plane")),
-                _ if origin == Some(ORIGIN_GLOBAL) => Some(format!(
-                    "{key} is synced from the global control plane (kuma.io/origin: global) and read-only on a zone; \
-                     edit it on the global control plane"
-                )),
-                _ => None,
-            },
-            Role::Global => match key.kind {
-                Kind::Dataplane | Kind::DataplaneInsight => Some(format!(
-                    "{key}: data planes connect to a zone control plane; the global control plane only shows the \
-                     ones its zones sync"
-                )),
-                _ if origin == Some(ORIGIN_ZONE) => {
-                    let zone = stored.and_then(|r| r.labels.get(ZONE_LABEL)).map(String::as_str).unwrap_or("?");
-                    Some(format!(
-                        "{key} is synced from zone {zone:?} (kuma.io/origin: zone) and read-only on the global \
-                         control plane; edit it on that zone's control plane"
-                    ))
-                }
-                _ => None,
-            },
-        }
-    }
-
     async fn check(&self, key: &ResourceKey) -> Result<(), StoreError> {
         let stored = self.inner.get(key).await?;
-        match self.refusal(key, stored.as_ref()) {
+        match refusal(&self.role, key, stored.as_ref()) {
             Some(reason) => Err(StoreError::ReadOnly { key: key.clone(), reason }),
             None => Ok(()),
         }
@@ -93,6 +61,40 @@ impl<S: ResourceStore> OriginGuard<S> {
                 }
             }
         }
+    }
+}
+
+/// Why a user (not the sync) may not write or delete `key` on a control plane
+/// of `role`, given the object as stored (or as it would be written): the
+/// rules [`OriginGuard`] applies, and the admission webhook on Kubernetes.
+pub fn refusal(role: &Role, key: &ResourceKey, stored: Option<&Resource>) -> Option<String> {
+    let origin = stored.and_then(|r| r.labels.get(ORIGIN_LABEL)).map(String::as_str);
+    match role {
+        Role::Zone { .. } => match key.kind {
+            Kind::Mesh => Some(format!(
+                "{key}: meshes are created on the global control plane and synced to zones; apply it there"
+            )),
+            Kind::Zone | Kind::ZoneInsight => Some(format!("{key}: zones are managed on the global control plane")),
+            _ if origin == Some(ORIGIN_GLOBAL) => Some(format!(
+                "{key} is synced from the global control plane (kuma.io/origin: global) and read-only on a zone; \
+                 edit it on the global control plane"
+            )),
+            _ => None,
+        },
+        Role::Global => match key.kind {
+            Kind::Dataplane | Kind::DataplaneInsight => Some(format!(
+                "{key}: data planes connect to a zone control plane; the global control plane only shows the \
+                 ones its zones sync"
+            )),
+            _ if origin == Some(ORIGIN_ZONE) => {
+                let zone = stored.and_then(|r| r.labels.get(ZONE_LABEL)).map(String::as_str).unwrap_or("?");
+                Some(format!(
+                    "{key} is synced from zone {zone:?} (kuma.io/origin: zone) and read-only on the global \
+                     control plane; edit it on that zone's control plane"
+                ))
+            }
+            _ => None,
+        },
     }
 }
 

@@ -13,7 +13,7 @@
 //! [`FROM_POD_LABEL`]). A restarted watch lists everything again, so
 //! nothing missed while it was down stays missed.
 
-use crate::store::KubeStore;
+use crate::resources::Naming;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::Api;
@@ -36,14 +36,17 @@ pub const FROM_POD_LABEL: &str = "k8s.kuma.io/from-pod";
 /// How long events gather before the namespaces they touch are recomputed.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-pub struct PodController {
+/// Writes Dataplanes into `store`: the [`crate::KubeStore`] itself, or on a zone
+/// the store behind its sync rules (which label them for the global).
+pub struct PodController<S> {
     client: Client,
-    store: Arc<KubeStore>,
+    store: Arc<S>,
+    naming: Naming,
 }
 
-impl PodController {
-    pub fn new(client: Client, store: Arc<KubeStore>) -> Self {
-        PodController { client, store }
+impl<S: ResourceStore> PodController<S> {
+    pub fn new(client: Client, store: Arc<S>, naming: Naming) -> Self {
+        PodController { client, store, naming }
     }
 
     /// Follows Pods, Services and Namespaces until the apiserver is gone for
@@ -94,7 +97,7 @@ impl PodController {
         let pods = Api::<Pod>::namespaced(self.client.clone(), ns).list(&Default::default()).await.map_err(backend)?;
         let services =
             Api::<Service>::namespaced(self.client.clone(), ns).list(&Default::default()).await.map_err(backend)?;
-        let naming = self.store.naming();
+        let naming = &self.naming;
         let desired: BTreeMap<String, Resource> = pods
             .items
             .iter()

@@ -46,8 +46,9 @@ fn status_code(e: &kube::Error) -> Option<u16> {
 
 impl KubeStore {
     /// Connects with `client`; fails with the command to run when Tern's CRDs
-    /// are not installed. Creates the default mesh the first time.
-    pub async fn connect(client: Client, system_namespace: &str) -> Result<KubeStore, StoreError> {
+    /// are not installed. Creates the default mesh the first time when
+    /// `default_mesh` (not on a zone: its meshes come from the global).
+    pub async fn connect(client: Client, system_namespace: &str, default_mesh: bool) -> Result<KubeStore, StoreError> {
         let (changes, _) = broadcast::channel(4096);
         let store = KubeStore { client, naming: Naming { system_namespace: system_namespace.into() }, changes };
         for kind in Kind::ALL {
@@ -63,7 +64,9 @@ impl KubeStore {
                 }));
             }
         }
-        store.ensure_default_mesh().await?;
+        if default_mesh {
+            store.ensure_default_mesh().await?;
+        }
         Ok(store)
     }
 

@@ -4,11 +4,17 @@
 //! prints every violation, in Kuma's words, and stores nothing. Kuma's
 //! warnings (a deprecated inline endpoint) come back as kubectl warnings.
 //!
+//! On a global or zone control plane the webhook also applies the sync's
+//! write rules ([`tern_kds::guard::refusal`]) to everyone but the control
+//! plane itself: `kubectl` cannot edit or delete on a zone what came from
+//! the global, nor create a Mesh there, and the other way round.
+//!
 //! Registration ([`ensure_registered`]): on start the control plane writes
 //! its ValidatingWebhookConfiguration with the CA that signs its serving
 //! certificate, so the apiserver trusts it without a manual step.
 
 use crate::inject::Injector;
+use crate::resources::Naming;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -18,6 +24,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 use kube::Client;
 use serde_json::{json, Value};
+use tern_kds::guard::{refusal, Role};
 use tern_model::document::{resource_from_document, API_VERSION};
 use tern_model::Kind;
 
@@ -31,17 +38,60 @@ pub const MUTATING_CONFIGURATION: &str = "tern-sidecar-injector";
 const INJECTOR_NAME: &str = "injector.tern.kuma.io";
 pub const INJECT_PATH: &str = "/inject";
 
+/// A global or zone control plane's rules for what users write.
+#[derive(Debug, Clone)]
+pub struct Federation {
+    pub role: Role,
+    /// The control plane's own user on the apiserver ([`own_username`]):
+    /// its writes (the sync's) pass.
+    pub own_user: String,
+    pub naming: Naming,
+}
+
+impl Federation {
+    /// Why the request's user may not make this change here, if not.
+    fn refusal(&self, kind: Kind, request: &AdmissionRequest<DynamicObject>) -> Option<String> {
+        if request.user_info.username.as_deref() == Some(self.own_user.as_str()) {
+            return None;
+        }
+        let read = |o: &Option<DynamicObject>| o.as_ref().and_then(|o| self.naming.to_resource(kind, o).ok());
+        let (old, new) = (read(&request.old_object), read(&request.object));
+        let key = old.as_ref().or(new.as_ref())?.key();
+        refusal(&self.role, &key, old.as_ref()).or_else(|| refusal(&self.role, &key, new.as_ref()))
+    }
+}
+
+/// Who the apiserver says `client` is (a SelfSubjectReview): the user the
+/// control plane's own writes come from.
+pub async fn own_username(client: &Client) -> Result<String, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = reviews.create(&Default::default(), &SelfSubjectReview::default()).await?;
+    let user = review.status.and_then(|s| s.user_info).and_then(|u| u.username);
+    Ok(user.unwrap_or_default())
+}
+
+#[derive(Clone)]
+struct Webhooks {
+    injector: Injector,
+    federation: Option<Federation>,
+}
+
 /// The webhooks' routes (served over TLS by the control plane): validation
-/// of Tern's resources and the sidecar injector for Pods.
-pub fn router(injector: Injector) -> Router {
-    Router::new().route(VALIDATE_PATH, post(validate)).route(INJECT_PATH, post(inject)).with_state(injector)
+/// of Tern's resources (with the sync's rules on a global or zone control
+/// plane) and the sidecar injector for Pods.
+pub fn router(injector: Injector, federation: Option<Federation>) -> Router {
+    Router::new()
+        .route(VALIDATE_PATH, post(validate))
+        .route(INJECT_PATH, post(inject))
+        .with_state(Webhooks { injector, federation })
 }
 
 async fn inject(
-    State(injector): State<Injector>,
+    State(hooks): State<Webhooks>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    answer(review, |request| injector.review(request))
+    answer(review, |request| hooks.injector.review(request))
 }
 
 /// The review's answer, or `invalid` when it carries no request.
@@ -57,14 +107,24 @@ fn answer(
     Json(response.into_review())
 }
 
-async fn validate(Json(review): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
-    answer(review, review_request)
+async fn validate(
+    State(hooks): State<Webhooks>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    answer(review, |request| review_request(request, hooks.federation.as_ref()))
 }
 
 /// The answer to one admission request.
-pub fn review_request(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+pub fn review_request(request: &AdmissionRequest<DynamicObject>, federation: Option<&Federation>) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
-    if !matches!(request.operation, Operation::Create | Operation::Update) || request.kind.group != "kuma.io" {
+    if request.kind.group != "kuma.io" {
+        return allowed;
+    }
+    let refused = federation.zip(Kind::from_name(&request.kind.kind)).and_then(|(f, kind)| f.refusal(kind, request));
+    if let Some(reason) = refused {
+        return allowed.deny(reason);
+    }
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
         return allowed;
     }
     let Some(object) = &request.object else { return allowed };
@@ -112,10 +172,17 @@ pub enum WebhookClient {
 /// Writes (server-side apply) the ValidatingWebhookConfiguration for Tern's
 /// resources and the MutatingWebhookConfiguration of the sidecar injector,
 /// trusting `ca_pem`.
-pub async fn ensure_registered(client: &Client, at: &WebhookClient, ca_pem: &str) -> Result<(), kube::Error> {
+/// With `deletes`, deletions are reviewed too (a global or zone control
+/// plane's rules cover them).
+pub async fn ensure_registered(
+    client: &Client,
+    at: &WebhookClient,
+    ca_pem: &str,
+    deletes: bool,
+) -> Result<(), kube::Error> {
     let params = PatchParams::apply("tern-cp").force();
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let configuration = validating_configuration(at, ca_pem);
+    let configuration = validating_configuration(at, ca_pem, deletes);
     validating.patch(VALIDATING_CONFIGURATION, &params, &Patch::Apply(&configuration)).await?;
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let configuration = mutating_configuration(at, ca_pem);
@@ -159,9 +226,11 @@ pub fn mutating_configuration(at: &WebhookClient, ca_pem: &str) -> MutatingWebho
 }
 
 /// The configuration: every `kuma.io` resource of Tern's, on create and
-/// update; a webhook that cannot be reached refuses the write (fail closed).
-pub fn validating_configuration(at: &WebhookClient, ca_pem: &str) -> ValidatingWebhookConfiguration {
+/// update (and delete with `deletes`); a webhook that cannot be reached
+/// refuses the write (fail closed).
+pub fn validating_configuration(at: &WebhookClient, ca_pem: &str, deletes: bool) -> ValidatingWebhookConfiguration {
     let resources: Vec<String> = Kind::ALL.iter().map(|k| crate::resources::plural(*k)).collect();
+    let operations: &[&str] = if deletes { &["CREATE", "UPDATE", "DELETE"] } else { &["CREATE", "UPDATE"] };
     let value = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -172,7 +241,7 @@ pub fn validating_configuration(at: &WebhookClient, ca_pem: &str) -> ValidatingW
             "rules": [{
                 "apiGroups": [crate::resources::GROUP],
                 "apiVersions": [crate::resources::VERSION],
-                "operations": ["CREATE", "UPDATE"],
+                "operations": operations,
                 "resources": resources,
             }],
             "failurePolicy": "Fail",
@@ -213,15 +282,17 @@ mod tests {
 
     #[test]
     fn a_valid_backend_is_allowed() {
-        let r =
-            review_request(&request("MeshOpenTelemetryBackend", "kuma-system", json!({"endpoint": {"port": 4317}})));
+        let r = review_request(
+            &request("MeshOpenTelemetryBackend", "kuma-system", json!({"endpoint": {"port": 4317}})),
+            None,
+        );
         assert!(r.allowed);
     }
 
     #[test]
     fn every_violation_is_reported_in_kumas_words() {
         let spec = json!({"endpoint": {"port": 70000, "path": "/x"}, "protocol": "grpc"});
-        let r = review_request(&request("MeshOpenTelemetryBackend", "default", spec));
+        let r = review_request(&request("MeshOpenTelemetryBackend", "default", spec), None);
         assert!(!r.allowed);
         let message = r.result.message;
         assert!(message.contains("metadata.namespace"), "{message}");
@@ -233,14 +304,14 @@ mod tests {
     fn deprecated_fields_come_back_as_warnings() {
         let spec = json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": [
             {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "collector:4317"}}]}});
-        let r = review_request(&request("MeshTrace", "kuma-system", spec));
+        let r = review_request(&request("MeshTrace", "kuma-system", spec), None);
         assert!(r.allowed);
         assert!(r.warnings.unwrap_or_default().iter().any(|w| w.contains("deprecated")));
     }
 
     #[test]
     fn the_configuration_trusts_the_ca_and_covers_every_kind() {
-        let c = validating_configuration(&WebhookClient::Url("https://127.0.0.1:5443".into()), "PEM");
+        let c = validating_configuration(&WebhookClient::Url("https://127.0.0.1:5443".into()), "PEM", false);
         let hook = &c.webhooks.unwrap()[0];
         assert_eq!(hook.client_config.url.as_deref(), Some("https://127.0.0.1:5443/validate"));
         assert_eq!(hook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()), Some(&b"PEM"[..]));
@@ -266,15 +337,78 @@ mod tests {
     #[test]
     fn hostile_reviews_are_refused_not_crashed() {
         let secret = request("GlobalSecret", "kuma-system", json!({"key": "x"}));
-        assert!(!review_request(&secret).allowed, "an internal kind is never admitted as a resource");
+        assert!(!review_request(&secret, None).allowed, "an internal kind is never admitted as a resource");
         let mut odd = request("MeshOpenTelemetryBackend", "kuma-system", json!({}));
         odd.object.as_mut().unwrap().metadata.name = Some("ünïcødé✓".into());
-        let r = review_request(&odd);
+        let r = review_request(&odd, None);
         assert!(!r.allowed && r.result.message.contains("metadata.name"), "{}", r.result.message);
         let empty: AdmissionReview<DynamicObject> =
             serde_json::from_value(json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})).unwrap();
-        let Json(answer) = answer(empty, review_request);
+        let Json(answer) = answer(empty, |r| review_request(r, None));
         let answer = serde_json::to_value(answer).unwrap();
         assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    }
+
+    fn zone_rules() -> Federation {
+        let naming = Naming { system_namespace: "kuma-system".into() };
+        Federation { role: Role::Zone { zone: "east".into() }, own_user: "tern-cp".into(), naming }
+    }
+
+    /// A review of `operation` by `user` of a MeshTrace labelled with `origin`.
+    fn change(operation: &str, user: &str, origin: &str) -> AdmissionRequest<DynamicObject> {
+        let object = json!({
+            "apiVersion": "kuma.io/v1alpha1", "kind": "MeshTrace",
+            "metadata": {"name": "mt-abc", "namespace": "kuma-system", "labels": {"kuma.io/origin": origin}},
+            "spec": {"targetRef": {"kind": "Mesh"}, "default": {"backends": []}},
+        });
+        let (new, old) = match operation {
+            "DELETE" => (Value::Null, object),
+            "CREATE" => (object, Value::Null),
+            _ => (object.clone(), object),
+        };
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-2",
+                "kind": {"group": "kuma.io", "version": "v1alpha1", "kind": "MeshTrace"},
+                "resource": {"group": "kuma.io", "version": "v1alpha1", "resource": "meshtraces"},
+                "name": "mt-abc", "namespace": "kuma-system", "operation": operation,
+                "userInfo": {"username": user},
+                "object": new, "oldObject": old,
+            },
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[test]
+    fn on_a_zone_users_cannot_touch_what_the_global_synced() {
+        let zone = zone_rules();
+        for operation in ["UPDATE", "DELETE", "CREATE"] {
+            let r = review_request(&change(operation, "alice", "global"), Some(&zone));
+            assert!(!r.allowed, "{operation}");
+            assert!(r.result.message.contains("synced from the global control plane"), "{}", r.result.message);
+            let own = review_request(&change(operation, "tern-cp", "global"), Some(&zone));
+            assert!(own.allowed, "the sync's own {operation} passes");
+        }
+        assert!(review_request(&change("UPDATE", "alice", "zone"), Some(&zone)).allowed, "the zone's own policy");
+        assert!(review_request(&change("DELETE", "alice", "zone"), Some(&zone)).allowed);
+        let mut mesh = request("Mesh", "", json!({}));
+        mesh.user_info.username = Some("alice".into());
+        let r = review_request(&mesh, Some(&zone));
+        assert!(!r.allowed && r.result.message.contains("meshes are created on the global"), "{}", r.result.message);
+        assert!(review_request(&mesh, None).allowed, "a standalone control plane takes meshes");
+    }
+
+    #[test]
+    fn deletes_are_reviewed_only_when_federated() {
+        let at = WebhookClient::Url("https://127.0.0.1:5443".into());
+        let operations = |deletes| {
+            let c = validating_configuration(&at, "PEM", deletes);
+            c.webhooks.unwrap()[0].rules.as_ref().unwrap()[0].operations.clone().unwrap()
+        };
+        assert!(!operations(false).contains(&"DELETE".to_string()));
+        assert!(operations(true).contains(&"DELETE".to_string()));
     }
 }

@@ -8,9 +8,10 @@ use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tern_kds::{OriginGuard, Role};
 use tern_kube::kube;
 use tern_kube::lease::LeaderElection;
-use tern_kube::webhook::{self, WebhookClient};
+use tern_kube::webhook::{self, Federation, WebhookClient};
 use tern_kube::KubeStore;
 use tokio::sync::watch;
 use tracing::info;
@@ -60,8 +61,10 @@ pub struct Kubernetes {
 
 /// Connects to the apiserver and prepares the Kubernetes parts: the store,
 /// its change feed, the admission webhook (registered before it returns)
-/// and the leader election.
-pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Result<Kubernetes> {
+/// and the leader election. In a `zone`, the meshes come from the global,
+/// Dataplanes from Pods are labelled for it, and the webhook keeps users
+/// off what the global synced.
+pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, zone: Option<&str>) -> Result<Kubernetes> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -76,7 +79,7 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
     };
     let apiserver = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("making the Kubernetes client")?;
-    let store = KubeStore::connect(client.clone(), &args.system_namespace)
+    let store = KubeStore::connect(client.clone(), &args.system_namespace, zone.is_none())
         .await
         .with_context(|| format!("connecting to the apiserver {apiserver}"))?;
     info!(apiserver = %apiserver, namespace = %args.system_namespace, "store: Kubernetes");
@@ -95,7 +98,13 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
             port: args.webhook_addr.port(),
         },
     };
-    webhook::ensure_registered(&client, &at, &ca_pem).await.context("registering the admission webhook")?;
+    let federation = match zone {
+        Some(zone) => Some(zone_rules(&client, &store, zone).await?),
+        None => None,
+    };
+    webhook::ensure_registered(&client, &at, &ca_pem, federation.is_some())
+        .await
+        .context("registering the admission webhook")?;
     let listener = super::bind(args.webhook_addr, "admission webhook").await?;
     info!(addr = %listener.local_addr()?, "admission webhook listening");
 
@@ -114,12 +123,18 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
             .unwrap_or_else(|| format!("https://{}.{}.svc:5678", args.webhook_service, args.system_namespace)),
     };
     let webhook_part: Part = Box::new(move |stop| -> PartFuture {
-        Box::pin(serve("admission webhooks", listener, webhook::router(injector), Some(server_config), stop))
+        Box::pin(serve(
+            "admission webhooks",
+            listener,
+            webhook::router(injector, federation),
+            Some(server_config),
+            stop,
+        ))
     });
-    let pods = tern_kube::pods::PodController::new(client.clone(), store.clone());
-    let pods_part: Part = Box::new(move |_stop| -> PartFuture {
-        Box::pin(async move { ("Pod controller", pods.run().await.context("following Pods and Services")) })
-    });
+    let pods_part = match zone {
+        Some(zone) => pod_controller(&client, Arc::new(OriginGuard::new(store.clone(), zone_role(zone))), &store),
+        None => pod_controller(&client, store.clone(), &store),
+    };
     let client_for_auth = client.clone();
     let election = LeaderElection::new(client, &args.system_namespace, replica_identity());
     info!(identity = %election.identity(), lease = tern_kube::lease::LEASE_NAME, "competing for leadership");
@@ -135,6 +150,29 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path) -> Re
     let tokens = Arc::new(tern_tokens::Verifier::new(store.clone()));
     let authenticate = Arc::new(tern_kube::auth::ServiceAccountAuth::new(client_for_auth, tokens));
     Ok(Kubernetes { store, parts: vec![feed, webhook_part, pods_part, election_part], leader, authenticate })
+}
+
+/// The Pod controller, writing Dataplanes into `into`.
+fn pod_controller<S: tern_store::ResourceStore>(client: &kube::Client, into: Arc<S>, store: &KubeStore) -> Part {
+    let pods = tern_kube::pods::PodController::new(client.clone(), into, store.naming().clone());
+    Box::new(move |_stop| -> PartFuture {
+        Box::pin(async move { ("Pod controller", pods.run().await.context("following Pods and Services")) })
+    })
+}
+
+fn zone_role(zone: &str) -> Role {
+    Role::Zone { zone: zone.to_string() }
+}
+
+/// A zone's rules for what users write with kubectl, with this control
+/// plane's own user (whose writes are the sync's) from the apiserver.
+async fn zone_rules(client: &kube::Client, store: &KubeStore, zone: &str) -> Result<Federation> {
+    let own_user = webhook::own_username(client).await.context("asking the apiserver who this control plane is")?;
+    if own_user.is_empty() {
+        bail!("the apiserver names no user for this control plane's credentials; a zone needs one to tell its own writes from users'");
+    }
+    info!(user = %own_user, "zone on Kubernetes: only this user may change what the global synced");
+    Ok(Federation { role: zone_role(zone), own_user, naming: store.naming().clone() })
 }
 
 /// This replica's name in the Lease: the host (in a Pod, the Pod's name) and

@@ -189,23 +189,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     files::create_private_dir(&data_dir)?;
     if args.environment == "kubernetes" {
-        if args.multizone.mode != "standalone" {
-            bail!(
-                "--mode {} with --environment kubernetes is not built yet: run global and zone control planes on \
-                 Universal (SQLite or PostgreSQL)",
-                args.multizone.mode
-            );
-        }
-        let tls = tls_source(&args);
-        let k = kubernetes::start(&args.kube, &tls, &data_dir).await?;
-        let extras = Extras {
-            parts: k.parts,
-            leader: Some(k.leader),
-            authenticate: Some(k.authenticate),
-            foreign: None,
-            runtime_share: None,
-        };
-        return serve_control_plane(args, data_dir, k.store, extras).await;
+        return run_on_kubernetes(args, data_dir).await;
     }
     let sqlite_path = data_dir.join("tern.db");
     let store_url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", sqlite_path.display()));
@@ -244,6 +228,32 @@ async fn run(args: RunArgs) -> Result<()> {
             serve_control_plane(args, data_dir, guarded, extras).await
         }
     }
+}
+
+/// `--environment kubernetes`: standalone, or a zone of a global control
+/// plane (which runs on Universal).
+async fn run_on_kubernetes(args: RunArgs, data_dir: PathBuf) -> Result<()> {
+    let zone = match multizone::mode(&args.multizone, "kubernetes")? {
+        multizone::Mode::Standalone => None,
+        multizone::Mode::Zone(config) => Some(config),
+        multizone::Mode::Global => bail!(
+            "--mode global with --environment kubernetes is not built yet: run the global control plane on \
+             Universal (SQLite or PostgreSQL); zones may run on Kubernetes"
+        ),
+    };
+    let k =
+        kubernetes::start(&args.kube, &tls_source(&args), &data_dir, zone.as_ref().map(|z| z.zone.as_str())).await?;
+    let mut extras = Extras {
+        parts: k.parts,
+        leader: Some(k.leader),
+        authenticate: Some(k.authenticate),
+        foreign: None,
+        runtime_share: None,
+    };
+    let Some(config) = zone else { return serve_control_plane(args, data_dir, k.store, extras).await };
+    let role = Role::Zone { zone: config.zone.clone() };
+    extras.parts.push(multizone::zone_part(k.store.clone(), config));
+    serve_control_plane(args, data_dir, Arc::new(OriginGuard::new(k.store, role)), extras).await
 }
 
 fn tls_source(args: &RunArgs) -> TlsSource {
