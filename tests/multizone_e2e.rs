@@ -405,7 +405,7 @@ fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns
     args.extend(["--webhook-url".to_string(), url]);
     args.extend(zone_args(&g, "east", kds, &token));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _z = ControlPlane::start_args(&zone_dir, None, "127.0.0.1", &args);
+    let z = ControlPlane::start_args(&zone_dir, None, "127.0.0.1", &args);
 
     eventually(WAIT, "the zone online on the global, on Kubernetes", || {
         let row = zone_row(&g, "east");
@@ -477,7 +477,27 @@ fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns
     let on_global = hashed_name("default", "web-1", &["east", "shop"]);
     eventually(WAIT, "the Pod's Dataplane on the global", || {
         let names = names(&g, "dataplanes");
-        (names == [on_global.clone()]).then_some(()).ok_or(format!("{names:?}"))
+        names.contains(&on_global).then_some(()).ok_or(format!("{names:?}"))
+    });
+
+    // A data plane of the zone: its per-signal states reach the global.
+    let api = format!(
+        "type: Dataplane\nname: api.shop\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {}\n      \
+         servicePort: {}\n      tags: {{kuma.io/service: api}}\n",
+        free_port(),
+        free_port()
+    );
+    let _api = DataPlane::start(&z, &dir.path().join("dps"), "api", &api, &[], &[]);
+    let on_global = hashed_name("default", "api", &["east", "shop"]);
+    eventually(WAIT, "the zone's data plane status on the global", || {
+        let run = g.ternctl(&["inspect", "dataplane", &on_global]);
+        let ready = run.stdout.lines().any(|l| l.starts_with("main ") && l.contains("traces") && l.contains("ready"));
+        ready.then_some(()).ok_or(format!(
+            "{}{} (on the global: {:?})",
+            run.stdout,
+            run.stderr,
+            names(&g, "dataplanes")
+        ))
     });
 
     // A policy deleted on the global leaves the cluster (the sync's own delete passes the webhook).

@@ -157,7 +157,7 @@ impl Naming {
         let labels: BTreeMap<String, String> = resource
             .labels
             .iter()
-            .filter(|(k, v)| !is_computed_label(k, v, &at.name))
+            .filter(|(k, v)| !is_computed_label(k, v, &at.name, &resource.name))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         obj.metadata.labels = (!labels.is_empty()).then_some(labels);
@@ -171,9 +171,11 @@ impl Naming {
     }
 }
 
-/// Labels Tern derives from where an object is, so they are not written.
-fn is_computed_label(key: &str, value: &str, k8s_name: &str) -> bool {
-    key == NAMESPACE_LABEL || (key == DISPLAY_NAME_LABEL && value == k8s_name)
+/// Labels Tern derives from where an object is, so they are not written: a
+/// display name that is the object's name here, or Tern's `NAME.NAMESPACE`
+/// for it (read back, the display name is the object's name, as in Kuma).
+fn is_computed_label(key: &str, value: &str, k8s_name: &str, core_name: &str) -> bool {
+    key == NAMESPACE_LABEL || (key == DISPLAY_NAME_LABEL && (value == k8s_name || value == core_name))
 }
 
 /// What a change to an object means to Tern: its labels and spec (for a
@@ -276,6 +278,27 @@ mod tests {
         assert!(!stored.contains_key(NAMESPACE_LABEL) && !stored.contains_key(DISPLAY_NAME_LABEL));
         let back = n.to_resource(Kind::MeshTrace, &obj).unwrap();
         assert_eq!((back.name, back.labels, back.spec), (resource.name, resource.labels, resource.spec));
+    }
+
+    /// A Universal-form document names a data plane `api.shop`, and its
+    /// display name defaults to that: stored, it is the object `api` in
+    /// `shop`, whose display name is `api`.
+    #[test]
+    fn a_display_name_of_name_dot_namespace_is_the_objects_name() {
+        let n = naming();
+        let resource = Resource {
+            kind: Kind::Dataplane,
+            mesh: "default".into(),
+            name: "api.shop".into(),
+            labels: [(DISPLAY_NAME_LABEL.to_string(), "api.shop".to_string())].into(),
+            spec: json!({}),
+            status: None,
+            meta: Meta::default(),
+        };
+        let obj = n.to_object(&resource, &n.location(Kind::Dataplane, "api.shop"));
+        assert!(obj.metadata.labels.is_none(), "{:?}", obj.metadata.labels);
+        let back = n.to_resource(Kind::Dataplane, &obj).unwrap();
+        assert_eq!(back.labels.get(DISPLAY_NAME_LABEL).map(String::as_str), Some("api"));
     }
 
     #[test]
