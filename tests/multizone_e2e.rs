@@ -374,6 +374,29 @@ async fn per_zone_collectors_display_name_references_and_outages() {
     }
 }
 
+/// A kube-apiserver with Tern's CRDs and the system namespace.
+fn cluster_with_crds(dir: &Path) -> KubeCluster {
+    let cluster = KubeCluster::start(dir);
+    let crds = support::ternctl_with("http://127.0.0.1:1", &["install", "crds"], None, &[]).ok().stdout;
+    cluster.kubectl(&["apply", "-f", "-"], Some(&crds)).ok();
+    cluster.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None).ok();
+    cluster.kubectl(&["create", "namespace", "kuma-system"], None).ok();
+    cluster
+}
+
+/// `tern-cp` in Kubernetes mode on `cluster`, with its webhook on loopback
+/// and `mode_args` (`--mode ...`).
+fn on_kubernetes(cluster: &KubeCluster, dir: &Path, mode_args: Vec<String>) -> ControlPlane {
+    let webhook = format!("127.0.0.1:{}", free_port());
+    let (url, kubeconfig) = (format!("https://{webhook}"), cluster.kubeconfig.display().to_string());
+    let args = ["--environment", "kubernetes", "--kubeconfig", &kubeconfig, "--webhook-addr", &webhook];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--webhook-url".to_string(), url]);
+    args.extend(mode_args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ControlPlane::start_args(dir, None, "127.0.0.1", &args)
+}
+
 /// `kubectl get -o json` as the control plane's own user.
 fn kubectl_json(cluster: &KubeCluster, args: &[&str]) -> Result<Value, String> {
     let mut all = args.to_vec();
@@ -391,21 +414,10 @@ fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns
     let dir = tempfile::tempdir().unwrap();
     let kds = free_port();
     let g = global(&dir.path().join("global"), kds);
-    let cluster = KubeCluster::start(&dir.path().join("kube"));
-    let crds = g.ternctl(&["install", "crds"]).ok().stdout;
-    cluster.kubectl(&["apply", "-f", "-"], Some(&crds)).ok();
-    cluster.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None).ok();
-    cluster.kubectl(&["create", "namespace", "kuma-system"], None).ok();
+    let cluster = cluster_with_crds(&dir.path().join("kube"));
     let zone_dir = dir.path().join("east");
     let token = zone_token(&g, &zone_dir, "east");
-    let webhook = format!("127.0.0.1:{}", free_port());
-    let (url, kubeconfig) = (format!("https://{webhook}"), cluster.kubeconfig.display().to_string());
-    let args = ["--environment", "kubernetes", "--kubeconfig", &kubeconfig, "--webhook-addr", &webhook];
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    args.extend(["--webhook-url".to_string(), url]);
-    args.extend(zone_args(&g, "east", kds, &token));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let z = ControlPlane::start_args(&zone_dir, None, "127.0.0.1", &args);
+    let z = on_kubernetes(&cluster, &zone_dir, zone_args(&g, "east", kds, &token));
 
     eventually(WAIT, "the zone online on the global, on Kubernetes", || {
         let row = zone_row(&g, "east");
@@ -506,4 +518,67 @@ fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns
         let run = cluster.kubectl(&["get", "meshtrace", &synced_trace, "-n", "kuma-system"], None);
         (run.code != 0 && run.stderr.contains("NotFound")).then_some(()).ok_or(run.stdout)
     });
+}
+
+/// A global control plane on Kubernetes with a Universal zone: what users
+/// apply with kubectl goes to the zone, the zone's policies and data planes
+/// land in the cluster read-only, and the global has no sidecar injector.
+#[test]
+fn a_global_on_kubernetes_serves_a_universal_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let kds = free_port();
+    let cluster = cluster_with_crds(&dir.path().join("kube"));
+    let mode = ["--mode", "global", "--kds-addr", &format!("127.0.0.1:{kds}"), "--zone-health-timeout", "3s"];
+    let g = on_kubernetes(&cluster, &dir.path().join("global"), mode.iter().map(|a| a.to_string()).collect());
+    let z = zone(&g, &dir.path().join("west"), "west", kds);
+    eventually(WAIT, "the zone online on the global", || {
+        let row = zone_row(&g, "west");
+        (row.contains("Online") && row.contains("sqlite")).then_some(()).ok_or(row)
+    });
+    eventually(WAIT, "the default mesh synced to the zone", || {
+        (names(&z, "meshes") == ["default"]).then_some(()).ok_or(format!("{:?}", names(&z, "meshes")))
+    });
+    let hooks = cluster.kubectl(&["get", "mutatingwebhookconfigurations", "-o", "name"], None).ok().stdout;
+    assert!(!hooks.contains("tern-sidecar-injector"), "a global injects no sidecars: {hooks}");
+
+    // Global -> zone: a backend and a policy a user applies with kubectl.
+    let objects = "apiVersion: kuma.io/v1alpha1\nkind: MeshOpenTelemetryBackend\nmetadata:\n  name: main\n  namespace: kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  endpoint: {address: otel.internal, port: 4317}\n---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: traces\n  namespace: kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef: {kind: MeshOpenTelemetryBackend, name: main}\n";
+    cluster.kubectl_as_user(&["apply", "-f", "-"], Some(objects)).ok();
+    let synced_trace = hashed_name("default", "traces", &["kuma-system"]);
+    eventually(WAIT, "the global's MeshTrace on the zone", || {
+        let names = names(&z, "meshtraces");
+        (names == [synced_trace.clone()]).then_some(()).ok_or(format!("{names:?}"))
+    });
+    assert_eq!(json(&z, &["get", "meshtrace", &synced_trace])["labels"]["kuma.io/origin"], "global");
+
+    // Zone -> global: its policy and its data plane, in the cluster and read-only there.
+    let trace = "type: MeshTrace\nname: zone-traces\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef:\n            kind: MeshOpenTelemetryBackend\n            labels: {kuma.io/display-name: main}\n";
+    z.ternctl_stdin(&["apply", "-f", "-"], trace).ok();
+    let on_global = hashed_name("default", "zone-traces", &["west"]);
+    let policy = eventually(WAIT, "the zone's policy in the global's cluster", || {
+        kubectl_json(&cluster, &["get", "meshtrace", &on_global, "-n", "kuma-system"])
+    });
+    assert_eq!(policy["metadata"]["labels"]["kuma.io/zone"], "west", "{policy}");
+    let refused = cluster.kubectl_as_user(&["delete", "meshtrace", &on_global, "-n", "kuma-system"], None).fails();
+    assert!(refused.stderr.contains("synced from zone \"west\""), "{}", refused.stderr);
+    let dataplane = "apiVersion: kuma.io/v1alpha1\nkind: Dataplane\nmetadata:\n  name: rogue\n  namespace: kuma-system\n  labels: {kuma.io/mesh: default}\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{port: 8080, tags: {kuma.io/service: rogue}}]\n";
+    let refused = cluster.kubectl_as_user(&["apply", "-f", "-"], Some(dataplane)).fails();
+    assert!(refused.stderr.contains("data planes connect to a zone control plane"), "{}", refused.stderr);
+
+    let api = format!(
+        "type: Dataplane\nname: api\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {}\n      \
+         servicePort: {}\n      tags: {{kuma.io/service: api}}\n",
+        free_port(),
+        free_port()
+    );
+    let _api = DataPlane::start(&z, &dir.path().join("dps"), "api", &api, &[], &[]);
+    let on_global = hashed_name("default", "api", &["west"]);
+    eventually(WAIT, "the zone's data plane and its status in the global's cluster", || {
+        let insight = kubectl_json(&cluster, &["get", "dataplaneinsight", &on_global, "-n", "kuma-system"])?;
+        let backends = insight["status"]["openTelemetry"]["backends"].as_array().cloned().unwrap_or_default();
+        let ready = backends.iter().any(|b| b["traces"]["state"] == "ready");
+        ready.then_some(()).ok_or(insight["status"].to_string())
+    });
+    kubectl_json(&cluster, &["get", "dataplane", &on_global, "-n", "kuma-system"])
+        .expect("the Dataplane in the cluster");
 }

@@ -173,18 +173,28 @@ pub enum WebhookClient {
 /// resources and the MutatingWebhookConfiguration of the sidecar injector,
 /// trusting `ca_pem`.
 /// With `deletes`, deletions are reviewed too (a global or zone control
-/// plane's rules cover them).
+/// plane's rules cover them). Without `injects` (a global control plane,
+/// which has no data planes) the injector is not registered, and removed if
+/// it was.
 pub async fn ensure_registered(
     client: &Client,
     at: &WebhookClient,
     ca_pem: &str,
     deletes: bool,
+    injects: bool,
 ) -> Result<(), kube::Error> {
     let params = PatchParams::apply("tern-cp").force();
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let configuration = validating_configuration(at, ca_pem, deletes);
     validating.patch(VALIDATING_CONFIGURATION, &params, &Patch::Apply(&configuration)).await?;
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    if !injects {
+        return match mutating.delete(MUTATING_CONFIGURATION, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
     let configuration = mutating_configuration(at, ca_pem);
     mutating.patch(MUTATING_CONFIGURATION, &params, &Patch::Apply(&configuration)).await.map(|_| ())
 }

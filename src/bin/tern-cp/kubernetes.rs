@@ -61,10 +61,11 @@ pub struct Kubernetes {
 
 /// Connects to the apiserver and prepares the Kubernetes parts: the store,
 /// its change feed, the admission webhook (registered before it returns)
-/// and the leader election. In a `zone`, the meshes come from the global,
-/// Dataplanes from Pods are labelled for it, and the webhook keeps users
-/// off what the global synced.
-pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, zone: Option<&str>) -> Result<Kubernetes> {
+/// and the leader election. With a multi-zone `role` the webhook keeps
+/// users off what the other side synced; in a zone the meshes come from the
+/// global and Dataplanes from Pods are labelled for it; a global has no
+/// data planes, so no Pod controller and no sidecar injector.
+pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, role: Option<&Role>) -> Result<Kubernetes> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -79,7 +80,7 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, zone:
     };
     let apiserver = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("making the Kubernetes client")?;
-    let store = KubeStore::connect(client.clone(), &args.system_namespace, zone.is_none())
+    let store = KubeStore::connect(client.clone(), &args.system_namespace, !matches!(role, Some(Role::Zone { .. })))
         .await
         .with_context(|| format!("connecting to the apiserver {apiserver}"))?;
     info!(apiserver = %apiserver, namespace = %args.system_namespace, "store: Kubernetes");
@@ -98,11 +99,12 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, zone:
             port: args.webhook_addr.port(),
         },
     };
-    let federation = match zone {
-        Some(zone) => Some(zone_rules(&client, &store, zone).await?),
+    let federation = match role {
+        Some(role) => Some(federation(&client, &store, role).await?),
         None => None,
     };
-    webhook::ensure_registered(&client, &at, &ca_pem, federation.is_some())
+    let injects = role != Some(&Role::Global);
+    webhook::ensure_registered(&client, &at, &ca_pem, federation.is_some(), injects)
         .await
         .context("registering the admission webhook")?;
     let listener = super::bind(args.webhook_addr, "admission webhook").await?;
@@ -131,10 +133,14 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, zone:
             stop,
         ))
     });
-    let pods_part = match zone {
-        Some(zone) => pod_controller(&client, Arc::new(OriginGuard::new(store.clone(), zone_role(zone))), &store),
-        None => pod_controller(&client, store.clone(), &store),
-    };
+    let mut parts = vec![feed, webhook_part];
+    match role {
+        Some(Role::Global) => {}
+        Some(zone) => {
+            parts.push(pod_controller(&client, Arc::new(OriginGuard::new(store.clone(), zone.clone())), &store))
+        }
+        None => parts.push(pod_controller(&client, store.clone(), &store)),
+    }
     let client_for_auth = client.clone();
     let election = LeaderElection::new(client, &args.system_namespace, replica_identity());
     info!(identity = %election.identity(), lease = tern_kube::lease::LEASE_NAME, "competing for leadership");
@@ -149,7 +155,8 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, zone:
     });
     let tokens = Arc::new(tern_tokens::Verifier::new(store.clone()));
     let authenticate = Arc::new(tern_kube::auth::ServiceAccountAuth::new(client_for_auth, tokens));
-    Ok(Kubernetes { store, parts: vec![feed, webhook_part, pods_part, election_part], leader, authenticate })
+    parts.push(election_part);
+    Ok(Kubernetes { store, parts, leader, authenticate })
 }
 
 /// The Pod controller, writing Dataplanes into `into`.
@@ -160,19 +167,18 @@ fn pod_controller<S: tern_store::ResourceStore>(client: &kube::Client, into: Arc
     })
 }
 
-fn zone_role(zone: &str) -> Role {
-    Role::Zone { zone: zone.to_string() }
-}
-
-/// A zone's rules for what users write with kubectl, with this control
-/// plane's own user (whose writes are the sync's) from the apiserver.
-async fn zone_rules(client: &kube::Client, store: &KubeStore, zone: &str) -> Result<Federation> {
+/// A global's or zone's rules for what users write with kubectl, with this
+/// control plane's own user (whose writes are the sync's) from the apiserver.
+async fn federation(client: &kube::Client, store: &KubeStore, role: &Role) -> Result<Federation> {
     let own_user = webhook::own_username(client).await.context("asking the apiserver who this control plane is")?;
     if own_user.is_empty() {
-        bail!("the apiserver names no user for this control plane's credentials; a zone needs one to tell its own writes from users'");
+        bail!(
+            "the apiserver names no user for this control plane's credentials; a global or zone control plane \
+             needs one to tell its own writes from users'"
+        );
     }
-    info!(user = %own_user, "zone on Kubernetes: only this user may change what the global synced");
-    Ok(Federation { role: zone_role(zone), own_user, naming: store.naming().clone() })
+    info!(user = %own_user, "multi-zone on Kubernetes: only this user may change what the other side synced");
+    Ok(Federation { role: role.clone(), own_user, naming: store.naming().clone() })
 }
 
 /// This replica's name in the Lease: the host (in a Pod, the Pod's name) and

@@ -206,12 +206,24 @@ async fn run(args: RunArgs) -> Result<()> {
     info!(store = %redact_url(&store_url), mode = %args.multizone.mode, "store open");
     let store = Arc::new(store);
     let replica = replicas::start(store.clone(), &store_url);
-    let mut extras = Extras {
+    let extras = Extras {
         parts: replica.parts,
         leader: replica.leader,
         runtime_share: replica.runtime_share,
         ..Extras::default()
     };
+    serve_in_mode(args, data_dir, store, extras, mode).await
+}
+
+/// Serves `store` as its mode asks: alone, or as a global or a zone with
+/// the sync's parts beside and its write rules in front.
+async fn serve_in_mode<S: ResourceStore>(
+    args: RunArgs,
+    data_dir: PathBuf,
+    store: Arc<S>,
+    mut extras: Extras,
+    mode: multizone::Mode,
+) -> Result<()> {
     match mode {
         multizone::Mode::Standalone => serve_control_plane(args, data_dir, store, extras).await,
         multizone::Mode::Global => {
@@ -230,30 +242,23 @@ async fn run(args: RunArgs) -> Result<()> {
     }
 }
 
-/// `--environment kubernetes`: standalone, or a zone of a global control
-/// plane (which runs on Universal).
+/// `--environment kubernetes`: standalone, a global control plane, or a zone.
 async fn run_on_kubernetes(args: RunArgs, data_dir: PathBuf) -> Result<()> {
-    let zone = match multizone::mode(&args.multizone, "kubernetes")? {
+    let mode = multizone::mode(&args.multizone, "kubernetes")?;
+    let role = match &mode {
         multizone::Mode::Standalone => None,
-        multizone::Mode::Zone(config) => Some(config),
-        multizone::Mode::Global => bail!(
-            "--mode global with --environment kubernetes is not built yet: run the global control plane on \
-             Universal (SQLite or PostgreSQL); zones may run on Kubernetes"
-        ),
+        multizone::Mode::Global => Some(Role::Global),
+        multizone::Mode::Zone(config) => Some(Role::Zone { zone: config.zone.clone() }),
     };
-    let k =
-        kubernetes::start(&args.kube, &tls_source(&args), &data_dir, zone.as_ref().map(|z| z.zone.as_str())).await?;
-    let mut extras = Extras {
+    let k = kubernetes::start(&args.kube, &tls_source(&args), &data_dir, role.as_ref()).await?;
+    let extras = Extras {
         parts: k.parts,
         leader: Some(k.leader),
         authenticate: Some(k.authenticate),
         foreign: None,
         runtime_share: None,
     };
-    let Some(config) = zone else { return serve_control_plane(args, data_dir, k.store, extras).await };
-    let role = Role::Zone { zone: config.zone.clone() };
-    extras.parts.push(multizone::zone_part(k.store.clone(), config));
-    serve_control_plane(args, data_dir, Arc::new(OriginGuard::new(k.store, role)), extras).await
+    serve_in_mode(args, data_dir, k.store, extras, mode).await
 }
 
 fn tls_source(args: &RunArgs) -> TlsSource {
