@@ -134,11 +134,22 @@ fn the_webhook_refuses_invalid_documents_with_kumas_messages_and_stores_nothing(
 #[test]
 fn the_install_manifests_pass_the_apiservers_dry_run() {
     let env = start();
-    let manifests = ternctl_with("http://127.0.0.1:1", &["install", "control-plane"], None, &[]).ok().stdout;
-    let run = env.cluster.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifests)).ok();
-    for object in ["deployment.apps/tern-control-plane", "service/tern-control-plane", "clusterrole"] {
-        assert!(run.stdout.contains(object), "{object}: {}", run.stdout);
+    let zone = ["--mode", "zone", "--zone", "east", "--global-address", "https://global.example:5685"];
+    for mode in [&["--mode", "standalone"][..], &["--mode", "global"], &zone] {
+        let args = [&["install", "control-plane"][..], mode].concat();
+        let manifests = ternctl_with("http://127.0.0.1:1", &args, None, &[]).ok().stdout;
+        let run = env.cluster.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifests)).ok();
+        for object in ["deployment.apps/tern-control-plane", "service/tern-control-plane", "clusterrole"] {
+            assert!(run.stdout.contains(object), "{mode:?} {object}: {}", run.stdout);
+        }
     }
+    // Flags that do not go together are refused, naming them.
+    let refused =
+        ternctl_with("http://127.0.0.1:1", &["install", "control-plane", "--zone", "east"], None, &[]).fails();
+    assert!(refused.stderr.contains("--zone is for --mode zone"), "{}", refused.stderr);
+    let no_tls = ["install", "control-plane", "--mode", "zone", "--zone", "east", "--global-address", "http://g:5685"];
+    let refused = ternctl_with("http://127.0.0.1:1", &no_tls, None, &[]).fails();
+    assert!(refused.stderr.contains("must be https://"), "{}", refused.stderr);
 }
 
 /// A real tern-dp against the control plane in Kubernetes mode: its

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::path::PathBuf;
 use tern_api::ApplyResponse;
+use tern_kube::install::InstallMode;
 use tern_model::{parse_documents, Kind, SourceDocument, DEFAULT_MESH};
 
 #[derive(Parser)]
@@ -140,6 +141,16 @@ enum InstallCommand {
         image: String,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
         replicas: u32,
+        /// `standalone`, `global` (serves zones on port 5685) or `zone` (reads its zone token and
+        /// the global's CA from the Secret tern-zone: keys `token` and `ca.crt`).
+        #[arg(long, default_value = "standalone", value_parser = ["standalone", "global", "zone"])]
+        mode: String,
+        /// The zone's name (`--mode zone`).
+        #[arg(long)]
+        zone: Option<String>,
+        /// The global's zone port, `https://HOST:5685` (`--mode zone`).
+        #[arg(long)]
+        global_address: Option<String>,
     },
 }
 
@@ -218,6 +229,25 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => Ok(Config::default()),
         Err(e) => Err(e).with_context(|| format!("reading config file {}", path.display())),
     }
+}
+
+/// `ternctl install control-plane`'s mode, with the flags that go with it.
+fn install_mode(mode: &str, zone: Option<&str>, global_address: Option<&str>) -> Result<InstallMode> {
+    if mode != "zone" {
+        if let Some(flag) = [("--zone", zone), ("--global-address", global_address)].iter().find(|(_, v)| v.is_some()) {
+            bail!("{} is for --mode zone; this installs --mode {mode}", flag.0);
+        }
+        return Ok(if mode == "global" { InstallMode::Global } else { InstallMode::Standalone });
+    }
+    let zone = zone.context("--mode zone needs --zone NAME")?;
+    if let Some(problem) = tern_model::document::identifier_problem(zone, false) {
+        bail!("--zone {zone:?}: {problem}");
+    }
+    let global_address = global_address.context("--mode zone needs --global-address https://HOST:5685")?;
+    if !global_address.starts_with("https://") {
+        bail!("--global-address {global_address:?}: must be https://HOST:PORT (zones reach the global over TLS)");
+    }
+    Ok(InstallMode::Zone { zone: zone.to_string(), global_address: global_address.to_string() })
 }
 
 fn parse_kind(arg: &str) -> Result<Kind> {
@@ -368,11 +398,12 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", tern_kube::crd::crds_yaml());
             return Ok(());
         }
-        Command::Install(InstallCommand::ControlPlane { namespace, image, replicas }) => {
+        Command::Install(InstallCommand::ControlPlane { namespace, image, replicas, mode, zone, global_address }) => {
             let options = tern_kube::install::InstallOptions {
                 namespace: namespace.clone(),
                 image: image.clone(),
                 replicas: *replicas,
+                mode: install_mode(mode, zone.as_deref(), global_address.as_deref())?,
             };
             print!("{}", tern_kube::install::to_yaml(&tern_kube::install::control_plane(&options)));
             return Ok(());
