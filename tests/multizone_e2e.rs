@@ -417,7 +417,7 @@ fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns
     let cluster = cluster_with_crds(&dir.path().join("kube"));
     let zone_dir = dir.path().join("east");
     let token = zone_token(&g, &zone_dir, "east");
-    let z = on_kubernetes(&cluster, &zone_dir, zone_args(&g, "east", kds, &token));
+    let mut z = on_kubernetes(&cluster, &zone_dir, zone_args(&g, "east", kds, &token));
 
     eventually(WAIT, "the zone online on the global, on Kubernetes", || {
         let row = zone_row(&g, "east");
@@ -518,6 +518,22 @@ fn a_zone_on_kubernetes_syncs_both_ways_and_keeps_users_off_what_the_global_owns
         let run = cluster.kubectl(&["get", "meshtrace", &synced_trace, "-n", "kuma-system"], None);
         (run.code != 0 && run.stderr.contains("NotFound")).then_some(()).ok_or(run.stdout)
     });
+
+    // A second replica waits; when the leader dies it takes over the sync.
+    let second = on_kubernetes(&cluster, &dir.path().join("east-2"), zone_args(&g, "east", kds, &token));
+    eventually(WAIT, "the second replica up", || {
+        let log = second.log_text();
+        log.contains("competing for leadership").then_some(()).ok_or(log)
+    });
+    assert!(z.log_text().contains("this replica leads"), "{}", z.log_text());
+    assert!(!second.log_text().contains("this replica leads"), "only the leader syncs: {}", second.log_text());
+    z.kill();
+    g.ternctl_stdin(&["apply", "-f", "-"], &trace.replace("name: traces", "name: after-failover")).ok();
+    let synced = hashed_name("default", "after-failover", &[]);
+    eventually(Duration::from_secs(60), "the new leader syncs the global's new policy", || {
+        kubectl_json(&cluster, &["get", "meshtrace", &synced, "-n", "kuma-system"]).map(|_| ())
+    });
+    assert!(second.log_text().contains("this replica leads"), "{}", second.log_text());
 }
 
 /// A global control plane on Kubernetes with a Universal zone: what users

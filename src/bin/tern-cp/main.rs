@@ -235,7 +235,7 @@ async fn serve_in_mode<S: ResourceStore>(
         }
         multizone::Mode::Zone(config) => {
             let role = Role::Zone { zone: config.zone.clone() };
-            extras.parts.push(multizone::zone_part(store.clone(), config));
+            extras.parts.push(multizone::zone_part(store.clone(), config, extras.leader.clone()));
             let guarded = Arc::new(OriginGuard::new(store, role));
             serve_control_plane(args, data_dir, guarded, extras).await
         }

@@ -13,6 +13,7 @@ use tern_kds::wire::KdsServer;
 use tern_kds::{Global, GlobalConfig, ZoneConfig};
 use tern_model::Resource;
 use tern_store::ResourceStore;
+use tokio::sync::watch;
 use tracing::info;
 
 #[derive(clap::Args)]
@@ -136,10 +137,48 @@ pub async fn global_parts<S: ResourceStore>(
     Ok(vec![server, housekeeping])
 }
 
-/// The zone's part: the sync client. `store` is the unguarded store.
-pub fn zone_part<S: ResourceStore>(store: Arc<S>, config: ZoneConfig) -> Part {
+/// The zone's part: the sync client. `store` is the unguarded store. With
+/// several replicas (`leader` given) only the leader syncs, as in Kuma: one
+/// stream per zone, and one writer of what the global sends.
+pub fn zone_part<S: ResourceStore>(store: Arc<S>, config: ZoneConfig, leader: Option<watch::Receiver<bool>>) -> Part {
     info!(global = %config.global_address, zone = %config.zone, "zone control plane: syncing with the global one");
     Box::new(move |stop| -> PartFuture {
-        Box::pin(async move { ("zone sync", tern_kds::zone::run(store, config, stop).await) })
+        Box::pin(async move {
+            let ended = match leader {
+                None => tern_kds::zone::run(store, config, stop).await,
+                Some(leader) => sync_while_leading(store, config, leader, stop).await,
+            };
+            ("zone sync", ended)
+        })
     })
+}
+
+/// Runs the sync while this replica leads, until `stop`.
+async fn sync_while_leading<S: ResourceStore>(
+    store: Arc<S>,
+    config: ZoneConfig,
+    mut leader: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            led = leader.wait_for(|l| *l) => { led.context("the leader election ended")?; }
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        info!(zone = %config.zone, "this replica leads: syncing with the global control plane");
+        let (end_tx, end) = watch::channel(false);
+        let sync = tern_kds::zone::run(store.clone(), config.clone(), end);
+        tokio::pin!(sync);
+        let stopping = tokio::select! {
+            ended = &mut sync => return ended,
+            _ = leader.wait_for(|l| !*l) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let _ = end_tx.send(true);
+        sync.await?;
+        if stopping {
+            return Ok(());
+        }
+        info!(zone = %config.zone, "leadership lost: another replica syncs with the global control plane");
+    }
 }
