@@ -566,6 +566,10 @@ fn a_global_on_kubernetes_serves_a_universal_zone() {
         (names == [synced_trace.clone()]).then_some(()).ok_or(format!("{names:?}"))
     });
     assert_eq!(json(&z, &["get", "meshtrace", &synced_trace])["labels"]["kuma.io/origin"], "global");
+    let elsewhere =
+        objects.split("---\n").nth(1).expect("the MeshTrace").replace("namespace: kuma-system", "namespace: default");
+    let refused = cluster.kubectl_as_user(&["apply", "-f", "-"], Some(&elsewhere)).fails();
+    assert!(refused.stderr.contains("can be created only in the system namespace:kuma-system"), "{}", refused.stderr);
 
     // Zone -> global: its policy and its data plane, in the cluster and read-only there.
     let trace = "type: MeshTrace\nname: zone-traces\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n      - type: OpenTelemetry\n        openTelemetry:\n          backendRef:\n            kind: MeshOpenTelemetryBackend\n            labels: {kuma.io/display-name: main}\n";

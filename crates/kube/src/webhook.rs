@@ -25,8 +25,9 @@ use kube::core::DynamicObject;
 use kube::Client;
 use serde_json::{json, Value};
 use tern_kds::guard::{refusal, Role};
+use tern_kds::mapping::{ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL};
 use tern_model::document::{resource_from_document, API_VERSION};
-use tern_model::Kind;
+use tern_model::{Kind, Resource};
 
 /// The webhook configuration's name, and the webhook's.
 pub const VALIDATING_CONFIGURATION: &str = "tern-validating-webhook";
@@ -48,16 +49,56 @@ pub struct Federation {
     pub naming: Naming,
 }
 
+/// Users besides the control plane whose changes pass, as in Kuma: the
+/// garbage collector (owner references) and the storage version migrator.
+const SYSTEM_USERS: &[&str] = &[
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:storage-version-migrator-controller",
+];
+
 impl Federation {
-    /// Why the request's user may not make this change here, if not.
+    /// Why the request's user may not make this change here, if not: what
+    /// is stored belongs to the other side, the new object claims to, or
+    /// (on a global) a policy outside the system namespace.
     fn refusal(&self, kind: Kind, request: &AdmissionRequest<DynamicObject>) -> Option<String> {
-        if request.user_info.username.as_deref() == Some(self.own_user.as_str()) {
+        let user = request.user_info.username.as_deref().unwrap_or_default();
+        if user == self.own_user || SYSTEM_USERS.contains(&user) {
             return None;
         }
         let read = |o: &Option<DynamicObject>| o.as_ref().and_then(|o| self.naming.to_resource(kind, o).ok());
         let (old, new) = (read(&request.old_object), read(&request.object));
         let key = old.as_ref().or(new.as_ref())?.key();
-        refusal(&self.role, &key, old.as_ref()).or_else(|| refusal(&self.role, &key, new.as_ref()))
+        if let Some(stored) = refusal(&self.role, &key, old.as_ref()) {
+            return Some(stored);
+        }
+        if let Some(claimed) = new.as_ref().and_then(|n| self.label_refusal(n)) {
+            return Some(claimed);
+        }
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        if self.role == Role::Global && kind.is_mesh_scoped() && namespace != self.naming.system_namespace {
+            return Some(format!(
+                "on Global CP the policy can be created only in the system namespace:{}",
+                self.naming.system_namespace
+            ));
+        }
+        refusal(&self.role, &key, None)
+    }
+
+    /// Kuma's refusal of an object whose origin or zone labels say it
+    /// belongs elsewhere.
+    fn label_refusal(&self, new: &Resource) -> Option<String> {
+        let wrong = |label: &str, expected: &str, got: &str| {
+            format!("Operation not allowed. '{label}' label should have '{expected}' value, got '{got}'")
+        };
+        let origin = new.labels.get(ORIGIN_LABEL).map(String::as_str);
+        match &self.role {
+            Role::Global => origin.filter(|o| *o == ORIGIN_ZONE).map(|o| wrong(ORIGIN_LABEL, ORIGIN_GLOBAL, o)),
+            Role::Zone { zone } => match origin.filter(|o| *o != ORIGIN_ZONE) {
+                Some(o) => Some(wrong(ORIGIN_LABEL, ORIGIN_ZONE, o)),
+                None if origin.is_none() => None,
+                None => new.labels.get(ZONE_LABEL).filter(|z| *z != zone).map(|z| wrong(ZONE_LABEL, zone, z)),
+            },
+        }
     }
 }
 
@@ -395,10 +436,14 @@ mod tests {
     #[test]
     fn on_a_zone_users_cannot_touch_what_the_global_synced() {
         let zone = zone_rules();
-        for operation in ["UPDATE", "DELETE", "CREATE"] {
+        for (operation, says) in [
+            ("UPDATE", "synced from the global control plane"),
+            ("DELETE", "synced from the global control plane"),
+            ("CREATE", "'kuma.io/origin' label should have 'zone' value, got 'global'"),
+        ] {
             let r = review_request(&change(operation, "alice", "global"), Some(&zone));
             assert!(!r.allowed, "{operation}");
-            assert!(r.result.message.contains("synced from the global control plane"), "{}", r.result.message);
+            assert!(r.result.message.contains(says), "{}", r.result.message);
             let own = review_request(&change(operation, "tern-cp", "global"), Some(&zone));
             assert!(own.allowed, "the sync's own {operation} passes");
         }
@@ -409,6 +454,36 @@ mod tests {
         let r = review_request(&mesh, Some(&zone));
         assert!(!r.allowed && r.result.message.contains("meshes are created on the global"), "{}", r.result.message);
         assert!(review_request(&mesh, None).allowed, "a standalone control plane takes meshes");
+    }
+
+    #[test]
+    fn labels_that_claim_the_other_side_are_refused_in_kumas_words() {
+        let zone = zone_rules();
+        let r = review_request(&change("CREATE", "alice", "global"), Some(&zone));
+        assert!(!r.allowed);
+        let mut claims_west = change("CREATE", "alice", "zone");
+        let labels = claims_west.object.as_mut().unwrap().metadata.labels.get_or_insert_default();
+        labels.insert(ZONE_LABEL.into(), "west".into());
+        let r = review_request(&claims_west, Some(&zone));
+        assert_eq!(
+            r.result.message,
+            "Operation not allowed. 'kuma.io/zone' label should have 'east' value, got 'west'"
+        );
+        let gc = change("DELETE", "system:serviceaccount:kube-system:generic-garbage-collector", "global");
+        assert!(review_request(&gc, Some(&zone)).allowed, "the garbage collector follows owner references");
+
+        let global = Federation { role: Role::Global, ..zone_rules() };
+        let r = review_request(&change("CREATE", "alice", "zone"), Some(&global));
+        assert_eq!(
+            r.result.message,
+            "Operation not allowed. 'kuma.io/origin' label should have 'global' value, got 'zone'"
+        );
+        let mut elsewhere = change("CREATE", "alice", "global");
+        elsewhere.namespace = Some("shop".into());
+        elsewhere.object.as_mut().unwrap().metadata.namespace = Some("shop".into());
+        let r = review_request(&elsewhere, Some(&global));
+        assert_eq!(r.result.message, "on Global CP the policy can be created only in the system namespace:kuma-system");
+        assert!(review_request(&change("CREATE", "alice", "global"), Some(&global)).allowed);
     }
 
     #[test]
