@@ -5,6 +5,8 @@
 # test of the control plane Tern's Kubernetes end-to-end tests run against.
 #   scripts/kube-smoke.sh          # builds the binaries first if needed
 #   KEEP=1 scripts/kube-smoke.sh   # leaves the temp dir (certs, logs) behind
+#   scripts/kube-smoke.sh CMD ...  # then runs CMD with KUBECONFIG set for the
+#                                  # cluster (a benchmark), and exits with its status
 # Uses TERN_TEST_KUBE_APISERVER, TERN_TEST_ETCD and TERN_TEST_KUBECTL when
 # set; needs openssl and curl.
 set -euo pipefail
@@ -138,3 +140,15 @@ kc=("$TERN_TEST_KUBECTL" --server "https://127.0.0.1:$apiserver_port" --token "$
 "${kc[@]}" api-resources >"$dir/api-resources.txt"
 head "$dir/api-resources.txt"
 echo "kube-smoke: ok" >&2
+
+if [ $# -gt 0 ]; then
+  cat >"$dir/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters: [{name: smoke, cluster: {server: "https://127.0.0.1:$apiserver_port", certificate-authority: "$pki/ca.crt"}}]
+users: [{name: admin, user: {token: "$token"}}]
+contexts: [{name: smoke, context: {cluster: smoke, user: admin}}]
+current-context: smoke
+YAML
+  KUBECONFIG=$dir/kubeconfig "$@"
+fi

@@ -152,6 +152,25 @@ fn the_install_manifests_pass_the_apiservers_dry_run() {
     assert!(refused.stderr.contains("must be https://"), "{}", refused.stderr);
 }
 
+/// The store's batches run several apiserver calls at once: a batch of 60
+/// Dataplanes (`tern-bench kube-apply`, through the admission webhook) is
+/// created whole, then changed whole.
+#[test]
+fn a_batch_of_writes_lands_whole() {
+    let env = start();
+    let bench = support::workspace_binary("tern-bench");
+    let kubeconfig = env.cluster.kubeconfig.display().to_string();
+    let args = ["kube-apply", "--kubeconfig", &kubeconfig, "--count", "60", "--concurrency", "16", "--round", "t"];
+    let out = std::process::Command::new(bench).args(args).output().expect("tern-bench runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!((report["count"].as_u64(), report["concurrency"].as_u64()), (Some(60), Some(16)), "{report}");
+    let list = kubectl_json(&env, &["get", "dataplanes", "-n", "kuma-system"]);
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let changed = items.iter().filter(|d| d["spec"]["networking"]["address"] == "10.0.0.2").count();
+    assert_eq!((items.len(), changed), (60, 60), "every Dataplane created, then changed");
+}
+
 /// A real tern-dp against the control plane in Kubernetes mode: its
 /// Dataplane and DataplaneInsight are objects in the dataplane's namespace,
 /// and the insight's status is seed 001's: a node-local backend is `ready`

@@ -16,6 +16,7 @@
 
 mod dataplanes;
 mod http_load;
+mod kube_apply;
 mod multizone;
 
 use clap::{Parser, Subcommand};
@@ -136,6 +137,19 @@ enum Cmd {
     /// Simulate COUNT data planes against tern-cp replicas: the bootstrap storm, backend edits
     /// until every plan has them, RSS, CPU, store calls; print JSON.
     Dataplanes(dataplanes::Options),
+    /// Create COUNT Dataplanes in one batch through the Kubernetes store, then change them all,
+    /// CONCURRENCY apiserver calls at a time; print JSON.
+    KubeApply {
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = tern_kube::store::CONCURRENCY)]
+        concurrency: usize,
+        /// Names are dp-ROUND-N, so rounds do not collide.
+        #[arg(long)]
+        round: String,
+    },
     /// Time EDITS backend edits on the global until each shows on the zone; print JSON.
     SyncLatency {
         #[arg(long)]
@@ -483,6 +497,9 @@ async fn main() {
         }
         Cmd::SyncLatency { global, zone, edits } => report(multizone::latency(&global, &zone, edits).await),
         Cmd::Dataplanes(options) => report(dataplanes::run(options).await),
+        Cmd::KubeApply { kubeconfig, count, concurrency, round } => {
+            report(kube_apply::run(&kubeconfig, count, concurrency, &round).await)
+        }
         Cmd::Sink { listen, rate } => {
             let pace = rate.map(|r| {
                 Arc::new(Pace {

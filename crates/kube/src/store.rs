@@ -6,10 +6,12 @@
 //!
 //! Unlike the SQL store, a batch is not one transaction (the apiserver has
 //! none): every precondition and mesh of a batch is checked before the first
-//! write, then the writes go one by one.
+//! write, then the Meshes are written, then the rest, [`CONCURRENCY`] calls
+//! at a time. A failed write stops the batch; the writes that went before
+//! or beside it stay.
 
 use crate::resources::{api_resource, fingerprint, version, Location, Naming, GLOBAL_SECRET_TYPE};
-use futures::{Stream, StreamExt};
+use futures::{stream, Stream, StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::Client;
@@ -25,11 +27,16 @@ use tracing::warn;
 /// created once, so deleting it sticks.
 const DEFAULTS_CONFIG_MAP: &str = "tern-defaults";
 
+/// How many apiserver calls a batch makes at once (reads, then writes): a
+/// zone's initial sync into a global on Kubernetes is thousands of objects.
+pub const CONCURRENCY: usize = 16;
+
 /// The resource store on a kube-apiserver.
 pub struct KubeStore {
     client: Client,
     naming: Naming,
     changes: broadcast::Sender<Change>,
+    concurrency: usize,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -50,7 +57,8 @@ impl KubeStore {
     /// `default_mesh` (not on a zone: its meshes come from the global).
     pub async fn connect(client: Client, system_namespace: &str, default_mesh: bool) -> Result<KubeStore, StoreError> {
         let (changes, _) = broadcast::channel(4096);
-        let store = KubeStore { client, naming: Naming { system_namespace: system_namespace.into() }, changes };
+        let naming = Naming { system_namespace: system_namespace.into() };
+        let store = KubeStore { client, naming, changes, concurrency: CONCURRENCY };
         for kind in Kind::ALL {
             let api: Api<DynamicObject> = Api::all_with(store.client.clone(), &api_resource(kind));
             if let Err(e) = api.list(&ListParams::default().limit(1)).await {
@@ -68,6 +76,13 @@ impl KubeStore {
             store.ensure_default_mesh().await?;
         }
         Ok(store)
+    }
+
+    /// The same store making at most `n` calls at once (1: one by one, as
+    /// the benchmark compares).
+    pub fn with_concurrency(mut self, n: usize) -> KubeStore {
+        self.concurrency = n.max(1);
+        self
     }
 
     pub fn naming(&self) -> &Naming {
@@ -144,15 +159,26 @@ impl KubeStore {
         }
     }
 
-    async fn check_mesh(&self, key: &ResourceKey, created: &HashSet<String>) -> Result<(), StoreError> {
-        if !key.kind.is_mesh_scoped() || created.contains(&key.mesh) {
-            return Ok(());
+    /// Every mesh the batch writes into exists, or is written in it: one
+    /// read per mesh.
+    async fn check_meshes(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let in_batch: HashSet<&str> =
+            writes.iter().filter(|w| w.resource.kind == Kind::Mesh).map(|w| w.resource.name.as_str()).collect();
+        let mut checked = HashSet::new();
+        for w in writes {
+            let key = w.resource.key();
+            if !key.kind.is_mesh_scoped() || in_batch.contains(key.mesh.as_str()) || !checked.insert(key.mesh.clone()) {
+                continue;
+            }
+            if self.find(&ResourceKey::new(Kind::Mesh, "", &key.mesh)).await?.is_none() {
+                return Err(StoreError::MeshNotFound { mesh: key.mesh.clone(), key });
+            }
         }
-        let mesh = ResourceKey::new(Kind::Mesh, "", &key.mesh);
-        match self.find(&mesh).await? {
-            Some(_) => Ok(()),
-            None => Err(StoreError::MeshNotFound { mesh: key.mesh.clone(), key: key.clone() }),
-        }
+        Ok(())
+    }
+
+    async fn find_key(&self, key: ResourceKey) -> Result<Option<(Location, DynamicObject)>, StoreError> {
+        self.find(&key).await
     }
 
     /// Checks a write's precondition against what is stored.
@@ -360,23 +386,35 @@ impl ResourceStore for KubeStore {
     }
 
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut meshes = HashSet::new();
-        let mut found = Vec::with_capacity(writes.len());
-        for w in &writes {
-            let key = w.resource.key();
-            self.check_mesh(&key, &meshes).await?;
-            let stored = self.find(&key).await?;
-            Self::check_precondition(&key, w.precondition, stored.as_ref().map(|(_, o)| o))?;
-            if key.kind == Kind::Mesh {
-                meshes.insert(key.name.clone());
-            }
-            found.push(stored);
+        self.check_meshes(&writes).await?;
+        // By index: closures over borrowed items make the future not Send.
+        let found: Vec<_> = stream::iter(0..writes.len())
+            .map(|i| self.find_key(writes[i].resource.key()))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        for (w, stored) in writes.iter().zip(&found) {
+            Self::check_precondition(&w.resource.key(), w.precondition, stored.as_ref().map(|(_, o)| o))?;
         }
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for (w, stored) in writes.iter().zip(found) {
-            outcomes.push(self.write_one(w, stored).await?);
+        // Meshes first: what lives in them may be written beside them.
+        let (meshes, rest): (Vec<_>, Vec<_>) =
+            found.into_iter().enumerate().partition(|(i, _)| writes[*i].resource.kind == Kind::Mesh);
+        let mut outcomes: Vec<Option<WriteOutcome>> = writes.iter().map(|_| None).collect();
+        for (i, stored) in meshes {
+            outcomes[i] = Some(self.write_one(&writes[i], stored).await?);
         }
-        Ok(outcomes)
+        let written: Vec<(usize, WriteOutcome)> = stream::iter(rest)
+            .map(|(i, stored)| {
+                let w = &writes[i];
+                async move { self.write_one(w, stored).await.map(|o| (i, o)) }
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+        for (i, outcome) in written {
+            outcomes[i] = Some(outcome);
+        }
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
     async fn delete(&self, key: &ResourceKey, precondition: Precondition) -> Result<(), StoreError> {
