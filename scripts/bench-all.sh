@@ -19,6 +19,7 @@ run overload scripts/bench-overload.sh
 run sidecar scripts/bench-sidecar.sh
 run sidecar-rate scripts/bench-sidecar-rate.sh
 run multizone scripts/bench-multizone.sh
+run kube-store scripts/bench-kube-store.sh
 run replicas scripts/bench-replicas.sh
 run soak scripts/bench-soak.sh
 echo "results in $out" >&2
