@@ -12,8 +12,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tern_model::{Kind, Resource};
-use tern_store::{ListFilter, Precondition, ResourceStore, StoreError, Write};
+use tern_model::{Kind, Resource, ResourceKey};
+use tern_store::{ListFilter, Precondition, ResourceStore, StatusWrite, StoreError, Write};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tracing::{debug, warn};
@@ -41,23 +41,31 @@ impl<S: ResourceStore> Inbox<S> {
             .collect())
     }
 
-    /// Applies one response: every upsert in one batch, then the removals.
-    /// Refuses the whole response if any resource is not the peer's to send.
+    /// Applies one response: every upsert in one batch, their statuses in
+    /// one more, then the removals. Refuses the whole response if any
+    /// resource is not the peer's to send.
     pub async fn apply(&self, kind: Kind, response: &DeltaDiscoveryResponse) -> Result<(), String> {
-        let mut writes = Vec::new();
+        let checked = self.check_all(kind, &response.resources).await?;
+        let mut writes = Vec::with_capacity(checked.len());
         // Per write, the status to set after it (status never rides on a write).
-        let mut statuses = Vec::new();
-        for item in &response.resources {
-            let (resource, stored) = self.check(kind, item).await?;
-            let changed = stored.as_ref().map(|s| &s.status) != Some(&resource.status);
+        let mut statuses = Vec::with_capacity(checked.len());
+        for (resource, stored_status) in checked {
+            let changed = stored_status.as_ref() != Some(&resource.status);
             statuses.push((self.flow.keeps_status() && changed).then(|| (resource.key(), resource.status.clone())));
             writes.push(Write { resource, precondition: Precondition::None });
         }
         let outcomes = self.store.apply(writes).await.map_err(|e| e.to_string())?;
-        for (status, outcome) in statuses.into_iter().zip(outcomes) {
-            if let Some((key, status)) = status {
-                self.store.set_status(&key, status, outcome.version()).await.map_err(|e| e.to_string())?;
-            }
+        let status_writes: Vec<StatusWrite> = statuses
+            .into_iter()
+            .zip(outcomes)
+            .filter_map(|(status, outcome)| {
+                status.map(|(key, status)| StatusWrite { key, status, expected_version: outcome.version() })
+            })
+            .collect();
+        let keys: Vec<ResourceKey> = status_writes.iter().map(|w| w.key.clone()).collect();
+        let written = self.store.set_statuses(status_writes).await.map_err(|e| e.to_string())?;
+        if let Some((key, Err(e))) = keys.iter().zip(written).find(|(_, r)| r.is_err()) {
+            return Err(format!("the status of {key}: {e}"));
         }
         for wire in &response.removed_resources {
             let key =
@@ -74,20 +82,31 @@ impl<S: ResourceStore> Inbox<S> {
         Ok(())
     }
 
-    /// Decodes one resource and checks it may be stored here: [`decode`],
+    /// Decodes every resource and checks it may be stored here: [`decode`],
     /// labels saying it comes from the peer, and no resource of this side's
-    /// own under its name.
-    async fn check(&self, kind: Kind, item: &XdsResource) -> Result<(Resource, Option<Resource>), String> {
-        let resource = decode(kind, item)?;
-        if !self.flow.owns(&resource) {
-            return Err(format!(
-                "{} does not carry the labels of a resource from {}",
-                resource.key(),
-                self.flow.source()
-            ));
+    /// own under its name. With each, the status stored now (read in one
+    /// call for the whole response).
+    async fn check_all(
+        &self,
+        kind: Kind,
+        items: &[XdsResource],
+    ) -> Result<Vec<(Resource, Option<Option<serde_json::Value>>)>, String> {
+        let mut decoded = Vec::with_capacity(items.len());
+        for item in items {
+            let resource = decode(kind, item)?;
+            if !self.flow.owns(&resource) {
+                return Err(format!(
+                    "{} does not carry the labels of a resource from {}",
+                    resource.key(),
+                    self.flow.source()
+                ));
+            }
+            decoded.push(resource);
         }
-        let stored = self.store.get(&resource.key()).await.map_err(|e| e.to_string())?;
-        if let Some(s) = &stored {
+        let keys: Vec<ResourceKey> = decoded.iter().map(Resource::key).collect();
+        let mut stored: HashMap<ResourceKey, Resource> =
+            self.store.get_many(&keys).await.map_err(|e| e.to_string())?.into_iter().map(|r| (r.key(), r)).collect();
+        for s in stored.values() {
             if !self.flow.owns(s) {
                 return Err(format!(
                     "{} exists here and was not synced from {}; not replaced",
@@ -96,7 +115,13 @@ impl<S: ResourceStore> Inbox<S> {
                 ));
             }
         }
-        Ok((resource, stored))
+        Ok(decoded
+            .into_iter()
+            .map(|r| {
+                let status = stored.remove(&r.key()).map(|s| s.status);
+                (r, status)
+            })
+            .collect())
     }
 }
 

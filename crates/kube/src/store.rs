@@ -19,7 +19,9 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use tern_model::{Kind, Resource, ResourceKey, DEFAULT_MESH};
-use tern_store::{Change, ChangeOp, ListFilter, Precondition, ResourceStore, StoreError, Write, WriteOutcome};
+use tern_store::{
+    Change, ChangeOp, ListFilter, Precondition, ResourceStore, StatusWrite, StoreError, Write, WriteOutcome,
+};
 use tokio::sync::broadcast;
 use tracing::warn;
 
@@ -134,6 +136,16 @@ impl KubeStore {
                 self.naming.system_namespace
             ))),
         }
+    }
+
+    async fn patch_status(
+        &self,
+        kind: Kind,
+        at: &Location,
+        patch: &serde_json::Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        let api = self.api(kind, at.namespace.as_deref());
+        api.patch_status(&at.name, &PatchParams::default(), &Patch::Merge(patch)).await
     }
 
     /// The stored object behind a key, and where it is.
@@ -360,6 +372,14 @@ impl ResourceStore for KubeStore {
         }
     }
 
+    /// [`CONCURRENCY`] reads at a time (a zone's sync checks a whole
+    /// response at once).
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<Vec<Resource>, StoreError> {
+        let found: Vec<Option<Resource>> =
+            stream::iter(0..keys.len()).map(|i| self.get(&keys[i])).buffered(self.concurrency).try_collect().await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
     async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Resource>, StoreError> {
         let (api, params) = match kind {
             Kind::GlobalSecret => (
@@ -426,27 +446,44 @@ impl ResourceStore for KubeStore {
         self.delete_found(key, &at, &obj).await
     }
 
+    /// The patch names the expected resourceVersion, so the apiserver checks
+    /// it (409 when it moved on), and goes straight to where a key of this
+    /// name is written; only a dotted name in the system namespace needs the
+    /// second look.
     async fn set_status(
         &self,
         key: &ResourceKey,
         status: Option<serde_json::Value>,
         expected_version: i64,
     ) -> Result<i64, StoreError> {
-        let Some((at, obj)) = self.find(key).await? else { return Err(StoreError::NotFound(key.clone())) };
-        Self::check_precondition(key, Precondition::Version(expected_version), Some(&obj))?;
         let patch = json!({
             "metadata": {"resourceVersion": expected_version.to_string()},
             "status": status.unwrap_or(serde_json::Value::Null),
         });
-        let api = self.api(key.kind, at.namespace.as_deref());
-        match api.patch_status(&at.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        let mut at = self.naming.location(key.kind, &key.name);
+        let mut patched = self.patch_status(key.kind, &at, &patch).await;
+        if matches!(&patched, Err(e) if status_code(e) == Some(404)) {
+            let Some((found, _)) = self.find(key).await? else { return Err(StoreError::NotFound(key.clone())) };
+            at = found;
+            patched = self.patch_status(key.kind, &at, &patch).await;
+        }
+        match patched {
             Ok(updated) => Ok(version(&updated.metadata)),
+            Err(e) if status_code(&e) == Some(404) => Err(StoreError::NotFound(key.clone())),
             Err(e) if status_code(&e) == Some(409) => {
                 let actual = self.find(key).await?.map(|(_, o)| version(&o.metadata)).unwrap_or(0);
                 Err(StoreError::Conflict { key: key.clone(), expected: expected_version, actual })
             }
             Err(e) => Err(StoreError::Backend(format!("writing the status of {key}: {e}"))),
         }
+    }
+
+    /// [`CONCURRENCY`] status writes at a time, each as `set_status`.
+    async fn set_statuses(&self, writes: Vec<StatusWrite>) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        let written = stream::iter(writes)
+            .map(|w| async move { self.set_status(&w.key, w.status, w.expected_version).await })
+            .buffered(self.concurrency);
+        Ok(written.collect().await)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
