@@ -102,10 +102,21 @@ pub async fn initial(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let insight: Value = async { client.get(format!("{global}/zone-insights/{zone_name}")).send().await?.json().await }
-        .await
-        .map_err(|e: reqwest::Error| e.to_string())?;
-    let last = &insight["subscriptions"].as_array().and_then(|s| s.last().cloned()).unwrap_or_default();
+    // The stream's byte counts are recorded once a response is applied, a
+    // moment after what it carried is readable.
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let insight: Value =
+            async { client.get(format!("{global}/zone-insights/{zone_name}")).send().await?.json().await }
+                .await
+                .map_err(|e: reqwest::Error| e.to_string())?;
+        last = insight["subscriptions"].as_array().and_then(|s| s.last().cloned()).unwrap_or_default();
+        if last["status"]["zoneToGlobal"]["bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = &last;
     Ok(json!({
         "resources_to_zone": resources,
         "seconds_to_zone": to_zone_at.map(|d| d.as_secs_f64()),
