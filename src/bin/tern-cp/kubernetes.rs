@@ -103,12 +103,14 @@ pub async fn start(args: &KubeArgs, tls: &tls::TlsSource, data_dir: &Path, role:
         Some(role) => Some(federation(&client, &store, role).await?),
         None => None,
     };
+    // Bound before it is registered: the apiserver's first calls wait in the
+    // backlog until the server runs, rather than being refused (fail closed).
+    let listener = super::bind(args.webhook_addr, "admission webhook").await?;
+    info!(addr = %listener.local_addr()?, "admission webhook listening");
     let injects = role != Some(&Role::Global);
     webhook::ensure_registered(&client, &at, &ca_pem, federation.is_some(), injects)
         .await
         .context("registering the admission webhook")?;
-    let listener = super::bind(args.webhook_addr, "admission webhook").await?;
-    info!(addr = %listener.local_addr()?, "admission webhook listening");
 
     let feed_store = store.clone();
     let feed: Part = Box::new(move |_stop| -> PartFuture {
