@@ -150,6 +150,10 @@ fn the_install_manifests_pass_the_apiservers_dry_run() {
     let no_tls = ["install", "control-plane", "--mode", "zone", "--zone", "east", "--global-address", "http://g:5685"];
     let refused = ternctl_with("http://127.0.0.1:1", &no_tls, None, &[]).fails();
     assert!(refused.stderr.contains("must be https://"), "{}", refused.stderr);
+    let broken =
+        ["install", "control-plane", "--mode", "zone", "--zone", "east", "--global-address", "https://g\n:5685"];
+    let refused = ternctl_with("http://127.0.0.1:1", &broken, None, &[]).fails();
+    assert!(refused.stderr.contains("must be https://"), "a newline in the address: {}", refused.stderr);
 }
 
 /// The store's batches run several apiserver calls at once: a batch of 60

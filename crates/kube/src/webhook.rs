@@ -57,9 +57,10 @@ const SYSTEM_USERS: &[&str] = &[
 ];
 
 impl Federation {
-    /// Why the request's user may not make this change here, if not: what
-    /// is stored belongs to the other side, the new object claims to, or
-    /// (on a global) a policy outside the system namespace.
+    /// Why the request's user may not make this change here, if not: the
+    /// kind is the other side's, what is stored belongs to the other side,
+    /// the new object claims to, or (on a global) a policy outside the
+    /// system namespace.
     fn refusal(&self, kind: Kind, request: &AdmissionRequest<DynamicObject>) -> Option<String> {
         let user = request.user_info.username.as_deref().unwrap_or_default();
         if user == self.own_user || SYSTEM_USERS.contains(&user) {
@@ -68,6 +69,7 @@ impl Federation {
         let read = |o: &Option<DynamicObject>| o.as_ref().and_then(|o| self.naming.to_resource(kind, o).ok());
         let (old, new) = (read(&request.old_object), read(&request.object));
         let key = old.as_ref().or(new.as_ref())?.key();
+        // The kind's rules and what is stored (none for a create).
         if let Some(stored) = refusal(&self.role, &key, old.as_ref()) {
             return Some(stored);
         }
@@ -81,7 +83,7 @@ impl Federation {
                 self.naming.system_namespace
             ));
         }
-        refusal(&self.role, &key, None)
+        None
     }
 
     /// Kuma's refusal of an object whose origin or zone labels say it
@@ -93,10 +95,10 @@ impl Federation {
         let origin = new.labels.get(ORIGIN_LABEL).map(String::as_str);
         match &self.role {
             Role::Global => origin.filter(|o| *o == ORIGIN_ZONE).map(|o| wrong(ORIGIN_LABEL, ORIGIN_GLOBAL, o)),
-            Role::Zone { zone } => match origin.filter(|o| *o != ORIGIN_ZONE) {
-                Some(o) => Some(wrong(ORIGIN_LABEL, ORIGIN_ZONE, o)),
-                None if origin.is_none() => None,
-                None => new.labels.get(ZONE_LABEL).filter(|z| *z != zone).map(|z| wrong(ZONE_LABEL, zone, z)),
+            Role::Zone { zone } => match origin {
+                Some(o) if o != ORIGIN_ZONE => Some(wrong(ORIGIN_LABEL, ORIGIN_ZONE, o)),
+                Some(_) => new.labels.get(ZONE_LABEL).filter(|z| *z != zone).map(|z| wrong(ZONE_LABEL, zone, z)),
+                None => None,
             },
         }
     }

@@ -244,7 +244,9 @@ fn install_mode(mode: &str, zone: Option<&str>, global_address: Option<&str>) ->
         bail!("--zone {zone:?}: {problem}");
     }
     let global_address = global_address.context("--mode zone needs --global-address https://HOST:5685")?;
-    if !global_address.starts_with("https://") {
+    let plain = !global_address.chars().any(|c| c.is_whitespace() || c.is_control());
+    let url = reqwest::Url::parse(global_address).ok().filter(|u| u.scheme() == "https" && u.host().is_some());
+    if !plain || url.is_none() {
         bail!("--global-address {global_address:?}: must be https://HOST:PORT (zones reach the global over TLS)");
     }
     Ok(InstallMode::Zone { zone: zone.to_string(), global_address: global_address.to_string() })
