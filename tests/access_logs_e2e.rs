@@ -54,8 +54,11 @@ async fn file_backends_write_records_in_their_format() {
         text.contains("plain GET /hello 200").then_some(text.clone()).ok_or(text)
     });
     assert!(plain_text.lines().all(|l| l.starts_with("plain ")), "one record per line: {plain_text}");
-    let json_text =
-        eventually(WAIT, "a JSON record in the file", || std::fs::read_to_string(&json).map_err(|e| e.to_string()));
+    // Envoy creates the file before its first flush: wait for a whole line.
+    let json_text = eventually(WAIT, "a JSON record in the file", || {
+        let text = std::fs::read_to_string(&json).map_err(|e| e.to_string())?;
+        text.ends_with('\n').then_some(text.clone()).ok_or(text)
+    });
     let record: serde_json::Value =
         serde_json::from_str(json_text.lines().last().unwrap_or_default()).expect("each line is a JSON object");
     assert_eq!(record["path"], "/hello");
